@@ -1,0 +1,39 @@
+# The whole set-up: `make demo` to see a pipeline run against the local sandbox, `make test` to run the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+TAP_JSONL := $(TOOLS)/tap-jsonl/bin/tap-jsonl
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: install demo test bench sandbox docs clean
+
+$(BIN)/target-encharge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
+	touch $@
+
+# Singer taps and targets live in venvs of their own, as Meltano keeps them (their singer-sdk pins differ from ours).
+$(TAP_JSONL):
+	$(PYTHON) -m venv $(TOOLS)/tap-jsonl
+	$(TOOLS)/tap-jsonl/bin/pip install $(PIP_QUIET) tap-jsonl==0.3.1
+
+install: $(BIN)/target-encharge $(TAP_JSONL)
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python -m pytest
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run.py
+
+sandbox: install
+	$(BIN)/target-encharge-sandbox
+
+docs: install
+	$(BIN)/target-encharge --about --format=markdown
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .meltano *.egg-info
