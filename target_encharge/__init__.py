@@ -1,0 +1,1 @@
+"""target-encharge: a Singer target that loads records into Encharge."""

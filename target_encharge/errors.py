@@ -1,0 +1,23 @@
+"""Errors that end a run. Each carries a one-line message meant for the user, never a secret."""
+
+from __future__ import annotations
+
+
+class EnchargeTargetError(Exception):
+    """A reason to stop the run, told to the user in one line."""
+
+
+class ConfigError(EnchargeTargetError):
+    """The configuration cannot work (missing key, unknown object name, bad header...)."""
+
+
+class AuthError(EnchargeTargetError):
+    """Encharge refused a key (401/403): every further call would fail the same way."""
+
+
+class TooManyFailures(EnchargeTargetError):
+    """More records failed for good than ``max_failures`` allows."""
+
+
+class InputError(EnchargeTargetError):
+    """A line of input that is not a Singer message, or not UTF-8."""

@@ -1,0 +1,260 @@
+"""Settings: the schema users configure, and how one stream's settings are resolved.
+
+A stream's settings are the top-level values, overridden by ``streams.<name>``. Everything a sink needs to
+know about its stream comes from :func:`resolve`, so the sinks never read raw config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+
+from singer_sdk import typing as th
+
+from target_encharge.errors import ConfigError
+
+ENDPOINTS = (
+    "create_or_update_person",
+    "add_tag",
+    "remove_tag",
+    "create_custom_object",
+    "track_event",
+    "manual",
+)
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+CONTENT_TYPES = ("application/json", "application/x-ndjson", "application/x-www-form-urlencoded")
+GROUPING_ALGORITHMS = ("sequential", "by_field")
+RESPONSE_OUTPUTS = ("none", "state", "stream")
+
+
+def _stream_properties() -> list[th.Property]:
+    """The settings a stream may override (one definition, used at the top level and under `streams`)."""
+    return [
+        th.Property(
+            "endpoint",
+            th.StringType(allowed_values=list(ENDPOINTS)),
+            default="create_or_update_person",
+            description="Encharge endpoint template for the stream: " + ", ".join(f"`{e}`" for e in ENDPOINTS),
+        ),
+        th.Property(
+            "object_name",
+            th.StringType,
+            description="`create_custom_object`: the custom object schema name (case-sensitive), "
+            "checked against `GET /v1/schemas` before anything is sent.",
+        ),
+        th.Property(
+            "method",
+            th.StringType(allowed_values=list(METHODS)),
+            default="POST",
+            description="`manual`: HTTP method.",
+        ),
+        th.Property(
+            "url",
+            th.StringType,
+            description="`manual`: absolute URL or a path relative to `api_url`; `{field}` placeholders are "
+            "filled from the record, percent-encoded.",
+        ),
+        th.Property(
+            "content_type",
+            th.StringType(allowed_values=list(CONTENT_TYPES)),
+            default="application/json",
+            description="`manual`: body encoding.",
+        ),
+        th.Property(
+            "request_headers",
+            th.CustomType({"type": ["string", "object", "null"]}),
+            description='Extra request headers, as `"h1:v1,h2:v2"` or `{"h1": "v1"}`.',
+        ),
+        th.Property(
+            "exclude_attributes",
+            th.ArrayType(th.StringType),
+            default=[],
+            description="Record fields never sent to Encharge.",
+        ),
+        th.Property(
+            "batch_records",
+            th.BooleanType,
+            default=False,
+            description="Send several records per call (`manual`, `create_or_update_person`, "
+            "`create_custom_object`).",
+        ),
+        th.Property("batch_size", th.IntegerType, default=100, description="Most records per call."),
+        th.Property(
+            "grouping_algorithm",
+            th.StringType(allowed_values=list(GROUPING_ALGORITHMS)),
+            default="sequential",
+            description="`sequential`: records in arrival order; `by_field`: a call holds only records with "
+            "the same value of `group_by`.",
+        ),
+        th.Property("group_by", th.StringType, description="The field `by_field` groups on."),
+    ]
+
+
+SETTINGS_SCHEMA: dict = th.PropertiesList(
+    th.Property(
+        "api_key",
+        th.StringType,
+        secret=True,
+        description="Encharge REST API key, sent as `X-Encharge-Token` (Encharge: Settings, API keys).",
+    ),
+    th.Property(
+        "write_key",
+        th.StringType,
+        secret=True,
+        description="Encharge Ingest write key; required only when a stream uses `track_event`.",
+    ),
+    th.Property(
+        "api_url",
+        th.StringType,
+        default="https://api.encharge.io/v1",
+        description="REST base URL (point it at the sandbox to rehearse).",
+    ),
+    th.Property(
+        "ingest_url",
+        th.StringType,
+        default="https://ingest.encharge.io/v1",
+        description="Ingest API URL, used by `track_event`.",
+    ),
+    *_stream_properties(),
+    th.Property(
+        "streams",
+        th.ObjectType(additional_properties=th.ObjectType(*_stream_properties())),
+        default={},
+        description="Per stream name, any of the per-stream settings, overriding the top-level ones.",
+    ),
+    th.Property(
+        "response_output",
+        th.StringType(allowed_values=list(RESPONSE_OUTPUTS)),
+        default="none",
+        description="`none`; `state`: a bounded summary of responses inside the emitted STATE; "
+        "`stream`: every response as a RECORD of a Singer stream.",
+    ),
+    th.Property(
+        "response_stream_path",
+        th.StringType,
+        description="`stream` mode: file to write the response stream to; `-` means stdout.",
+    ),
+    th.Property(
+        "dead_letter_path",
+        th.StringType,
+        description="JSONL file receiving every record that failed for good, with its stream, reason and response.",
+    ),
+    th.Property(
+        "max_failures",
+        th.IntegerType,
+        default=0,
+        description="Records that may fail for good before the run fails; `-1` for no limit.",
+    ),
+    th.Property(
+        "dry_run",
+        th.BooleanType,
+        default=False,
+        description="Send nothing; print the requests that would be sent; emit no STATE.",
+    ),
+    th.Property(
+        "max_retries",
+        th.IntegerType,
+        default=5,
+        description="Retries of one call on 429, 5xx, timeouts and dropped connections.",
+    ),
+    th.Property(
+        "retry_backoff",
+        th.NumberType,
+        default=0.5,
+        description="Seconds before the first retry when Encharge gives no Retry-After; doubles on each retry "
+        "(with jitter, at most 30 s).",
+    ),
+    th.Property("request_timeout", th.NumberType, default=30, description="Seconds per call."),
+    th.Property("max_concurrency", th.IntegerType, default=4, description="Calls in flight at once."),
+    th.Property(
+        "max_requests_per_second",
+        th.NumberType,
+        description="Cap on calls per second, all streams together.",
+    ),
+).to_dict()
+
+STREAM_SETTING_NAMES = tuple(p.name for p in _stream_properties())
+_DEFAULTS = {p.name: p.to_dict()[p.name].get("default") for p in _stream_properties()}
+
+
+def parse_headers(value: str | dict | None) -> dict[str, str]:
+    """Extra headers as users paste them (``"h1:v1,h2:v2"``) or as an object; CR/LF is refused."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        pairs = []
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, val = part.partition(":")
+            if not sep:
+                msg = f"request_headers: '{part.strip()}' is not 'name:value'"
+                raise ConfigError(msg)
+            pairs.append((name, val))
+    else:
+        pairs = list(value.items())
+    headers = {}
+    for name, val in pairs:
+        name, val = str(name).strip(), str(val).strip()
+        if not name or any(c in name + val for c in "\r\n") or any(c in name for c in " :"):
+            msg = f"request_headers: header {name!r} has an invalid name or a line break in its value"
+            raise ConfigError(msg)
+        headers[name] = val
+    return headers
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSettings:
+    """What one stream is sent with, resolved from the top level and ``streams.<name>``."""
+
+    stream: str
+    endpoint: str
+    object_name: str | None
+    method: str
+    url: str | None
+    content_type: str
+    request_headers: dict[str, str]
+    exclude_attributes: frozenset[str]
+    batch_records: bool
+    batch_size: int
+    grouping_algorithm: str
+    group_by: str | None
+
+
+def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
+    """The settings for ``stream``: its ``streams.<name>`` entry over the top-level values."""
+    own = (config.get("streams") or {}).get(stream) or {}
+    unknown = set(own) - set(STREAM_SETTING_NAMES)
+    if unknown:
+        msg = f"streams.{stream}: unknown setting(s) {', '.join(sorted(unknown))}"
+        raise ConfigError(msg)
+
+    def get(name: str) -> t.Any:
+        if own.get(name) is not None:
+            return own[name]
+        if config.get(name) is not None:
+            return config[name]
+        return _DEFAULTS[name]
+
+    batch_size = int(get("batch_size"))
+    if batch_size < 1:
+        msg = f"stream '{stream}': batch_size must be at least 1"
+        raise ConfigError(msg)
+    grouping = get("grouping_algorithm")
+    if grouping == "by_field" and not get("group_by"):
+        msg = f"stream '{stream}': grouping_algorithm 'by_field' needs group_by"
+        raise ConfigError(msg)
+    return StreamSettings(
+        stream=stream,
+        endpoint=get("endpoint"),
+        object_name=get("object_name"),
+        method=str(get("method")).upper(),
+        url=get("url"),
+        content_type=get("content_type"),
+        request_headers=parse_headers(get("request_headers")),
+        exclude_attributes=frozenset(get("exclude_attributes") or ()),
+        batch_records=bool(get("batch_records")),
+        batch_size=batch_size,
+        grouping_algorithm=grouping,
+        group_by=get("group_by"),
+    )

@@ -1,0 +1,227 @@
+"""TargetEncharge: the settings schema, routing of streams to sinks, start-up checks and the run's ending."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import typing as t
+
+import click
+import msgspec
+import requests
+from singer_sdk import Target
+from singer_sdk.exceptions import FatalSyncError
+from singer_sdk.singerlib.exceptions import SingerReadError
+
+from target_encharge import encoding
+from target_encharge.client import (
+    Client,
+    Credentials,
+    Delivery,
+    RateLimiter,
+    RedactingFilter,
+    RetryPolicy,
+    check_url,
+)
+from target_encharge.errors import ConfigError, EnchargeTargetError, InputError
+from target_encharge.reader import Reader
+from target_encharge.responses import Ledger, Lines
+from target_encharge.settings import SETTINGS_SCHEMA, resolve
+from target_encharge.sinks import STATE_FLUSH_AGE, Batch, EnchargeSink
+
+if t.TYPE_CHECKING:
+    from singer_sdk.sinks import Sink
+
+
+class TargetEncharge(Target):
+    """Loads records from any Singer tap into Encharge."""
+
+    name = "target-encharge"
+    config_jsonschema = SETTINGS_SCHEMA
+    default_sink_class = EnchargeSink
+    message_reader_class = Reader
+    running: t.ClassVar[TargetEncharge | None] = None  # the instance `invoke` made, to end it cleanly
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = self.config
+        self.dry_run = bool(config.get("dry_run"))
+        self.api_url = str(config.get("api_url") or "https://api.encharge.io/v1").rstrip("/")
+        self.ingest_url = str(config.get("ingest_url") or "https://ingest.encharge.io/v1").rstrip("/")
+        check_url(self.api_url, "api_url")
+        check_url(self.ingest_url, "ingest_url")
+        if not self.dry_run and not config.get("api_key"):
+            msg = "api_key is required (the Encharge REST API key; or set dry_run to send nothing)"
+            raise ConfigError(msg)
+        resolve(config, "*")  # the top-level settings on their own must make sense
+        for stream in config.get("streams") or {}:
+            resolve(config, stream)
+        credentials = Credentials(self.api_url, self.ingest_url, config.get("api_key"), config.get("write_key"))
+        concurrency = int(config.get("max_concurrency") or 4)
+        client = Client(
+            credentials,
+            RetryPolicy(max_retries=int(config.get("max_retries", 5)),
+                        backoff=float(config.get("retry_backoff", 0.5))),
+            timeout=float(config.get("request_timeout") or 30),
+            rate=RateLimiter(config.get("max_requests_per_second")),
+            pool_size=concurrency,
+        )
+        self.redact = client.redact
+        self._install_redaction()
+        response_output = config.get("response_output") or "none"
+        to_stdout = response_output == "stream" and config.get("response_stream_path", "-") in (None, "-")
+        self.stdout = Lines("-", self.redact)
+        dead_path = config.get("dead_letter_path")
+        self.ledger = Ledger(
+            emit_state=None if self.dry_run else self._emit_state,
+            max_failures=int(config.get("max_failures", 0)),
+            dead_letters=Lines(dead_path, self.redact) if dead_path else None,
+            responses=(self.stdout if to_stdout else Lines(config["response_stream_path"], self.redact))
+            if response_output == "stream" else None,
+            previews=self.stdout if self.dry_run else None,
+            client_headers=lambda call: client.headers(call, mask=True),
+            summary_in_state=response_output == "state",
+        )
+        self.states_as_messages = to_stdout
+        self.delivery = Delivery(client, self.ledger.result, concurrency, dry_run=self.dry_run)
+        self._holding: dict[str, Batch] = {}
+        self._checked_key = False
+        self._schemas: list[str] | None = None
+        TargetEncharge.running = self
+
+    # routing and start-up checks
+
+    def get_sink_class(self, stream_name: str) -> type[Sink]:  # noqa: ARG002
+        return EnchargeSink
+
+    def add_sink(self, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None = None) -> Sink:
+        settings = resolve(self.config, stream_name)
+        self._check_before_sending(stream_name, settings.endpoint, settings.object_name)
+        return super().add_sink(stream_name, schema, key_properties)
+
+    def _check_before_sending(self, stream: str, endpoint: str, object_name: str | None) -> None:
+        """The checks Encharge can answer before any record of this stream is sent."""
+        if endpoint == "track_event" and not self.config.get("write_key") and not self.dry_run:
+            msg = f"stream '{stream}' uses track_event, which needs write_key (the Encharge Ingest write key)"
+            raise ConfigError(msg)
+        if self.dry_run:
+            return
+        if not self._checked_key:
+            self._get("/accounts/info")
+            self._checked_key = True
+        if endpoint == "create_custom_object" and object_name:
+            if self._schemas is None:
+                body = self._get("/schemas")
+                self._schemas = [o.get("name") for o in (body or {}).get("objects", []) if isinstance(o, dict)]
+            if object_name not in self._schemas:
+                msg = (f"stream '{stream}': object_name {object_name!r} is not a custom object schema of this "
+                       f"Encharge account (names are case-sensitive); the account has: "
+                       f"{', '.join(map(repr, self._schemas)) or 'none'}")
+                raise ConfigError(msg)
+
+    def _get(self, path: str) -> t.Any:  # noqa: ANN401
+        url = self.api_url + path
+        try:
+            response = self.delivery.client.request("GET", url)
+        except requests.RequestException as exc:
+            msg = f"cannot reach Encharge at {self.api_url} ({type(exc).__name__}); check api_url and the network"
+            raise ConfigError(msg) from None
+        if response.status_code in (401, 403):
+            msg = (f"Encharge refused the api_key (HTTP {response.status_code} from GET {path}): "
+                   f"check that `api_key` is this account's REST API key")
+            raise ConfigError(msg)
+        if not response.ok:
+            msg = f"GET {path} answered HTTP {response.status_code}; is api_url ({self.api_url}) Encharge's REST API?"
+            raise ConfigError(msg)
+        try:
+            return encoding.loads(response.content) if response.content else None
+        except msgspec.DecodeError:
+            msg = f"GET {path} did not answer JSON; is api_url ({self.api_url}) Encharge's REST API?"
+            raise ConfigError(msg) from None
+
+    # same-person ordering across open batches
+
+    def hold(self, keys: t.Iterable[str], batch: Batch) -> None:
+        for key in keys:
+            self._holding[key] = batch
+
+    def release(self, batch: Batch) -> None:
+        for key in batch.keys:
+            if self._holding.get(key) is batch:
+                del self._holding[key]
+
+    def flush_holding(self, keys: t.Iterable[str], stream: str, url: str) -> None:
+        """A record for a person waiting in another open batch sends that batch first (input order)."""
+        for key in keys:
+            batch = self._holding.get(key)
+            if batch is not None and (batch.sink.stream_name != stream or batch.url != url):
+                batch.sink.flush(batch)
+
+    # state
+
+    def _process_state_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, requires={"value"})
+        for sink in [*self._sinks_active.values(), *self._sinks_to_clear]:
+            if isinstance(sink, EnchargeSink):
+                sink.flush_all(older_than=STATE_FLUSH_AGE)
+        self.ledger.add_state(message_dict["value"])
+
+    def _emit_state(self, state: dict) -> None:
+        self.stdout.write({"type": "STATE", "value": state} if self.states_as_messages else state)
+
+    def _write_state_message(self, state: dict) -> None:
+        """STATE goes out through the ledger, once what came before it is done; never here."""
+
+    # the run's ending
+
+    def process_endofpipe(self) -> None:
+        for sink in [*self._sinks_to_clear, *self._sinks_active.values()]:
+            if isinstance(sink, EnchargeSink):
+                sink.flush_all()
+        self.delivery.wait()
+        super().process_endofpipe()
+        self.finish()
+
+    def finish(self) -> None:
+        self.delivery.close()
+        if self.ledger.counts:
+            self.logger.info("Summary:\n%s", self.ledger.table())
+        self.ledger.check_failures()
+
+    def _install_redaction(self) -> None:
+        redacting = RedactingFilter(self.redact)
+        for log in (logging.getLogger(), self.logger):
+            for handler in log.handlers:
+                handler.addFilter(redacting)
+
+    @classmethod
+    def invoke(cls, *args: t.Any, **kwargs: t.Any) -> None:
+        """Run; a reason to stop is told in one line on stderr and the exit code is 1."""
+        try:
+            try:
+                super().invoke(*args, **kwargs)
+            except UnicodeDecodeError:
+                msg = "input is not UTF-8 text; nothing after the bad bytes was read"
+                raise InputError(msg) from None
+            except (InputError, FatalSyncError, SingerReadError):
+                cls._deliver_what_was_read()
+                raise
+        except (EnchargeTargetError, FatalSyncError, SingerReadError) as exc:
+            _fail(str(exc))
+
+    @classmethod
+    def _deliver_what_was_read(cls) -> None:
+        """Bad input stops reading; the records read before it are still delivered (and their STATE)."""
+        target = cls.running
+        if target is None:
+            return
+        for sink in [*target._sinks_to_clear, *target._sinks_active.values()]:  # noqa: SLF001
+            if isinstance(sink, EnchargeSink):
+                sink.flush_all()
+        target.delivery.wait()
+        target.finish()
+
+
+def _fail(message: str) -> t.NoReturn:
+    click.echo(f"target-encharge: error: {message.splitlines()[0] if message else 'failed'}", err=True)
+    sys.exit(1)

@@ -1,0 +1,262 @@
+"""Encharge's endpoint templates as data: how a record becomes a request, and what it must carry.
+
+Each template says which method and URL a record goes to, how a list of records becomes a body, what a
+record needs before it may be sent, and which of its fields identify it (for ordering, logs and dead letters).
+The generic `manual` template is built from the stream's settings the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing as t
+import urllib.parse
+
+from target_encharge import encoding
+from target_encharge.errors import ConfigError
+
+if t.TYPE_CHECKING:
+    from target_encharge.settings import StreamSettings
+
+PERSON_IDS = ("email", "userId", "id")
+PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """One Encharge endpoint: record in, request out."""
+
+    name: str
+    method: str
+    url: t.Callable[[dict], str]  # the URL a record goes to (KeyError names a missing placeholder field)
+    body: t.Callable[[list[dict]], bytes | None]  # records (already filtered) -> request body
+    content_type: str
+    needs: t.Callable[[dict], str | None]  # why a record cannot be sent, or None
+    identifiers: t.Callable[[dict], dict]  # the fields that say which person/object a record is
+    batchable: bool  # the API takes several records in one call
+    fixed_url: bool = True  # every record goes to the same URL
+
+
+def person_identifiers(record: dict) -> dict:
+    """email / userId / id, from the record or from its `user` object (events)."""
+    ids = {k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}
+    user = record.get("user")
+    if isinstance(user, dict):
+        ids.update({k: user[k] for k in PERSON_IDS if user.get(k) not in (None, "") and k not in ids})
+    return ids
+
+
+def _needs_person(record: dict) -> str | None:
+    if person_identifiers(record):
+        return None
+    return "no email, userId or id to say which person it is"
+
+
+def _needs_tag(record: dict) -> str | None:
+    tag = record.get("tag")
+    if isinstance(tag, list):
+        tag = ",".join(str(x) for x in tag if x not in (None, ""))
+    if not tag:
+        return "no tag"
+    return _needs_person(record)
+
+
+def _needs_event(record: dict) -> str | None:
+    if not isinstance(record.get("name"), str) or not record["name"].strip():
+        return "no event name"
+    ids = person_identifiers(record)
+    if not ("email" in ids or "userId" in ids):
+        return "no email or userId for the event's user"
+    return None
+
+
+def _nothing_needed(record: dict) -> str | None:  # noqa: ARG001
+    return None
+
+
+def _tag_body(records: list[dict]) -> bytes:
+    (record,) = records
+    tag = record["tag"]
+    if isinstance(tag, list):
+        tag = ",".join(str(x) for x in tag if x not in (None, ""))
+    return encoding.dumps({"tag": tag, **{k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}})
+
+
+def _event_body(records: list[dict]) -> bytes:
+    """`{"name", "user", "properties"}`: identify puts the other fields on the person, events in properties."""
+    (record,) = records
+    rest = dict(record)
+    name = rest.pop("name")
+    user = dict(rest.pop("user", None) or {})
+    properties = dict(rest.pop("properties", None) or {})
+    source_ip = rest.pop("sourceIp", None)
+    for key in PERSON_IDS:
+        if key in rest:
+            value = rest.pop(key)
+            if value not in (None, ""):
+                user.setdefault(key, value)
+    (user if name == "identify" else properties).update(rest)
+    event: dict[str, t.Any] = {"name": name, "user": user}
+    if properties:
+        event["properties"] = properties
+    if source_ip:
+        event["sourceIp"] = source_ip
+    return encoding.dumps(event)
+
+
+def _object_identifiers(record: dict) -> dict:
+    return {k: record[k] for k in ("externalId", "id") if record.get(k) not in (None, "")}
+
+
+def _fixed(url: str) -> t.Callable[[dict], str]:
+    return lambda _record: url
+
+
+def join_url(base: str, url: str) -> str:
+    """An absolute URL as is; a path relative to ``base``."""
+    if urllib.parse.urlsplit(url).scheme:
+        return url
+    return base.rstrip("/") + "/" + url.lstrip("/")
+
+
+def url_filler(url: str) -> t.Callable[[dict], str]:
+    """Fill ``{field}`` placeholders from the record, percent-encoded so a value never changes the path."""
+    fields = PLACEHOLDER.findall(url)
+    if not fields:
+        return _fixed(url)
+    head = urllib.parse.urlsplit(PLACEHOLDER.sub("x", url))
+    if PLACEHOLDER.search(url.split("//", 1)[-1].split("/", 1)[0]) or not head.scheme:
+        msg = f"url {url!r}: placeholders may only stand in the path or query, not in the scheme or host"
+        raise ConfigError(msg)
+
+    def fill(record: dict) -> str:
+        def value(match: re.Match) -> str:
+            field = match.group(1)
+            if record.get(field) in (None, ""):
+                raise KeyError(field)
+            return urllib.parse.quote(str(record[field]), safe="")
+
+        return PLACEHOLDER.sub(value, url)
+
+    return fill
+
+
+def _manual_body(content_type: str, batched: bool) -> t.Callable[[list[dict]], bytes | None]:
+    if content_type == "application/x-ndjson":
+        return encoding.dumps_lines
+    if content_type == "application/x-www-form-urlencoded":
+
+        def form(records: list[dict]) -> bytes:
+            (record,) = records
+            pairs = [
+                (k, v if isinstance(v, str) else encoding.dumps(v).decode()) for k, v in record.items() if v is not None
+            ]
+            return urllib.parse.urlencode(pairs).encode()
+
+        return form
+    if batched:
+        return encoding.dumps
+    return lambda records: encoding.dumps(records[0])
+
+
+def _manual(settings: StreamSettings, api_url: str) -> Template:
+    if not settings.url:
+        msg = f"stream '{settings.stream}': endpoint 'manual' needs url"
+        raise ConfigError(msg)
+    if settings.batch_records and settings.content_type == "application/x-www-form-urlencoded":
+        msg = f"stream '{settings.stream}': form-encoded bodies hold one record; turn batch_records off"
+        raise ConfigError(msg)
+    url = join_url(api_url, settings.url)
+    fill = url_filler(url)
+    fields = PLACEHOLDER.findall(url)
+
+    def needs(record: dict) -> str | None:
+        missing = [f for f in fields if record.get(f) in (None, "")]
+        return f"no value for the URL placeholder(s) {', '.join(missing)}" if missing else None
+
+    def identifiers(record: dict) -> dict:
+        ids = person_identifiers(record)
+        ids.update({f: record[f] for f in fields if f in record})
+        ids.update(_object_identifiers(record))
+        return ids
+
+    body = _manual_body(settings.content_type, settings.batch_records)
+    return Template(
+        name="manual",
+        method=settings.method,
+        url=fill,
+        body=(lambda _records: None) if settings.method == "GET" else body,
+        content_type=settings.content_type,
+        needs=needs,
+        identifiers=identifiers,
+        batchable=settings.content_type != "application/x-www-form-urlencoded",
+        fixed_url=not fields,
+    )
+
+
+def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Template:
+    """The template a stream is routed to, bound to its settings."""
+    api = api_url.rstrip("/")
+    endpoint = settings.endpoint
+    if endpoint == "create_or_update_person":
+        return Template(
+            name=endpoint,
+            method="POST",
+            url=_fixed(f"{api}/people"),
+            body=encoding.dumps,
+            content_type="application/json",
+            needs=_needs_person,
+            identifiers=person_identifiers,
+            batchable=True,
+        )
+    if endpoint in ("add_tag", "remove_tag"):
+        return Template(
+            name=endpoint,
+            method="POST" if endpoint == "add_tag" else "DELETE",
+            url=_fixed(f"{api}/tags"),
+            body=_tag_body,
+            content_type="application/json",
+            needs=_needs_tag,
+            identifiers=person_identifiers,
+            batchable=False,
+        )
+    if endpoint == "create_custom_object":
+        if not settings.object_name:
+            msg = f"stream '{settings.stream}': endpoint 'create_custom_object' needs object_name"
+            raise ConfigError(msg)
+        return Template(
+            name=endpoint,
+            method="POST",
+            url=_fixed(f"{api}/objects/{urllib.parse.quote(settings.object_name, safe='')}"),
+            body=encoding.dumps,
+            content_type="application/json",
+            needs=_nothing_needed,
+            identifiers=_object_identifiers,
+            batchable=True,
+        )
+    if endpoint == "track_event":
+        return Template(
+            name=endpoint,
+            method="POST",
+            url=_fixed(ingest_url),
+            body=_event_body,
+            content_type="application/json",
+            needs=_needs_event,
+            identifiers=person_identifiers,
+            batchable=False,
+        )
+    if endpoint == "manual":
+        return _manual(settings, api_url)
+    msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
+    raise ConfigError(msg)
+
+
+def ordering_keys(template: Template, record: dict, url: str) -> tuple[str, ...]:
+    """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL."""
+    ids = person_identifiers(record)
+    keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items()]
+    if template.name == "create_custom_object":
+        keys = [f"{url}#{k}={v}" for k, v in _object_identifiers(record).items()]
+    elif template.name == "manual" and not template.fixed_url:
+        keys.append(url)
+    return tuple(keys)
