@@ -1,0 +1,89 @@
+"""A readable summary of what arrived in the sandbox: people and their tags, objects, events, requests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+MAX_ROWS = 50
+MAX_CELL = 48
+_PERSON_KEYS = ("id", "email", "userId", "firstName", "lastName", "name", "tags")
+_OBJECT_KEYS = ("id", "externalId", "name")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        text = "-"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = ", ".join(value)
+    else:
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+
+
+def _fields(item: dict[str, Any], skip: Sequence[str]) -> str:
+    return ", ".join(f"{k}={_cell(v)}" for k, v in item.items() if k not in skip and not k.startswith("_sdc_"))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """An aligned text table, at most MAX_ROWS rows (then a line saying how many more)."""
+    cells = [[_cell(v) if not isinstance(v, int) or isinstance(v, bool) else str(v) for v in row]
+             for row in rows[:MAX_ROWS]]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  " + "  ".join("-" * w for w in widths)]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    if len(rows) > MAX_ROWS:
+        lines.append(f"  … and {len(rows) - MAX_ROWS} more")
+    return lines
+
+
+def _name(person: dict[str, Any]) -> str | None:
+    full = " ".join(p for p in (person.get("firstName"), person.get("lastName")) if isinstance(p, str) and p)
+    return full or person.get("name")
+
+
+def render(state: dict[str, Any]) -> str:
+    """The summary of a sandbox state (as `Sandbox.state()` and GET /_sandbox/state give it)."""
+    people, objects, events = state["people"], state["objects"], state["events"]
+    tags = {tag for person in people for tag in person.get("tags", [])}
+    requests = state["requests"]
+    counts = ", ".join(f"{len(items)} {name}" for name, items in objects.items())
+    lines = [f"Encharge sandbox: {len(people)} people, {len(tags)} distinct tags, objects: {counts or 'none'}, "
+             f"{len(events)} events, {requests['total']} API requests", ""]
+
+    lines.append(f"People ({len(people)})")
+    if people:
+        rows = [(p.get("email"), p.get("userId"), _name(p), p.get("tags"),
+                 _fields(p, _PERSON_KEYS) + (" [archived]" if p.get("archived") else ""))
+                for p in people]
+        lines += table(("email", "userId", "name", "tags", "other fields"), rows)
+    lines.append("")
+
+    for name, items in objects.items():
+        lines.append(f"Custom objects: {name} ({len(items)})")
+        if items:
+            rows = [(o.get("id"), o.get("externalId"), o.get("name"), _fields(o, _OBJECT_KEYS)) for o in items]
+            lines += table(("id", "externalId", "name", "other fields"), rows)
+        lines.append("")
+
+    lines.append(f"Events ({len(events)})")
+    if events:
+        rows = [(e.get("receivedAt"), e.get("name"),
+                 (e.get("user") or {}).get("email") or (e.get("user") or {}).get("userId"),
+                 _fields(e.get("properties") or {}, ())) for e in events]
+        lines += table(("received", "name", "person", "properties"), rows)
+    lines.append("")
+
+    lines.append(f"Requests ({requests['total']})")
+    if requests["counts"]:
+        rows = [(c["endpoint"], c["status"], c["count"]) for c in requests["counts"]]
+        lines += table(("endpoint", "status", "count"), rows)
+    faults = {k: v for k, v in state.get("faults", {}).items()
+              if v and not (k == "retry_after" and not state["faults"].get("rate_limit"))}
+    if faults:
+        lines += ["", "Faults: " + ", ".join(f"{k}={v}" for k, v in faults.items())]
+    return "\n".join(lines) + "\n"

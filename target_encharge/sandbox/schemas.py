@@ -1,0 +1,121 @@
+"""Request body schemas of the sandbox, written from what Encharge's OpenAPI document says.
+
+Only the shapes the sandbox checks are here: people (EndUser), tag bodies (tag + EndUserIdentifiers),
+custom objects (ICustomObjectCreatable), Ingest events, and the sandbox's own fault settings.
+They are compiled once with fastjsonschema, so a check costs microseconds per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import fastjsonschema
+
+#: Person identifiers, in the order Encharge matches people by them.
+IDENTIFIERS = ("id", "userId", "email")
+
+_STRING_OR_NULL = {"type": ["string", "null"]}
+
+#: EndUser: identifiers and names are strings; any other field is a person field.
+#: A null identifier counts as absent; tags (not documented on EndUser) may be "a,b" or ["a", "b"].
+PERSON: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": _STRING_OR_NULL,
+        "userId": _STRING_OR_NULL,
+        "email": _STRING_OR_NULL,
+        "name": _STRING_OR_NULL,
+        "firstName": _STRING_OR_NULL,
+        "lastName": _STRING_OR_NULL,
+        "tags": {"type": ["string", "array", "null"], "items": {"type": "string"}},
+    },
+}
+
+#: POST /v1/people: "Array of EndUser objects."
+PEOPLE: dict[str, Any] = {"type": "array", "items": PERSON}
+
+#: POST and DELETE /v1/tags: {"tag": "a,b"} together with EndUserIdentifiers.
+TAG: dict[str, Any] = {
+    "type": "object",
+    "required": ["tag"],
+    "properties": {
+        "tag": {"type": "string"},
+        "id": _STRING_OR_NULL,
+        "userId": _STRING_OR_NULL,
+        "email": _STRING_OR_NULL,
+    },
+}
+
+#: ICustomObjectCreatable: externalId is a string, id a number, other fields are the object's fields.
+CUSTOM_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"externalId": {"type": "string"}, "id": {"type": "number"}},
+}
+
+#: POST /v1/objects/{objectName}: an array of objects to create.
+CUSTOM_OBJECTS: dict[str, Any] = {"type": "array", "items": CUSTOM_OBJECT}
+
+#: POST to the Ingest URL: one event, done by one person.
+EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "user"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "user": PERSON,
+        "properties": {"type": ["object", "null"]},
+        "sourceIp": {"type": "string"},
+    },
+}
+
+#: POST /_sandbox/faults: the fault settings, each optional; rate_limit null (or 0) removes the limit.
+FAULTS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "latency_ms": {"type": "number", "minimum": 0},
+        "error_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        "drop_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        "rate_limit": {"type": ["number", "null"], "minimum": 0},
+        "retry_after": {"type": "number", "minimum": 0},
+    },
+}
+
+
+class BodyError(ValueError):
+    """A request body that does not match its schema; the message says where and what."""
+
+
+def _compile(schema: dict[str, Any]) -> Callable[[Any], None]:
+    check = fastjsonschema.compile(schema)
+
+    def validate(body: Any) -> None:
+        try:
+            check(body)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            # fastjsonschema calls the document "data"; users know it as the request body.
+            raise BodyError("body" + exc.message[len("data"):] if exc.message.startswith("data")
+                            else exc.message) from None
+
+    return validate
+
+
+validate_people = _compile(PEOPLE)
+validate_person = _compile(PERSON)
+validate_tag = _compile(TAG)
+validate_custom_object = _compile(CUSTOM_OBJECT)
+validate_custom_objects = _compile(CUSTOM_OBJECTS)
+validate_event = _compile(EVENT)
+validate_faults = _compile(FAULTS)
+
+
+def identifiers(person: dict[str, Any]) -> dict[str, str]:
+    """The non-empty identifiers of a person body, in matching order."""
+    return {key: person[key] for key in IDENTIFIERS if person.get(key)}
+
+
+def require_identifier(person: dict[str, Any], where: str = "body") -> dict[str, str]:
+    """The identifiers of a person body; a BodyError when it has none."""
+    found = identifiers(person)
+    if not found:
+        raise BodyError(f"{where} needs at least one of id, userId, email to identify the person")
+    return found

@@ -1,0 +1,358 @@
+"""The sandbox's HTTP side: a keep-alive threaded server, fault injection, the request log, inspection endpoints.
+
+`Sandbox` is the public face: start it, point a pipeline at `api_url` and `ingest_url`, look at what arrived.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import socket
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+from urllib.parse import parse_qsl, unquote
+
+from . import report
+from .api import INGEST_PATH, Api, Call, envelope
+from .faults import DROP, RATE_LIMITED, FaultInjector, Faults
+from .log import RequestLog
+from .schemas import BodyError, validate_faults
+from .store import ApiError, Store
+
+DEFAULT_API_KEY = "sandbox-api-key"
+DEFAULT_WRITE_KEY = "sandbox-write-key"
+DEFAULT_SCHEMAS = ("company", "subscription")
+CONTROL_PREFIX = "/_sandbox/"
+MAX_BODY_BYTES = 64 * 1024 * 1024
+_REDACTED_HEADERS = frozenset(("x-encharge-token", "authorization"))
+_JSON = "application/json; charset=utf-8"
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _check_loopback(host: str) -> None:
+    """Refuse anything but a loopback address: the sandbox has fixed, published keys."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+    if not all(ipaddress.ip_address(addr.split("%")[0]).is_loopback for addr in addresses):
+        raise ValueError(f"the sandbox binds loopback addresses only (127.0.0.1, ::1, localhost), not {host!r}")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], sandbox: "Sandbox") -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.sandbox = sandbox
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End the keep-alive connections still open, so their threads finish with the server."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if self.sandbox.verbose:
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def do_GET(self) -> None:
+        path, _, query_string = self.path.partition("?")
+        received = time.time()
+        raw = self._read_body()
+        if raw is None:
+            return
+        sandbox = self.server.sandbox
+        if path.startswith(CONTROL_PREFIX):
+            status, payload, content_type = sandbox._control(self.command, path, query_string, raw)
+            self._answer(status, payload, content_type)
+        else:
+            self._api(sandbox, path, query_string, raw, received)
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    def _read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = self.headers.get("Content-Length")
+        try:
+            size = int(length) if length else 0
+        except ValueError:
+            size = -1
+        if not 0 <= size <= MAX_BODY_BYTES:
+            self.close_connection = True
+            self._answer(400 if size < 0 else 413, envelope("Bad Content-Length", "sandbox-http"))
+            return None
+        return self.rfile.read(size) if size else b""
+
+    def _api(self, sandbox: "Sandbox", path: str, query_string: str, raw: bytes, received: float) -> None:
+        api = sandbox._api
+        route = api.route(self.command, path)
+        query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
+        header_token, query_token = self.headers.get("X-Encharge-Token"), query.get("token")
+        token = header_token if header_token is not None or route.api != "rest" else query_token
+        call = Call(self.command, query, params=route.params)
+        logged_body = _parse_body(raw, self.headers.get("Content-Type", ""), call)
+        if api.mentions_key(raw):
+            logged_body = _parse_body(api.redact(raw), self.headers.get("Content-Type", ""), Call("", {}))
+
+        fault = sandbox._faults.decide()
+        extra: Iterable[tuple[str, str]] = ()
+        if fault == DROP:
+            status, payload = None, None
+            self.close_connection = True
+        elif fault is not None:
+            if fault == RATE_LIMITED:
+                status, message = 429, "Too many requests: slow down and retry after the Retry-After delay"
+                extra = (("Retry-After", sandbox._faults.retry_after_header),)
+            else:
+                status, message = 500, "Internal server error (injected by the sandbox)"
+            payload = envelope(message, sandbox._trace_id())
+        else:
+            try:
+                if route.handler is None:
+                    raise ApiError(404, f"Cannot {self.command} {path}")
+                api.check_auth(route.api, token)
+                status, payload = route.handler(call)
+            except ApiError as exc:
+                status, payload = exc.status, envelope(exc.message, sandbox._trace_id())
+        if status is not None:
+            self._answer(status, payload, _JSON, extra)
+
+        if "token" in query:
+            query["token"] = "***"
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        for name in _REDACTED_HEADERS.intersection(headers):
+            headers[name] = "***"
+        texts = itertools.chain((unquote(self.path),), query.values(), headers.values())
+        if any(api.mentions_key(text.encode()) for text in texts):
+            path = api.redact(unquote(path).encode()).decode()
+            query = {k: api.redact(v.encode()).decode() for k, v in query.items()}
+            headers = {k: api.redact(v.encode()).decode() for k, v in headers.items()}
+        auth = api.key_name(header_token if header_token is not None else query_token)
+        entry = {"method": self.command, "path": path, "query": query, "status": status, "body": logged_body,
+                 "auth": auth, "headers": headers, "fault": fault, "time": received}
+        sandbox._log.add(entry, route.endpoint, len(raw))
+        if sandbox.verbose:
+            took = (time.time() - received) * 1000
+            sys.stderr.write(f"{self.command} {path} {status or 'dropped'} {took:.1f}ms\n")
+
+    def _answer(self, status: int, payload: Any, content_type: str = _JSON,
+                extra: Iterable[tuple[str, str]] = ()) -> None:
+        """The whole answer in one write (no Nagle stalls), with an exact Content-Length; 201/204 bodiless."""
+        if payload is None:
+            body = b""
+        elif isinstance(payload, str):
+            body = payload.encode()
+        else:
+            body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Server: encharge-sandbox"]
+        if status != 204:
+            lines.append(f"Content-Length: {len(body)}")
+        if body:
+            lines.append(f"Content-Type: {content_type}")
+        lines.extend(f"{name}: {value}" for name, value in extra)
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.wfile.write(head if self.command == "HEAD" else head + body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.sandbox.verbose:
+            super().log_message(format, *args)
+
+
+def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:
+    """Fill call.body (or call.body_error); return what the log keeps: parsed JSON, text, or None."""
+    if not raw:
+        return None
+    if "x-www-form-urlencoded" in content_type:
+        text = raw.decode("utf-8", "replace")
+        call.body = dict(parse_qsl(text, keep_blank_values=True))
+        return text
+    try:
+        call.body = json.loads(raw)
+        return call.body
+    except ValueError as exc:
+        call.body_error = f"The request body is not valid JSON ({exc})"
+        return raw.decode("utf-8", "replace")
+
+
+class Sandbox:
+    """A local stand-in for Encharge's REST and Ingest APIs, for rehearsing pipelines and for tests."""
+
+    def __init__(self, api_key: str = DEFAULT_API_KEY, write_key: str = DEFAULT_WRITE_KEY,
+                 schemas: Iterable[str] = DEFAULT_SCHEMAS, host: str = "127.0.0.1", port: int = 0,
+                 latency_ms: float = 0, error_rate: float = 0.0, drop_rate: float = 0.0,
+                 rate_limit: float | None = None, retry_after: float = 1, seed: int | None = None,
+                 verbose: bool = False) -> None:
+        _check_loopback(host)
+        self.host, self.port, self.verbose = host, port, verbose
+        self._store = Store(schemas)
+        self._api = Api(self._store, api_key, write_key)
+        self._faults = FaultInjector(Faults(latency_ms, error_rate, drop_rate, rate_limit, retry_after), seed)
+        self._log = RequestLog()
+        self._trace_ids = itertools.count(1)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> "Sandbox":
+        if self._server is None:
+            self._server = _Server((self.host, self.port), self)
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="encharge-sandbox", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            server.close_connections()
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the sandbox is not started: call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def ingest_url(self) -> str:
+        return self.url + INGEST_PATH
+
+    def __repr__(self) -> str:
+        where = self.url if self._server is not None else "not started"
+        return f"<Sandbox {where}>"
+
+    # --- control --------------------------------------------------------------------------------
+
+    def set_faults(self, latency_ms: float | None = None, error_rate: float | None = None,
+                   drop_rate: float | None = None, rate_limit: float | None = None,
+                   retry_after: float | None = None) -> dict[str, Any]:
+        """Change the given fault settings only (rate_limit=0 removes the limit); returns them all."""
+        given = {"latency_ms": latency_ms, "error_rate": error_rate, "drop_rate": drop_rate,
+                 "rate_limit": rate_limit, "retry_after": retry_after}
+        return self._faults.set(**{k: v for k, v in given.items() if v is not None}).as_dict()
+
+    @property
+    def faults(self) -> dict[str, Any]:
+        return self._faults.faults.as_dict()
+
+    def reset(self) -> None:
+        """Forget people, objects, events and the request log; faults and schemas stay."""
+        self._store.clear()
+        self._log.clear()
+        self._faults.reset()
+
+    # --- inspection -----------------------------------------------------------------------------
+
+    def people(self) -> list[dict[str, Any]]:
+        return self._store.people()
+
+    def person(self, email: str | None = None, userId: str | None = None,
+               id: str | None = None) -> dict[str, Any] | None:  # noqa: A002 - Encharge's names
+        return self._store.person({"id": id, "userId": userId, "email": email})
+
+    def objects(self, name: str) -> list[dict[str, Any]]:
+        return self._store.objects(name)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self._store.events()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [dict(entry) for entry in self._log.entries()]
+
+    def state(self) -> dict[str, Any]:
+        """Everything that arrived, as the /_sandbox/state endpoint shows it."""
+        state = self._store.snapshot()
+        state["requests"] = {"total": self._log.total(),
+                             "counts": [{"endpoint": e, "status": s, "count": n} for e, s, n in self._log.counts()]}
+        state["faults"] = self.faults
+        state["schemas"] = list(self._store.schema_names)
+        return state
+
+    def summary(self) -> str:
+        return report.render(self.state())
+
+    def _trace_id(self) -> str:
+        return f"sandbox-{next(self._trace_ids):08d}"
+
+    def _control(self, method: str, path: str, query_string: str, raw: bytes) -> tuple[int, Any, str]:
+        """The inspection and control endpoints: no auth, no faults, not in the request log."""
+        query = dict(parse_qsl(query_string))
+        name = path[len(CONTROL_PREFIX):].rstrip("/")
+        try:
+            if (method, name) == ("GET", "state"):
+                return 200, self.state(), _JSON
+            if (method, name) == ("GET", "requests"):
+                limit = int(query.get("limit") or 0)
+                return 200, {"requests": self._log.entries(limit or None)}, _JSON
+            if (method, name) == ("GET", "summary"):
+                return 200, self.summary(), _TEXT
+            if (method, name) == ("GET", "faults"):
+                return 200, {"faults": self.faults}, _JSON
+            if (method, name) == ("POST", "faults"):
+                changes = json.loads(raw or b"{}")
+                validate_faults(changes)
+                if "rate_limit" in changes and changes["rate_limit"] is None:
+                    changes["rate_limit"] = 0
+                return 200, {"faults": self._faults.set(**changes).as_dict()}, _JSON
+            if (method, name) == ("POST", "reset"):
+                self.reset()
+                return 200, {"reset": True}, _JSON
+        except (ValueError, BodyError) as exc:
+            return 400, envelope(str(exc), self._trace_id()), _JSON
+        return 404, envelope(f"Cannot {method} {path}", self._trace_id()), _JSON

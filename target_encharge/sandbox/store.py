@@ -1,0 +1,345 @@
+"""The sandbox's in-memory Encharge account: people, tags, custom objects and events.
+
+Semantics follow Encharge's documentation: people are upserted, matched by id, then userId, then email;
+tags are added to and removed from existing people only; custom objects live in named, case-sensitive
+schemas; `identify` events update the person only, other events are recorded. Every method takes the one
+lock, checks everything it can before changing anything, and raises ApiError with the HTTP status to answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from .schemas import IDENTIFIERS
+
+#: Person fields every Encharge account has (GET /v1/fields lists them first).
+STANDARD_FIELDS = (
+    ("email", "Email", "string"),
+    ("userId", "User ID", "string"),
+    ("firstName", "First name", "string"),
+    ("lastName", "Last name", "string"),
+    ("name", "Name", "string"),
+)
+_SYSTEM_KEYS = frozenset(("id", "tags", "archived", "unsubscribed")) | {name for name, _, _ in STANDARD_FIELDS}
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string"}
+
+
+class ApiError(Exception):
+    """An answer other than success: the HTTP status and a message for Encharge's error envelope."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def split_tags(value: str | list[str] | None) -> list[str]:
+    """Encharge's "tag1,tag2" (or a list of them) as a list of distinct, trimmed tags."""
+    parts = value.split(",") if isinstance(value, str) else (value or [])
+    tags: list[str] = []
+    for part in parts:
+        tag = part.strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def _describe(ident: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {ident[key]!r}" for key in IDENTIFIERS if ident.get(key))
+
+
+class _Schema:
+    """The objects of one custom object schema, indexed by id and externalId."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.items: dict[int, dict[str, Any]] = {}
+        self.by_external_id: dict[str, int] = {}
+        self.next_id = 1
+
+    def find(self, key: str, by: str) -> dict[str, Any]:
+        if by == "externalId":
+            object_id = self.by_external_id.get(key)
+        else:
+            object_id = int(key) if key.isdigit() else None
+        obj = self.items.get(object_id) if object_id is not None else None
+        if obj is None:
+            raise ApiError(404, f"No {self.name} object with {'externalId' if by == 'externalId' else 'id'} {key!r}")
+        return obj
+
+    def create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = {"id": self.next_id}
+        self.next_id += 1
+        self.update(obj, fields)
+        self.items[obj["id"]] = obj
+        return obj
+
+    def update(self, obj: dict[str, Any], fields: dict[str, Any]) -> None:
+        external_id = fields.get("externalId")
+        if external_id is not None and external_id != obj.get("externalId"):
+            owner = self.by_external_id.get(external_id)
+            if owner is not None and owner != obj["id"]:
+                raise ApiError(409, f"A {self.name} object with externalId {external_id!r} already exists")
+            self.by_external_id.pop(obj.get("externalId"), None)
+            self.by_external_id[external_id] = obj["id"]
+        for key, value in fields.items():
+            if key != "id":
+                obj[key] = value
+
+    def delete(self, obj: dict[str, Any]) -> None:
+        del self.items[obj["id"]]
+        self.by_external_id.pop(obj.get("externalId"), None)
+
+
+class Store:
+    """One Encharge account in memory, safe to use from many handler threads."""
+
+    def __init__(self, schemas: Iterable[str] = ("company", "subscription")) -> None:
+        self.schema_names = tuple(schemas)
+        self._lock = threading.Lock()
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._people: dict[str, dict[str, Any]] = {}
+            self._by_user_id: dict[str, str] = {}
+            self._by_email: dict[str, str] = {}
+            self._schemas = {name: _Schema(name) for name in self.schema_names}
+            self._events: list[dict[str, Any]] = []
+            self._custom_fields: dict[str, str] = {}
+
+    # --- people ---------------------------------------------------------------------------------
+
+    def _find(self, ident: dict[str, Any]) -> dict[str, Any] | None:
+        if ident.get("id"):
+            person = self._people.get(ident["id"])
+            if person is not None:
+                return person
+        if ident.get("userId"):
+            person_id = self._by_user_id.get(ident["userId"])
+            if person_id is not None:
+                return self._people[person_id]
+        if ident.get("email"):
+            person_id = self._by_email.get(ident["email"].lower())
+            if person_id is not None:
+                return self._people[person_id]
+        return None
+
+    def _existing(self, ident: dict[str, Any]) -> dict[str, Any]:
+        person = self._find(ident)
+        if person is None:
+            raise ApiError(404, f"No person with {_describe(ident)}")
+        return person
+
+    def _check_upsert(self, fields: dict[str, Any], where: str) -> None:
+        """Refuse an upsert that names an unknown id alone, or takes another person's email or userId."""
+        person = self._find(fields)
+        if person is None:
+            if fields.get("id") and not (fields.get("userId") or fields.get("email")):
+                raise ApiError(404, f"{where}: no person with id {fields['id']!r}")
+            return
+        for key, index in (("userId", self._by_user_id), ("email", self._by_email)):
+            value = fields.get(key)
+            owner = index.get(value.lower() if key == "email" else value) if value else None
+            if owner is not None and owner != person["id"]:
+                raise ApiError(409, f"{where}: {key} {value!r} already belongs to another person")
+
+    def _upsert(self, fields: dict[str, Any]) -> dict[str, Any]:
+        person = self._find(fields)
+        if person is None:
+            person = {"id": str(uuid.uuid4())}
+            self._people[person["id"]] = person
+        for key, value in fields.items():
+            if key == "id":
+                continue
+            if key == "tags":
+                self._add_tags(person, split_tags(value))
+            elif key in ("email", "userId"):
+                if value:
+                    self._reindex(person, key, value)
+            else:
+                person[key] = value
+                if key not in _SYSTEM_KEYS and key not in self._custom_fields:
+                    self._custom_fields[key] = _JSON_TYPES.get(type(value), "string")
+        person.setdefault("tags", [])
+        return person
+
+    def _reindex(self, person: dict[str, Any], key: str, value: str) -> None:
+        index = self._by_email if key == "email" else self._by_user_id
+        old = person.get(key)
+        if old is not None:
+            index.pop(old.lower() if key == "email" else old, None)
+        person[key] = value
+        index[value.lower() if key == "email" else value] = person["id"]
+
+    @staticmethod
+    def _add_tags(person: dict[str, Any], tags: list[str]) -> None:
+        current = person.setdefault("tags", [])
+        current.extend(tag for tag in tags if tag not in current)
+
+    @staticmethod
+    def _public(person: dict[str, Any]) -> dict[str, Any]:
+        """A copy safe to serialise outside the lock (values are replaced, never changed in place)."""
+        return {**person, "tags": list(person["tags"])}
+
+    def upsert_people(self, people: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._lock:
+            for index, fields in enumerate(people):
+                self._check_upsert(fields, f"body[{index}]")
+            return [self._public(self._upsert(fields)) for fields in people]
+
+    def get_people(self, idents: list[dict[str, Any]], include_archived: bool = False) -> list[dict[str, Any]]:
+        with self._lock:
+            found = [self._find(ident) for ident in idents]
+            return [self._public(p) for p in found if p is not None and (include_archived or not p.get("archived"))]
+
+    def all_people(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        with self._lock:
+            people = list(self._people.values())[offset:offset + limit]
+            return [self._public(p) for p in people]
+
+    def archive_people(self, idents: list[dict[str, Any]], force: bool) -> None:
+        with self._lock:
+            people = [self._existing(ident) for ident in idents]
+            for person in people:
+                if not force:
+                    person["archived"] = True
+                elif self._people.pop(person["id"], None) is not None:
+                    if person.get("email"):
+                        self._by_email.pop(person["email"].lower(), None)
+                    if person.get("userId"):
+                        self._by_user_id.pop(person["userId"], None)
+
+    def unsubscribe(self, ident: dict[str, Any]) -> None:
+        with self._lock:
+            self._existing(ident)["unsubscribed"] = True
+
+    def add_tags(self, ident: dict[str, Any], tags: list[str]) -> None:
+        with self._lock:
+            self._add_tags(self._existing(ident), tags)
+
+    def remove_tags(self, ident: dict[str, Any], tags: list[str]) -> None:
+        with self._lock:
+            person = self._existing(ident)
+            person["tags"] = [tag for tag in person["tags"] if tag not in tags]
+
+    def person_fields(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            custom = [(name, name, kind) for name, kind in self._custom_fields.items()]
+        return list(STANDARD_FIELDS) + custom
+
+    def people_count(self) -> int:
+        with self._lock:
+            return sum(1 for p in self._people.values() if not p.get("archived"))
+
+    # --- custom objects -------------------------------------------------------------------------
+
+    def _schema(self, name: str) -> _Schema:
+        schema = self._schemas.get(name)
+        if schema is None:
+            known = ", ".join(self.schema_names) or "none"
+            raise ApiError(404, f"No custom object schema named {name!r} (names are case-sensitive; "
+                                f"this account has: {known})")
+        return schema
+
+    def create_objects(self, name: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._lock:
+            schema = self._schema(name)
+            seen: set[str] = set()
+            for index, fields in enumerate(objects):
+                external_id = fields.get("externalId")
+                if external_id is not None and (external_id in schema.by_external_id or external_id in seen):
+                    raise ApiError(409, f"body[{index}]: a {name} object with externalId {external_id!r} "
+                                        f"already exists (POST creates; PUT /objects/{name} upserts)")
+                if external_id is not None:
+                    seen.add(external_id)
+            return [dict(schema.create(fields)) for fields in objects]
+
+    def upsert_object(self, name: str, fields: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            schema = self._schema(name)
+            if fields.get("id") is not None:
+                obj = schema.items.get(fields["id"])
+                if obj is None:
+                    raise ApiError(404, f"No {name} object with id {fields['id']!r}")
+            else:
+                obj = schema.items.get(schema.by_external_id.get(fields.get("externalId")))
+            if obj is None:
+                return True, dict(schema.create(fields))
+            schema.update(obj, fields)
+            return False, dict(obj)
+
+    def update_object(self, name: str, key: str, by: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            schema = self._schema(name)
+            obj = schema.find(key, by)
+            schema.update(obj, fields)
+            return dict(obj)
+
+    def delete_object(self, name: str, key: str, by: str) -> None:
+        with self._lock:
+            schema = self._schema(name)
+            schema.delete(schema.find(key, by))
+
+    def get_object(self, name: str, key: str, by: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._schema(name).find(key, by))
+
+    def list_objects(self, name: str, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._schema(name).items.values())
+            end = None if limit is None else offset + limit
+            return [dict(obj) for obj in items[offset:end]]
+
+    def count_objects(self, name: str) -> int:
+        with self._lock:
+            return len(self._schema(name).items)
+
+    def require_schema(self, name: str) -> None:
+        """ApiError 404 unless the account has a custom object schema of exactly this name."""
+        self._schema(name)
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def track(self, event: dict[str, Any]) -> None:
+        """An Ingest event: the person in `user` is upserted; events other than identify are recorded."""
+        user = event["user"]
+        with self._lock:
+            self._check_upsert(user, "body.user")
+            self._upsert(user)
+            if event["name"] != "identify":
+                received = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                self._events.append({**event, "receivedAt": received})
+
+    # --- inspection -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Deep copies of everything that arrived, for tests and the inspection endpoint."""
+        with self._lock:
+            state = {
+                "people": list(self._people.values()),
+                "objects": {name: list(s.items.values()) for name, s in self._schemas.items()},
+                "events": self._events,
+            }
+            return copy.deepcopy(state)
+
+    def people(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(list(self._people.values()))
+
+    def person(self, ident: dict[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            return copy.deepcopy(self._find(ident))
+
+    def objects(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            schema = self._schemas.get(name)
+            return copy.deepcopy(list(schema.items.values())) if schema else []
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._events)
