@@ -130,10 +130,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
         header_token, query_token = self.headers.get("X-Encharge-Token"), query.get("token")
         token = header_token if header_token is not None or route.api != "rest" else query_token
-        call = Call(self.command, query, params=route.params)
-        logged_body = _parse_body(raw, self.headers.get("Content-Type", ""), call)
+        call = Call(self.command, dict(query), params=route.params)
+        content_type = self.headers.get("Content-Type", "")
+        logged_body = _parse_body(raw, content_type, call)
         if api.mentions_key(raw):
-            logged_body = _parse_body(api.redact(raw), self.headers.get("Content-Type", ""), Call("", {}))
+            logged_body = _parse_body(api.redact(raw), content_type, Call("", {}))
 
         fault = sandbox._faults.decide()
         extra: Iterable[tuple[str, str]] = ()
@@ -154,10 +155,20 @@ class _Handler(BaseHTTPRequestHandler):
                 api.check_auth(route.api, token)
                 status, payload = route.handler(call)
             except ApiError as exc:
-                status, payload = exc.status, envelope(exc.message, sandbox._trace_id())
+                message = api.redact(exc.message.encode()).decode() if api.mentions_key(exc.message.encode()) \
+                    else exc.message
+                status, payload = exc.status, envelope(message, sandbox._trace_id())
+
+        # Logged before answering: once a client has its answer, the log already shows the request.
+        self._log(sandbox, route.endpoint, path, query, logged_body, len(raw), status, fault, received,
+                  auth=api.key_name(header_token if header_token is not None else query_token))
         if status is not None:
             self._answer(status, payload, _JSON, extra)
 
+    def _log(self, sandbox: "Sandbox", endpoint: str, path: str, query: dict[str, str], body: Any, size: int,
+             status: int | None, fault: str | None, received: float, auth: str | None) -> None:
+        """One request log entry, with the keys replaced by *** wherever they appear."""
+        api = sandbox._api
         if "token" in query:
             query["token"] = "***"
         headers = {name.lower(): value for name, value in self.headers.items()}
@@ -168,10 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
             path = api.redact(unquote(path).encode()).decode()
             query = {k: api.redact(v.encode()).decode() for k, v in query.items()}
             headers = {k: api.redact(v.encode()).decode() for k, v in headers.items()}
-        auth = api.key_name(header_token if header_token is not None else query_token)
-        entry = {"method": self.command, "path": path, "query": query, "status": status, "body": logged_body,
+        entry = {"method": self.command, "path": path, "query": query, "status": status, "body": body,
                  "auth": auth, "headers": headers, "fault": fault, "time": received}
-        sandbox._log.add(entry, route.endpoint, len(raw))
+        sandbox._log.add(entry, endpoint, size)
         if sandbox.verbose:
             took = (time.time() - received) * 1000
             sys.stderr.write(f"{self.command} {path} {status or 'dropped'} {took:.1f}ms\n")
