@@ -30,6 +30,9 @@ class Reader(MsgSpecReader):
         except msgspec.DecodeError as exc:
             msg = f"input line {self.line_number} is not valid JSON ({exc}); nothing after it was read"
             raise InputError(msg) from None
+        except UnicodeError:
+            msg = f"input line {self.line_number} is not UTF-8 text; nothing after it was read"
+            raise InputError(msg) from None
         if not isinstance(message, dict) or "type" not in message:
             msg = f"input line {self.line_number} is not a Singer message (no 'type'); nothing after it was read"
             raise InputError(msg)

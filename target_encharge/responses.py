@@ -56,16 +56,17 @@ class Lines:
         self.redact = redact
         self._lock = threading.Lock()
         self._own = path not in (None, "-")
-        self._file: t.IO[str] = open(path, "a", encoding="utf-8") if self._own else sys.stdout  # noqa: SIM115
+        self._file: t.IO[str] | None = open(path, "a", encoding="utf-8") if self._own else None  # noqa: SIM115
 
     def write(self, obj: t.Any) -> None:  # noqa: ANN401
         line = self.redact(encoding.dumps(obj).decode())
+        out = self._file or sys.stdout  # looked up at each write: whoever captures stdout gets the lines
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            out.write(line + "\n")
+            out.flush()
 
     def close(self) -> None:
-        if self._own:
+        if self._file is not None:
             self._file.close()
 
 
@@ -105,6 +106,7 @@ class Ledger:
         self._done_below = 0  # every record numbered below this is done
         self._done_ahead: set[int] = set()
         self._states: collections.deque[tuple[int, dict]] = collections.deque()
+        self._last_state: dict | None = None
         self._started = time.monotonic()
         if responses is not None:
             responses.write({"type": "SCHEMA", "stream": RESPONSE_STREAM, "schema": RESPONSE_SCHEMA,
@@ -123,6 +125,9 @@ class Ledger:
     def add_state(self, state: dict) -> None:
         """A STATE from the tap: it waits for every record that came before it."""
         with self._lock:
+            if self._last_state == state:
+                return
+            self._last_state = state
             self._states.append((self._next_seq, state))
             self._release_states()
 
@@ -216,13 +221,11 @@ class Ledger:
             self._done_ahead.add(seq)
 
     def _release_states(self) -> None:
-        latest = None
+        """Every STATE whose records are all done goes out, in the order the tap sent them."""
         while self._states and self._states[0][0] <= self._done_below:
-            latest = self._states.popleft()[1]
-        if latest is not None and self.emit_state is not None:
-            if self.summary_in_state:
-                latest = {**latest, SUMMARY_KEY: self.summary()}
-            self.emit_state(latest)
+            ready = self._states.popleft()[1]
+            if self.emit_state is not None:
+                self.emit_state({**ready, SUMMARY_KEY: self.summary()} if self.summary_in_state else ready)
 
     @property
     def pending(self) -> int:

@@ -80,12 +80,6 @@ class EnchargeSink(RecordSink):
     def _report(self, problem: str) -> None:
         self.problem = self.problem or problem
 
-    def _singer_validate_message(self, record: dict) -> None:
-        """A record without its key properties is refused (and dead-lettered), not a reason to stop the run."""
-        missing = [k for k in self.key_properties if record.get(k) is None]
-        if missing:
-            self._report(f"missing key propert{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
-
     def process_record(self, record: dict, context: dict) -> None:  # noqa: ARG002
         target = self.target
         target.delivery.raise_if_fatal()

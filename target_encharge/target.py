@@ -7,14 +7,12 @@ import sys
 import typing as t
 
 import click
-import msgspec
-import requests
 from singer_sdk import Target
 from singer_sdk.exceptions import FatalSyncError
 from singer_sdk.singerlib.exceptions import SingerReadError
 
-from target_encharge import encoding
 from target_encharge.client import (
+    Call,
     Client,
     Credentials,
     Delivery,
@@ -50,9 +48,6 @@ class TargetEncharge(Target):
         self.ingest_url = str(config.get("ingest_url") or "https://ingest.encharge.io/v1").rstrip("/")
         check_url(self.api_url, "api_url")
         check_url(self.ingest_url, "ingest_url")
-        if not self.dry_run and not config.get("api_key"):
-            msg = "api_key is required (the Encharge REST API key; or set dry_run to send nothing)"
-            raise ConfigError(msg)
         resolve(config, "*")  # the top-level settings on their own must make sense
         for stream in config.get("streams") or {}:
             resolve(config, stream)
@@ -95,21 +90,25 @@ class TargetEncharge(Target):
         return EnchargeSink
 
     def add_sink(self, stream_name: str, schema: dict, key_properties: t.Sequence[str] | None = None) -> Sink:
-        settings = resolve(self.config, stream_name)
-        self._check_before_sending(stream_name, settings.endpoint, settings.object_name)
-        return super().add_sink(stream_name, schema, key_properties)
+        sink = super().add_sink(stream_name, schema, key_properties)
+        if isinstance(sink, EnchargeSink) and not self.dry_run:
+            self._check_before_sending(sink)
+        return sink
 
-    def _check_before_sending(self, stream: str, endpoint: str, object_name: str | None) -> None:
-        """The checks Encharge can answer before any record of this stream is sent."""
-        if endpoint == "track_event" and not self.config.get("write_key") and not self.dry_run:
-            msg = f"stream '{stream}' uses track_event, which needs write_key (the Encharge Ingest write key)"
+    def _check_before_sending(self, sink: EnchargeSink) -> None:
+        """What can be known before any record of this stream is sent: its key is there and accepted,
+        and a custom object's schema exists."""
+        stream, template = sink.stream_name, sink.template
+        credential = self.delivery.client.credentials.for_url(template.url({}) if template.fixed_url else self.api_url)
+        if credential and not credential[1]:
+            need = "the Encharge Ingest write key" if credential[0] == "write_key" else "the Encharge REST API key"
+            msg = f"stream '{stream}' ({template.name}) needs {credential[0]} ({need})"
             raise ConfigError(msg)
-        if self.dry_run:
-            return
-        if not self._checked_key:
+        if credential and credential[0] == "api_key" and not self._checked_key:
             self._get("/accounts/info")
             self._checked_key = True
-        if endpoint == "create_custom_object" and object_name:
+        object_name = sink.settings.object_name
+        if template.name == "create_custom_object" and object_name:
             if self._schemas is None:
                 body = self._get("/schemas")
                 self._schemas = [o.get("name") for o in (body or {}).get("objects", []) if isinstance(o, dict)]
@@ -120,24 +119,14 @@ class TargetEncharge(Target):
                 raise ConfigError(msg)
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
-        url = self.api_url + path
-        try:
-            response = self.delivery.client.request("GET", url)
-        except requests.RequestException as exc:
-            msg = f"cannot reach Encharge at {self.api_url} ({type(exc).__name__}); check api_url and the network"
-            raise ConfigError(msg) from None
-        if response.status_code in (401, 403):
-            msg = (f"Encharge refused the api_key (HTTP {response.status_code} from GET {path}): "
-                   f"check that `api_key` is this account's REST API key")
+        """A start-up GET on the REST API, with the same retries as any call."""
+        call = Call("", "check", "GET", self.api_url + path, "", {}, None, [])
+        outcome = self.delivery.client.send(call)
+        if not outcome.ok:
+            msg = (f"GET {path} failed after {outcome.attempts} attempt(s): {outcome.error}; "
+                   f"is api_url ({self.api_url}) Encharge's REST API?")
             raise ConfigError(msg)
-        if not response.ok:
-            msg = f"GET {path} answered HTTP {response.status_code}; is api_url ({self.api_url}) Encharge's REST API?"
-            raise ConfigError(msg)
-        try:
-            return encoding.loads(response.content) if response.content else None
-        except msgspec.DecodeError:
-            msg = f"GET {path} did not answer JSON; is api_url ({self.api_url}) Encharge's REST API?"
-            raise ConfigError(msg) from None
+        return outcome.body
 
     # same-person ordering across open batches
 

@@ -1,0 +1,235 @@
+"""Delivery as users rely on it: retries, Retry-After, failures, dead letters, ordering and STATE."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from helpers import (
+    PERSON_PROPS,
+    people,
+    record,
+    run_target,
+    sandbox_config,
+    schema,
+    state,
+    target_command,
+)
+
+from target_encharge.client import RetryPolicy, parse_retry_after
+
+
+def people_calls(sandbox) -> list[dict]:
+    return [r for r in sandbox.requests() if r["path"] == "/v1/people" and r["method"] == "POST"]
+
+
+def test_500s_and_dropped_connections_are_retried_until_delivered(sandbox):
+    sandbox.set_faults(error_rate=0.3, drop_rate=0.1)
+    run = run_target(sandbox_config(sandbox, max_retries=10, max_concurrency=4), people(60))
+    assert run.returncode == 0, run.stderr
+    assert len(sandbox.people()) == 60
+    faults = [r["fault"] for r in people_calls(sandbox)]
+    assert "500" in faults, "the sandbox should have injected 500s"
+    assert len(faults) > 60
+    assert "Retrying POST /v1/people" in run.stderr
+
+
+def test_retry_after_is_honoured(sandbox):
+    sandbox.set_faults(rate_limit=1, retry_after=2)
+    run = run_target(sandbox_config(sandbox, max_concurrency=1), people(3))
+    assert run.returncode == 0, run.stderr
+    calls = people_calls(sandbox)
+    assert len(sandbox.people()) == 3
+    limited = [i for i, c in enumerate(calls) if c["status"] == 429]
+    assert limited, "the sandbox should have answered 429"
+    for i in limited:
+        # the retry_backoff of the test config is 0.01 s: only Retry-After explains a wait this long
+        assert calls[i + 1]["time"] - calls[i]["time"] >= 1.8
+
+
+def test_retry_after_http_date_and_backoff_policy():
+    assert parse_retry_after("3") == 3.0
+    soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= parse_retry_after(soon) <= 31
+    assert parse_retry_after("nonsense") is None
+    policy = RetryPolicy(max_retries=5, backoff=1.0, backoff_max=8)
+    delays = [policy.delay(n) for n in range(1, 7)]
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and all(d <= 8 for d in delays)
+    assert policy.delay(1, "7") == 7
+
+
+def test_retries_give_up_after_max_retries_and_the_record_is_dead_lettered(sandbox):
+    sandbox.set_faults(error_rate=1.0)
+    run = run_target(
+        sandbox_config(sandbox, endpoint="track_event", max_retries=2, dead_letter_path="@work/dead.jsonl",
+                       max_failures=5),
+        [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+         record("events", {"name": "Signed up", "email": "a@example.com"})],
+    )
+    assert run.returncode == 0, run.stderr
+    assert len([r for r in sandbox.requests() if r["path"] == "/ingest/v1"]) == 3  # one try and two retries
+    (dead,) = run.file_lines("dead.jsonl")
+    assert dead["stream"] == "events" and dead["status"] == 500
+    assert dead["record"] == {"name": "Signed up", "email": "a@example.com"}
+    assert dead["identifiers"] == {"email": "a@example.com"}
+
+
+def test_start_up_checks_are_retried_then_stop_the_run_with_the_reason(sandbox):
+    sandbox.set_faults(error_rate=1.0)
+    run = run_target(sandbox_config(sandbox, max_retries=1), people(1))
+    assert run.returncode == 1
+    assert "GET /accounts/info failed after 2 attempt(s): HTTP 500" in run.error_line
+    assert people_calls(sandbox) == []
+
+
+def test_a_bad_api_key_stops_the_run_naming_api_key(sandbox):
+    config = sandbox_config(sandbox)
+    config["api_key"] = "not-the-key"
+    run = run_target(config, people(3))
+    assert run.returncode == 1
+    assert "api_key" in run.error_line and "401" in run.error_line
+    assert people_calls(sandbox) == []
+    assert "not-the-key" not in run.stderr + run.stdout
+
+
+def test_a_bad_write_key_stops_the_run_naming_write_key(sandbox):
+    config = sandbox_config(sandbox, endpoint="track_event", write_key="wrong-write-key")
+    run = run_target(config, [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+                              record("events", {"name": "Signed up", "email": "a@example.com"})])
+    assert run.returncode == 1
+    assert "write_key" in run.error_line
+    assert "wrong-write-key" not in run.stderr
+
+
+def test_unknown_object_name_is_refused_before_sending_listing_the_names(sandbox):
+    run = run_target(
+        sandbox_config(sandbox, endpoint="create_custom_object", object_name="Company"),
+        [schema("companies", {"externalId": {"type": "string"}}), record("companies", {"externalId": "1"})],
+    )
+    assert run.returncode == 1
+    assert "'Company'" in run.error_line and "'company'" in run.error_line
+    assert not [r for r in sandbox.requests() if r["path"].startswith("/v1/objects")]
+
+
+def test_missing_write_key_is_refused_before_sending(sandbox):
+    config = sandbox_config(sandbox, streams={"events": {"endpoint": "track_event"}})
+    del config["write_key"]
+    run = run_target(config, [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+                              record("events", {"name": "Signed up", "email": "a@example.com"})])
+    assert run.returncode == 1
+    assert "write_key" in run.error_line
+    assert sandbox.events() == []
+
+
+def test_records_missing_what_their_template_needs_are_dead_lettered_and_never_sent(sandbox):
+    tag_schema = {"email": {"type": ["string", "null"]}, "tag": {"type": ["string", "null"]}}
+    run = run_target(
+        sandbox_config(sandbox, endpoint="add_tag", dead_letter_path="@work/dead.jsonl", max_failures=-1,
+                       streams={"people": {"endpoint": "create_or_update_person"}}),
+        [
+            *people(1),
+            schema("tags", tag_schema),
+            record("tags", {"email": "p0@example.com"}),
+            record("tags", {"tag": "orphan"}),
+            record("tags", {"email": "p0@example.com", "tag": "ok"}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    dead = run.file_lines("dead.jsonl")
+    reasons = [d["reason"] for d in dead]
+    assert len(dead) == 2
+    assert all(r.startswith("refused before sending") for r in reasons)
+    assert "no tag" in reasons[0] and "no email" in reasons[1]
+    tag_calls = [r for r in sandbox.requests() if r["path"] == "/v1/tags"]
+    assert [c["body"] for c in tag_calls] == [{"tag": "ok", "email": "p0@example.com"}]
+
+
+def test_failures_past_max_failures_stop_the_run(sandbox):
+    messages = [schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}})]
+    messages += [record("tags", {"email": f"ghost{i}@example.com", "tag": "x"}) for i in range(5)]
+    run = run_target(sandbox_config(sandbox, endpoint="add_tag", max_failures=2, max_concurrency=1,
+                                    dead_letter_path="@work/dead.jsonl"), messages)
+    assert run.returncode == 1
+    assert "max_failures=2" in run.error_line
+    dead = run.file_lines("dead.jsonl")
+    assert 3 <= len(dead) <= 5
+    assert all(d["status"] == 404 for d in dead)  # Encharge does not know these people
+
+
+def test_a_refused_batch_is_split_and_the_good_records_still_arrive(sandbox):
+    props = {"email": {}, "firstName": {}}
+    records = [record("people", {"email": f"ok{i}@example.com", "firstName": "Ok"}) for i in range(9)]
+    records.insert(4, record("people", {"email": {"not": "an email"}, "firstName": "Bad"}))
+    run = run_target(
+        sandbox_config(sandbox, batch_records=True, batch_size=10, dead_letter_path="@work/dead.jsonl",
+                       max_failures=1),
+        [schema("people", props), *records],
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(sandbox.people()) == 9
+    (dead,) = run.file_lines("dead.jsonl")
+    assert dead["record"]["firstName"] == "Bad" and dead["status"] == 400
+    assert people_calls(sandbox)[0]["status"] == 400 and len(people_calls(sandbox)[0]["body"]) == 10
+
+
+def test_calls_for_the_same_person_keep_input_order_under_concurrency(sandbox):
+    sandbox.set_faults(error_rate=0.25, latency_ms=5)
+    sandbox_seeded = [schema("people", {**PERSON_PROPS, "version": {"type": "integer"}}, ["email"])]
+    tag_schema = schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}})
+    messages = [*sandbox_seeded, tag_schema]
+    for version in range(1, 5):
+        for i in range(15):
+            messages.append(record("people", {"email": f"o{i}@example.com", "version": version}))
+            messages.append(record("tags", {"email": f"o{i}@example.com", "tag": f"v{version}"}))
+    run = run_target(
+        sandbox_config(sandbox, max_concurrency=8, max_retries=15, streams={"tags": {"endpoint": "add_tag"}}),
+        messages,
+    )
+    assert run.returncode == 0, run.stderr
+    for i in range(15):
+        person = sandbox.person(email=f"o{i}@example.com")
+        assert person["version"] == 4
+        assert sorted(person["tags"]) == ["v1", "v2", "v3", "v4"]  # no tag arrived before its person existed
+    delivered = [r["body"][0]["version"] for r in people_calls(sandbox)
+                 if r["status"] == 200 and r["body"][0]["email"] == "o3@example.com"]
+    assert delivered == [1, 2, 3, 4]
+
+
+def test_state_is_relayed_only_after_the_records_before_it_are_delivered(sandbox):
+    sandbox.set_faults(latency_ms=150, error_rate=0.2)
+    messages = [schema("people", PERSON_PROPS, ["email"])]
+    for i in range(12):
+        messages.append(record("people", {"email": f"s{i}@example.com"}))
+        if i % 3 == 2:
+            messages.append(state({"bookmarks": {"people": {"upto": i + 1}}}))
+    config_path = sandbox_config(sandbox, max_concurrency=4, max_retries=10)
+    import tempfile
+    from pathlib import Path
+
+    workdir = Path(tempfile.mkdtemp())
+    (workdir / "config.json").write_text(json.dumps(config_path))
+    proc = subprocess.Popen([*target_command(), "--config", str(workdir / "config.json")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+    proc.stdin.close()
+    seen = []
+    for line in proc.stdout:
+        upto = json.loads(line)["bookmarks"]["people"]["upto"]
+        delivered = {p["email"] for p in sandbox.people()}
+        assert {f"s{i}@example.com" for i in range(upto)} <= delivered, f"STATE upto={upto} ran ahead"
+        seen.append(upto)
+    assert proc.wait(timeout=60) == 0
+    assert seen[-1] == 12
+    assert seen == sorted(seen)
+
+
+def test_the_end_of_run_summary_counts_each_stream(sandbox):
+    sandbox.set_faults(error_rate=0.3)
+    run = run_target(sandbox_config(sandbox, max_retries=10), people(20))
+    assert run.returncode == 0
+    summary = run.stderr[run.stderr.index("Summary:"):]
+    row = next(line for line in summary.splitlines() if line.startswith("people"))
+    records, calls, succeeded, failed, retried = map(int, row.split()[1:])
+    assert (records, calls, succeeded, failed) == (20, 20, 20, 0)
+    assert retried > 0
