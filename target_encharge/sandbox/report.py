@@ -7,11 +7,13 @@ from typing import Any, Sequence
 
 MAX_ROWS = 50
 MAX_CELL = 48
+#: The last column ("other fields", "properties") may run longer: it is where the details are.
+MAX_LAST_CELL = 96
 _PERSON_KEYS = ("id", "email", "userId", "firstName", "lastName", "name", "tags")
 _OBJECT_KEYS = ("id", "externalId", "name")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, limit: int = MAX_CELL) -> str:
     if value is None or value == "" or value == []:
         text = "-"
     elif isinstance(value, str):
@@ -21,16 +23,19 @@ def _cell(value: Any) -> str:
     else:
         text = json.dumps(value, separators=(",", ":"), default=str)
     text = " ".join(text.split())
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _fields(item: dict[str, Any], skip: Sequence[str]) -> str:
-    return ", ".join(f"{k}={_cell(v)}" for k, v in item.items() if k not in skip and not k.startswith("_sdc_"))
+    return ", ".join(f"{k}={_cell(v, MAX_LAST_CELL)}" for k, v in item.items()
+                     if k not in skip and not k.startswith("_sdc_"))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """An aligned text table, at most MAX_ROWS rows (then a line saying how many more)."""
-    cells = [[_cell(v) if not isinstance(v, int) or isinstance(v, bool) else str(v) for v in row]
+    last = len(headers) - 1
+    cells = [[str(v) if isinstance(v, int) and not isinstance(v, bool)
+              else _cell(v, MAX_LAST_CELL if i == last else MAX_CELL) for i, v in enumerate(row)]
              for row in rows[:MAX_ROWS]]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     lines = ["  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
