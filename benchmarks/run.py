@@ -1,0 +1,255 @@
+"""All of target-encharge's performance figures, reproduced by one command, printed as a table.
+
+    make bench            # or: .venv/bin/python benchmarks/run.py [--quick]
+
+P1  per-record CPU: a dry run of 100,000 people in batches of 100, against the stock singer-sdk target that does
+    nothing with its records (default reader and validator), same input, same run. Goal: at most 0.5 of its time.
+P2  latency-bound: 1,600 one-record calls to the sandbox with 50 ms added latency, max_concurrency 16, against a
+    bare keep-alive client with 16 threads on the same sandbox. Goal: at least 90 % of the bare client's rate.
+P3  batched: 20,000 people in batches of 100, 50 ms latency, 8 in flight. Goal: at least 8,000 records/s,
+    start-up excluded (first to last request as the sandbox logged them).
+P4  memory: peak RSS of a dry run of 1,000,000 records, at most 1.2 times that of 10,000.
+S   start-up: time from launch to the first request reaching the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+TARGET = str(BIN / "target-encharge")
+SANDBOX = str(BIN / "target-encharge-sandbox")
+API_KEY, WRITE_KEY = "sandbox-api-key", "sandbox-write-key"
+WORK = Path(tempfile.mkdtemp(prefix="encharge-bench-"))
+
+NOOP_TARGET = '''
+from singer_sdk import Target
+from singer_sdk.sinks import RecordSink
+
+class NoopSink(RecordSink):
+    def process_record(self, record, context):
+        pass
+
+class NoopTarget(Target):
+    name = "target-noop"
+    config_jsonschema = {"type": "object", "properties": {}}
+    default_sink_class = NoopSink
+
+NoopTarget.cli()
+'''
+
+SCHEMA = {
+    "type": "SCHEMA",
+    "stream": "people",
+    "key_properties": ["email"],
+    "schema": {"type": "object", "properties": {
+        "email": {"type": "string"}, "userId": {"type": ["string", "null"]},
+        "firstName": {"type": ["string", "null"]}, "lastName": {"type": ["string", "null"]},
+        "plan": {"type": ["string", "null"]}, "score": {"type": ["number", "null"]},
+        "logins": {"type": ["integer", "null"]}, "createdAt": {"type": ["string", "null"], "format": "date-time"},
+    }},
+}
+
+
+def singer_input(n: int, name: str) -> Path:
+    """A file of ``n`` person RECORDs (with a STATE every 10,000), made once per size."""
+    path = WORK / f"{name}-{n}.jsonl"
+    if path.exists():
+        return path
+    with path.open("w") as out:
+        out.write(json.dumps(SCHEMA) + "\n")
+        for i in range(n):
+            out.write(json.dumps({"type": "RECORD", "stream": "people", "record": {
+                "email": f"user{i}@example.com", "userId": f"u{i}", "firstName": "First", "lastName": "Last",
+                "plan": "pro", "score": i * 0.5, "logins": i % 50, "createdAt": "2024-03-01T10:00:00+00:00"}}) + "\n")
+            if i % 10_000 == 9_999:
+                out.write(json.dumps({"type": "STATE", "value": {"bookmarks": {"people": {"n": i + 1}}}}) + "\n")
+    return path
+
+
+def config(**settings: object) -> Path:
+    path = WORK / f"config-{abs(hash(json.dumps(settings, sort_keys=True)))}.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def run(cmd: list[str], stdin: Path) -> dict:
+    """Run a command on a file; wall seconds, CPU seconds and peak RSS (MiB) of the child."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with stdin.open("rb") as data:
+        proc = subprocess.run(cmd, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.decode()[-2000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "rss_mib": after.ru_maxrss / 1024}
+
+
+def peak_rss(cmd: list[str], stdin: Path) -> float:
+    """Peak RSS (MiB) of one child, measured with /usr/bin/time-free wait4."""
+    with stdin.open("rb") as data:
+        proc = subprocess.Popen(cmd, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise SystemExit(f"{cmd[0]} failed with status {status}")
+    return usage.ru_maxrss / 1024
+
+
+class Sandbox:
+    """The sandbox as its own process (as users run it), so it does not share the GIL with the client."""
+
+    def __init__(self, latency_ms: int) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [SANDBOX, "--port", str(self.port), "--latency-ms", str(latency_ms)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(100):
+            try:
+                requests.get(self.url + "/_sandbox/state", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+
+    def requests(self) -> list[dict]:
+        return requests.get(self.url + "/_sandbox/requests", timeout=30).json()
+
+    def reset(self) -> None:
+        requests.post(self.url + "/_sandbox/reset", timeout=5)
+
+    def target_config(self, **settings: object) -> Path:
+        return config(api_key=API_KEY, write_key=WRITE_KEY, api_url=self.url + "/v1",
+                      ingest_url=self.url + "/ingest/v1", **settings)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def people_calls(log: list[dict]) -> list[dict]:
+    return [r for r in (log if isinstance(log, list) else log.get("requests", []))
+            if r["path"] == "/v1/people" and r["method"] == "POST"]
+
+
+def bare_client(url: str, calls: int, threads: int) -> float:
+    """Calls per second of plain keep-alive `requests` sessions, one per thread: the ceiling for P2."""
+    body = json.dumps([{"email": "bare@example.com", "plan": "pro"}]).encode()
+    headers = {"X-Encharge-Token": API_KEY, "Content-Type": "application/json"}
+    per_thread = calls // threads
+
+    def work() -> None:
+        with requests.Session() as session:
+            for _ in range(per_thread):
+                session.post(url + "/v1/people", data=body, headers=headers, timeout=30).raise_for_status()
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return per_thread * threads / (time.perf_counter() - started)
+
+
+def span(calls: list[dict]) -> float:
+    times = sorted(c["time"] for c in calls)
+    return times[-1] - times[0]
+
+
+def p1(n: int) -> dict:
+    data = singer_input(n, "p1")
+    noop = WORK / "noop_target.py"
+    noop.write_text(NOOP_TARGET)
+    stock = run([sys.executable, str(noop), "--config", str(config())], data)
+    ours = run([TARGET, "--config", str(config(dry_run=True, batch_records=True, batch_size=100))], data)
+    return {"stock_cpu": stock["cpu"], "ours_cpu": ours["cpu"], "stock_wall": stock["wall"],
+            "ours_wall": ours["wall"], "ratio": ours["cpu"] / stock["cpu"]}
+
+
+def p2(calls: int) -> dict:
+    sandbox = Sandbox(latency_ms=50)
+    try:
+        bare = bare_client(sandbox.url, calls, 16)
+        sandbox.reset()
+        data = singer_input(calls, "p2")
+        started = time.perf_counter()
+        run([TARGET, "--config", str(sandbox.target_config(max_concurrency=16))], data)
+        total = time.perf_counter() - started
+        sent = people_calls(sandbox.requests())
+        ours = (len(sent) - 1) / span(sent)
+    finally:
+        sandbox.stop()
+    return {"bare_calls_s": bare, "ours_calls_s": ours, "ratio": ours / bare, "ours_total_s": total}
+
+
+def p3(n: int) -> dict:
+    sandbox = Sandbox(latency_ms=50)
+    try:
+        data = singer_input(n, "p3")
+        cfg = sandbox.target_config(max_concurrency=8, batch_records=True, batch_size=100)
+        launched = time.time()
+        run([TARGET, "--config", str(cfg)], data)
+        sent = people_calls(sandbox.requests())
+        first = min(c["time"] for c in sent)
+        records = sum(len(c["body"]) if isinstance(c.get("body"), list) else 100 for c in sent)
+    finally:
+        sandbox.stop()
+    return {"records_s": (records - 100) / span(sent), "startup_s": first - launched, "calls": len(sent)}
+
+
+def p4(small: int, large: int) -> dict:
+    cmd = [TARGET, "--config", str(config(dry_run=True, batch_records=True, batch_size=100))]
+    low = peak_rss(cmd, singer_input(small, "p4"))
+    high = peak_rss(cmd, singer_input(large, "p4"))
+    return {"rss_small_mib": low, "rss_large_mib": high, "ratio": high / low}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    rows = []
+    r = p1(100_000 // scale)
+    rows.append(("P1 dry run CPU vs stock SDK target", f"{r['ours_cpu']:.2f} s vs {r['stock_cpu']:.2f} s",
+                 f"{r['ratio']:.2f}", "<= 0.50"))
+    r = p2(1_600 // (scale // 5 or 1))
+    rows.append(("P2 one-record calls/s, 50 ms, 16 in flight", f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}",
+                 f"{r['ratio']:.2f}", ">= 0.90"))
+    r3 = p3(20_000 // scale)
+    rows.append(("P3 batched records/s, 50 ms, 8 in flight", f"{r3['records_s']:.0f} records/s",
+                 f"{r3['records_s'] / 8000:.2f}", ">= 1.00 (8,000/s)"))
+    r = p4(10_000, 1_000_000 // scale)
+    rows.append(("P4 peak RSS, 1M vs 10k records (dry run)",
+                 f"{r['rss_large_mib']:.0f} MiB vs {r['rss_small_mib']:.0f} MiB", f"{r['ratio']:.2f}", "<= 1.20"))
+    rows.append(("S  start-up: launch to first request", f"{r3['startup_s']:.2f} s", "", ""))
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.release()}\n")
+    widths = [max(len(row[i]) for row in [*rows, ("benchmark", "measured", "ratio", "goal")]) for i in range(4)]
+    for row in [("benchmark", "measured", "ratio", "goal"), *rows]:
+        print(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
