@@ -212,19 +212,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:
-    """Fill call.body (or call.body_error); return what the log keeps: parsed JSON, text, or None."""
+    """Fill call.body (JSON, or a form when sent as one) or call.body_error; return what the log keeps."""
     if not raw:
         return None
-    if "x-www-form-urlencoded" in content_type:
-        text = raw.decode("utf-8", "replace")
-        call.body = dict(parse_qsl(text, keep_blank_values=True))
-        return text
     try:
         call.body = json.loads(raw)
         return call.body
     except ValueError as exc:
-        call.body_error = f"The request body is not valid JSON ({exc})"
-        return raw.decode("utf-8", "replace")
+        text = raw.decode("utf-8", "replace")
+        if "x-www-form-urlencoded" in content_type:
+            call.body = dict(parse_qsl(text, keep_blank_values=True))
+        else:
+            call.body_error = f"The request body is not valid JSON ({exc})"
+        return text
 
 
 class Sandbox:
