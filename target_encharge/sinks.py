@@ -11,6 +11,7 @@ import typing as t
 
 import fastjsonschema
 from singer_sdk.sinks import RecordSink
+from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
 
 from target_encharge.client import Call, Entry
@@ -72,6 +73,18 @@ class EnchargeSink(RecordSink):
         self.exclude = self.settings.exclude_attributes
         self.headers = self.settings.request_headers
         self.open: dict[tuple[str, t.Any], Batch] = {}
+        self._date_fields: dict[str, dict] | None = None
+
+    def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: t.Any) -> None:  # noqa: ANN401
+        """The SDK's date parsing, limited to the fields the schema says are dates (found once, not per record)."""
+        if self._date_fields is None:
+            self._date_fields = {k: {"properties": {k: v}} for k, v in schema.get("properties", {}).items()
+                                 if get_datelike_property_type(v)}
+        for field, sub_schema in self._date_fields.items():
+            if record.get(field) is not None:
+                one = {field: record[field]}
+                super()._parse_timestamps_in_record(one, sub_schema, treatment)
+                record[field] = one[field]
 
     def get_validator(self) -> BaseJSONSchemaValidator | None:
         self.problem: str | None = None  # set by the checks the SDK runs before process_record
@@ -94,7 +107,7 @@ class EnchargeSink(RecordSink):
             target.ledger.check_failures()
             return
         url = self.template.url(record)
-        keys = ordering_keys(self.template, record, url)
+        keys = ordering_keys(self.template, entry.ids, url)
         target.flush_holding(keys, self.stream_name, url)
         if not self.batched:
             target.delivery.submit(self.call([entry], url, keys))

@@ -251,12 +251,13 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
     raise ConfigError(msg)
 
 
-def ordering_keys(template: Template, record: dict, url: str) -> tuple[str, ...]:
-    """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL."""
-    ids = person_identifiers(record)
-    keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items()]
+def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
+    """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL.
+
+    ``ids`` is what ``template.identifiers`` found in the record."""
     if template.name == "create_custom_object":
-        keys = [f"{url}#{k}={v}" for k, v in _object_identifiers(record).items()]
-    elif template.name == "manual" and not template.fixed_url:
+        return tuple(f"{url}#{k}={v}" for k, v in ids.items())
+    keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS]
+    if template.name == "manual" and not template.fixed_url:
         keys.append(url)
     return tuple(keys)
