@@ -7,9 +7,11 @@ know about its stream comes from :func:`resolve`, so the sinks never read raw co
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing as t
 
 from singer_sdk import typing as th
+from singer_sdk.configuration._dict_config import parse_environment_config
 
 from target_encharge.errors import ConfigError
 
@@ -177,8 +179,34 @@ STREAM_SETTING_NAMES = tuple(p.name for p in _stream_properties())
 _DEFAULTS = {p.name: p.to_dict()[p.name].get("default") for p in _stream_properties()}
 
 
+def from_environment(schema: dict, prefix: str) -> dict[str, t.Any]:
+    """``--config ENV``: the SDK's reading of ``<prefix><SETTING>`` variables, with numbers made numbers (the SDK
+    leaves them as text) and ``request_headers`` kept as text (the SDK would take any text for JSON)."""
+    properties = {**schema["properties"], "request_headers": {"type": ["string", "null"]}}
+    try:
+        config = parse_environment_config({**schema, "properties": properties}, prefix)
+    except ValueError as exc:  # an object or array setting whose text is not JSON; the text itself is not shown
+        msg = f"a {prefix}* variable for an object or array setting is not valid JSON ({exc})"
+        raise ConfigError(msg) from None
+    for name, value in config.items():
+        if isinstance(value, str) and "number" in properties[name].get("type", ()):
+            try:
+                config[name] = float(value)
+            except ValueError:
+                msg = f"{prefix}{name.upper()}: {value!r} is not a number"
+                raise ConfigError(msg) from None
+    return config
+
+
 def parse_headers(value: str | dict | None) -> dict[str, str]:
-    """Extra headers as users paste them (``"h1:v1,h2:v2"``) or as an object; CR/LF is refused."""
+    """Extra headers as users paste them (``"h1:v1,h2:v2"``), as an object, or as that object's JSON text
+    (how an environment variable carries it); CR/LF is refused."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            msg = "request_headers: text starting with '{' is not a JSON object"
+            raise ConfigError(msg) from None
     if not value:
         return {}
     if isinstance(value, str):

@@ -9,6 +9,7 @@ import typing as t
 import click
 from singer_sdk import Target
 from singer_sdk.exceptions import FatalSyncError
+from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.singerlib.exceptions import SingerReadError
 
 from target_encharge.client import (
@@ -24,7 +25,7 @@ from target_encharge.client import (
 from target_encharge.errors import ConfigError, EnchargeTargetError, InputError
 from target_encharge.reader import Reader
 from target_encharge.responses import Ledger, Lines
-from target_encharge.settings import SETTINGS_SCHEMA, resolve
+from target_encharge.settings import SETTINGS_SCHEMA, from_environment, resolve
 from target_encharge.sinks import STATE_FLUSH_AGE, Batch, EnchargeSink
 
 if t.TYPE_CHECKING:
@@ -83,6 +84,12 @@ class TargetEncharge(Target):
         self._checked_key = False
         self._schemas: list[str] | None = None
         TargetEncharge.running = self
+
+    @classproperty
+    def _env_var_config(cls) -> dict[str, t.Any]:  # noqa: N805
+        """``--config ENV`` reads TARGET_ENCHARGE_<SETTING> variables, typed as the settings schema says."""
+        cls.append_builtin_config(cls.config_jsonschema)
+        return from_environment(cls.config_jsonschema, cls._env_var_prefix)
 
     # routing and start-up checks
 
