@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TOOLS  := .tools
 TAP_JSONL := $(TOOLS)/tap-jsonl/bin/tap-jsonl
+TARGET_CSV := $(TOOLS)/target-csv/bin/target-csv
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .PHONY: install demo test bench sandbox docs clean
@@ -18,13 +19,19 @@ $(TAP_JSONL):
 	$(PYTHON) -m venv $(TOOLS)/tap-jsonl
 	$(TOOLS)/tap-jsonl/bin/pip install $(PIP_QUIET) tap-jsonl==0.3.1
 
-install: $(BIN)/target-encharge $(TAP_JSONL)
+# A downstream target: the tests pipe the response stream into it.
+$(TARGET_CSV):
+	$(PYTHON) -m venv $(TOOLS)/target-csv
+	$(TOOLS)/target-csv/bin/pip install $(PIP_QUIET) meltanolabs-target-csv==0.5.0
+
+install: $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV)
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
 test: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
+		$(BIN)/python -m pytest
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run.py

@@ -68,6 +68,7 @@ class Outcome:
     error: str | None
     attempts: int
     seconds: float
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # of the last answer (test send shows them)
 
     @property
     def ok(self) -> bool:
@@ -274,13 +275,14 @@ class Client:
         while True:
             attempt += 1
             self.rate.wait()
-            status, body, error, retry_after = None, None, None, None
+            status, body, error, retry_after, answer_headers = None, None, None, None, {}
             try:
                 response = self.session.request(
                     call.method, call.url, data=call.body, headers=headers, timeout=self.timeout
                 )
                 status, body = response.status_code, parse_body(response)
                 retry_after = response.headers.get("Retry-After")
+                answer_headers = dict(response.headers)
                 if not 200 <= status < 300:
                     error = f"HTTP {status}: {_error_message(body)}"
             except requests.Timeout:
@@ -297,7 +299,7 @@ class Client:
                 raise AuthError(msg)
             if error is None or not self.retry.retryable(status) or attempt > self.retry.max_retries:
                 return Outcome(status, body, self.redact(error) if error else None, attempt,
-                               time.monotonic() - started)
+                               time.monotonic() - started, answer_headers)
             wait = self.retry.delay(attempt, retry_after)
             logger.info("Retrying %s %s in %.2fs (attempt %d): %s", call.method, _path(call.url), wait,
                         attempt + 1, self.redact(error))

@@ -134,7 +134,8 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     th.Property(
         "response_stream_path",
         th.StringType,
-        description="`stream` mode: file to write the response stream to; `-` means stdout.",
+        description="`stream` mode: file to write the response stream to; `-` or unset means stdout, which then "
+        "carries a pure Singer stream (the tap's STATE as STATE messages) for another target to load.",
     ),
     th.Property(
         "dead_letter_path",
@@ -151,7 +152,29 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         "dry_run",
         th.BooleanType,
         default=False,
-        description="Send nothing; print the requests that would be sent; emit no STATE.",
+        description="Send nothing (not even the start-up checks); show each request that would be sent "
+        "(method, URL, headers with the keys masked, body) as a JSON line on `preview_path`; records that would be "
+        "refused are still refused, dead-lettered and shown; emit no STATE.",
+    ),
+    th.Property(
+        "test_send",
+        th.BooleanType,
+        default=False,
+        description="Send only the first record of each stream and show each call with Encharge's full answer "
+        "(status, headers, parsed body) as a JSON line on `preview_path`; emit no STATE.",
+    ),
+    th.Property(
+        "preview_path",
+        th.StringType,
+        description="`dry_run` and `test_send`: file to write their JSON lines to; `-` or unset means stdout "
+        "(under Meltano, where stdout is read as state, set a file).",
+    ),
+    th.Property(
+        "progress_interval",
+        th.NumberType,
+        default=10,
+        description="Seconds between progress lines in the log (records handled, records per second, failures); "
+        "0 turns them off.",
     ),
     th.Property(
         "max_retries",

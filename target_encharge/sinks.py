@@ -96,6 +96,9 @@ class EnchargeSink(RecordSink):
     def process_record(self, record: dict, context: dict) -> None:  # noqa: ARG002
         target = self.target
         target.delivery.raise_if_fatal()
+        if not target.ledger.admit(self.stream_name):
+            self.problem = None
+            return  # a test send: only the first record of each stream
         if self.exclude:
             record = {k: v for k, v in record.items() if k not in self.exclude}
         entry = Entry(target.ledger.number(self.stream_name), self.stream_name, record,

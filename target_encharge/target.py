@@ -24,7 +24,7 @@ from target_encharge.client import (
 )
 from target_encharge.errors import ConfigError, EnchargeTargetError, InputError
 from target_encharge.reader import Reader
-from target_encharge.responses import Ledger, Lines
+from target_encharge.responses import Ledger, Progress, outputs_for, summary_title
 from target_encharge.settings import SETTINGS_SCHEMA, from_environment, resolve
 from target_encharge.sinks import STATE_FLUSH_AGE, Batch, EnchargeSink
 
@@ -64,21 +64,9 @@ class TargetEncharge(Target):
         )
         self.redact = client.redact
         self._install_redaction()
-        response_output = config.get("response_output") or "none"
-        to_stdout = response_output == "stream" and config.get("response_stream_path", "-") in (None, "-")
-        self.stdout = Lines("-", self.redact)
-        dead_path = config.get("dead_letter_path")
-        self.ledger = Ledger(
-            emit_state=None if self.dry_run else self._emit_state,
-            max_failures=int(config.get("max_failures", 0)),
-            dead_letters=Lines(dead_path, self.redact) if dead_path else None,
-            responses=(self.stdout if to_stdout else Lines(config["response_stream_path"], self.redact))
-            if response_output == "stream" else None,
-            previews=self.stdout if self.dry_run else None,
-            client_headers=lambda call: client.headers(call, mask=True),
-            summary_in_state=response_output == "state",
-        )
-        self.states_as_messages = to_stdout
+        self.ledger = Ledger(outputs_for(config, self.redact), int(config.get("max_failures", 0)),
+                             client_headers=lambda call: client.headers(call, mask=True))
+        self.progress = Progress(self.ledger, float(config.get("progress_interval", 10)))
         self.delivery = Delivery(client, self.ledger.result, concurrency, dry_run=self.dry_run)
         self._holding: dict[str, Batch] = {}
         self._checked_key = False
@@ -100,6 +88,7 @@ class TargetEncharge(Target):
         sink = super().add_sink(stream_name, schema, key_properties)
         if isinstance(sink, EnchargeSink) and not self.dry_run:
             self._check_before_sending(sink)
+        self.progress.start()
         return sink
 
     def _check_before_sending(self, sink: EnchargeSink) -> None:
@@ -162,9 +151,6 @@ class TargetEncharge(Target):
                 sink.flush_all(older_than=STATE_FLUSH_AGE)
         self.ledger.add_state(message_dict["value"])
 
-    def _emit_state(self, state: dict) -> None:
-        self.stdout.write({"type": "STATE", "value": state} if self.states_as_messages else state)
-
     def _write_state_message(self, state: dict) -> None:
         """STATE goes out through the ledger, once what came before it is done; never here."""
 
@@ -180,8 +166,10 @@ class TargetEncharge(Target):
 
     def finish(self) -> None:
         self.delivery.close()
+        self.progress.stop()
+        self.ledger.final_state()
         if self.ledger.counts:
-            self.logger.info("Summary:\n%s", self.ledger.table())
+            self.logger.info("%s\n%s", summary_title(self.ledger, dry_run=self.dry_run), self.ledger.table())
         self.ledger.check_failures()
 
     def _install_redaction(self) -> None:
