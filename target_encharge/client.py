@@ -292,8 +292,9 @@ class Client:
             except requests.RequestException as exc:
                 error = f"request failed: {type(exc).__name__}"
                 return Outcome(None, None, self.redact(error), attempt, time.monotonic() - started)
-            if status in (401, 403):
-                key = (self.credentials.for_url(call.url) or ("api_key",))[0]
+            credential = self.credentials.for_url(call.url)
+            if status in (401, 403) and credential:  # from another host, a refusal is the record's, not our key's
+                key = credential[0]
                 msg = (f"Encharge refused the {key} (HTTP {status} from {call.method} {_path(call.url)}): "
                        f"check that `{key}` is the right key for this account")
                 raise AuthError(msg)

@@ -31,6 +31,12 @@ def dumps_lines(objs: t.Iterable[t.Any]) -> bytes:
     return b"".join(_encoder.encode(o) + b"\n" for o in objs)
 
 
+def to_text(value: t.Any) -> str:  # noqa: ANN401
+    """A value as text for a URL or a form field: strings as they are, dates ISO 8601, anything else JSON."""
+    plain = to_plain(value)
+    return plain if isinstance(plain, str) else _encoder.encode(plain).decode()
+
+
 def loads(data: bytes | str) -> t.Any:  # noqa: ANN401
     """Decode JSON text; raises ``msgspec.DecodeError`` on malformed input."""
     return _decoder.decode(data)

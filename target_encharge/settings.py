@@ -198,6 +198,10 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     ),
 ).to_dict()
 
+# Under `streams`, an unset setting falls back to the top level: no defaults there (the SDK would fill them in).
+for _setting in SETTINGS_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"].values():
+    _setting.pop("default", None)
+
 STREAM_SETTING_NAMES = tuple(p.name for p in _stream_properties())
 _DEFAULTS = {p.name: p.to_dict()[p.name].get("default") for p in _stream_properties()}
 
@@ -246,8 +250,9 @@ def parse_headers(value: str | dict | None) -> dict[str, str]:
         pairs = list(value.items())
     headers = {}
     for name, val in pairs:
+        line_break = any(c in str(name) + str(val) for c in "\r\n")  # even at the end: never trimmed away
         name, val = str(name).strip(), str(val).strip()
-        if not name or any(c in name + val for c in "\r\n") or any(c in name for c in " :"):
+        if not name or line_break or any(c in name for c in " :"):
             msg = f"request_headers: header {name!r} has an invalid name or a line break in its value"
             raise ConfigError(msg)
         headers[name] = val

@@ -111,11 +111,11 @@ class EnchargeSink(RecordSink):
             return
         url = self.template.url(record)
         keys = ordering_keys(self.template, entry.ids, url)
-        target.flush_holding(keys, self.stream_name, url)
+        group = record.get(self.group_by) if self.group_by else None
+        target.flush_holding(keys, self.open.get((url, group)))
         if not self.batched:
             target.delivery.submit(self.call([entry], url, keys))
             return
-        group = record.get(self.group_by) if self.group_by else None
         if not self.group_by and self.open and (url, None) not in self.open:
             self.flush_all()  # sequential: a record for another URL closes the open batch, keeping arrival order
         batch = self.open.get((url, group))

@@ -27,6 +27,7 @@ from target_encharge.reader import Reader
 from target_encharge.responses import Ledger, Progress, outputs_for, summary_title
 from target_encharge.settings import SETTINGS_SCHEMA, from_environment, resolve
 from target_encharge.sinks import STATE_FLUSH_AGE, Batch, EnchargeSink
+from target_encharge.templates import join_url, template_for
 
 if t.TYPE_CHECKING:
     from singer_sdk.sinks import Sink
@@ -49,9 +50,8 @@ class TargetEncharge(Target):
         self.ingest_url = str(config.get("ingest_url") or "https://ingest.encharge.io/v1").rstrip("/")
         check_url(self.api_url, "api_url")
         check_url(self.ingest_url, "ingest_url")
-        resolve(config, "*")  # the top-level settings on their own must make sense
-        for stream in config.get("streams") or {}:
-            resolve(config, stream)
+        for stream in ("*", *(config.get("streams") or {})):  # the top level and each stream must make sense
+            template_for(resolve(config, stream), self.api_url, self.ingest_url)
         credentials = Credentials(self.api_url, self.ingest_url, config.get("api_key"), config.get("write_key"))
         concurrency = int(config.get("max_concurrency") or 4)
         client = Client(
@@ -95,7 +95,8 @@ class TargetEncharge(Target):
         """What can be known before any record of this stream is sent: its key is there and accepted,
         and a custom object's schema exists."""
         stream, template = sink.stream_name, sink.template
-        credential = self.delivery.client.credentials.for_url(template.url({}) if template.fixed_url else self.api_url)
+        url = template.url({}) if template.fixed_url else join_url(self.api_url, sink.settings.url or "")
+        credential = self.delivery.client.credentials.for_url(url)
         if credential and not credential[1]:
             need = "the Encharge Ingest write key" if credential[0] == "write_key" else "the Encharge REST API key"
             msg = f"stream '{stream}' ({template.name}) needs {credential[0]} ({need})"
@@ -135,11 +136,12 @@ class TargetEncharge(Target):
             if self._holding.get(key) is batch:
                 del self._holding[key]
 
-    def flush_holding(self, keys: t.Iterable[str], stream: str, url: str) -> None:
-        """A record for a person waiting in another open batch sends that batch first (input order)."""
+    def flush_holding(self, keys: t.Iterable[str], joining: Batch | None) -> None:
+        """A record for a person waiting in another open batch (another stream, URL or group) sends that batch
+        first (input order); ``joining`` is the batch the record itself goes into, if one is open."""
         for key in keys:
             batch = self._holding.get(key)
-            if batch is not None and (batch.sink.stream_name != stream or batch.url != url):
+            if batch is not None and batch is not joining:
                 batch.sink.flush(batch)
 
     # state

@@ -13,12 +13,14 @@ import typing as t
 import urllib.parse
 
 from target_encharge import encoding
+from target_encharge.client import check_url
 from target_encharge.errors import ConfigError
 
 if t.TYPE_CHECKING:
     from target_encharge.settings import StreamSettings
 
 PERSON_IDS = ("email", "userId", "id")
+OBJECT_IDS = ("externalId", "id")
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
@@ -105,7 +107,7 @@ def _event_body(records: list[dict]) -> bytes:
 
 
 def _object_identifiers(record: dict) -> dict:
-    return {k: record[k] for k in ("externalId", "id") if record.get(k) not in (None, "")}
+    return {k: record[k] for k in OBJECT_IDS if record.get(k) not in (None, "")}
 
 
 def _fixed(url: str) -> t.Callable[[dict], str]:
@@ -134,11 +136,27 @@ def url_filler(url: str) -> t.Callable[[dict], str]:
             field = match.group(1)
             if record.get(field) in (None, ""):
                 raise KeyError(field)
-            return urllib.parse.quote(str(record[field]), safe="")
+            return urllib.parse.quote(encoding.to_text(record[field]), safe="")
 
         return PLACEHOLDER.sub(value, url)
 
     return fill
+
+
+def placeholder_problem(url: str) -> t.Callable[[dict], str | None]:
+    """Why a record cannot fill ``url``: a placeholder with no value, or `.`/`..` in the path (no escaping
+    keeps those from moving up the path: HTTP clients and servers read `%2E` as a dot)."""
+    fields = PLACEHOLDER.findall(url)
+    in_path = PLACEHOLDER.findall(url.split("?", 1)[0])
+
+    def problem(record: dict) -> str | None:
+        missing = [f for f in fields if record.get(f) in (None, "")]
+        if missing:
+            return f"no value for the URL placeholder(s) {', '.join(missing)}"
+        dots = [f for f in in_path if encoding.to_text(record[f]) in (".", "..")]
+        return f"the URL placeholder(s) {', '.join(dots)} would be '.' or '..' in the path" if dots else None
+
+    return problem
 
 
 def _manual_body(content_type: str, batched: bool) -> t.Callable[[list[dict]], bytes | None]:
@@ -148,9 +166,7 @@ def _manual_body(content_type: str, batched: bool) -> t.Callable[[list[dict]], b
 
         def form(records: list[dict]) -> bytes:
             (record,) = records
-            pairs = [
-                (k, v if isinstance(v, str) else encoding.dumps(v).decode()) for k, v in record.items() if v is not None
-            ]
+            pairs = [(k, encoding.to_text(v)) for k, v in record.items() if v is not None]
             return urllib.parse.urlencode(pairs).encode()
 
         return form
@@ -167,12 +183,9 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         msg = f"stream '{settings.stream}': form-encoded bodies hold one record; turn batch_records off"
         raise ConfigError(msg)
     url = join_url(api_url, settings.url)
+    check_url(url, f"stream '{settings.stream}': url")
     fill = url_filler(url)
     fields = PLACEHOLDER.findall(url)
-
-    def needs(record: dict) -> str | None:
-        missing = [f for f in fields if record.get(f) in (None, "")]
-        return f"no value for the URL placeholder(s) {', '.join(missing)}" if missing else None
 
     def identifiers(record: dict) -> dict:
         ids = person_identifiers(record)
@@ -187,9 +200,9 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         url=fill,
         body=(lambda _records: None) if settings.method == "GET" else body,
         content_type=settings.content_type,
-        needs=needs,
+        needs=placeholder_problem(url),
         identifiers=identifiers,
-        batchable=settings.content_type != "application/x-www-form-urlencoded",
+        batchable=settings.method != "GET" and settings.content_type != "application/x-www-form-urlencoded",
         fixed_url=not fields,
     )
 
@@ -254,10 +267,14 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
 def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
     """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL.
 
-    ``ids`` is what ``template.identifiers`` found in the record."""
+    ``ids`` is what ``template.identifiers`` found in the record. An object's key does not name its schema,
+    so a manual PATCH of an object waits for the `create_custom_object` call that creates it."""
+    objects = [f"object {k}:{v}" for k, v in ids.items() if k in OBJECT_IDS]
     if template.name == "create_custom_object":
-        return tuple(f"{url}#{k}={v}" for k, v in ids.items())
+        return tuple(objects)
     keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS]
-    if template.name == "manual" and not template.fixed_url:
-        keys.append(url)
+    if template.name == "manual":
+        keys += objects
+        if not template.fixed_url:
+            keys.append(url)
     return tuple(keys)

@@ -28,6 +28,7 @@ DEFAULT_API_KEY = "sandbox-api-key"
 DEFAULT_WRITE_KEY = "sandbox-write-key"
 DEFAULT_SCHEMAS = ("company", "subscription")
 CONTROL_PREFIX = "/_sandbox/"
+REDIRECT_PATH = CONTROL_PREFIX + "redirect"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _REDACTED_HEADERS = frozenset(("x-encharge-token", "authorization"))
 _JSON = "application/json; charset=utf-8"
@@ -94,7 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             return
         sandbox = self.server.sandbox
-        if path.startswith(CONTROL_PREFIX):
+        if path == REDIRECT_PATH:  # any method: 307 to ?to=URL, to see which headers follow a redirect
+            self._answer(307, None, extra=(("Location", dict(parse_qsl(query_string)).get("to", "/")),))
+        elif path.startswith(CONTROL_PREFIX):
             status, payload, content_type = sandbox._control(self.command, path, query_string, raw)
             self._answer(status, payload, content_type)
         else:
