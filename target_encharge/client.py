@@ -283,6 +283,7 @@ class Client:
                 status, body = response.status_code, parse_body(response)
                 retry_after = response.headers.get("Retry-After")
                 answer_headers = dict(response.headers)
+                answer_headers = dict(response.headers)
                 if not 200 <= status < 300:
                     error = f"HTTP {status}: {_error_message(body)}"
             except requests.Timeout:
@@ -327,14 +328,15 @@ def _error_message(body: t.Any) -> str:  # noqa: ANN401
 class Delivery:
     """Runs calls on worker threads: same-key calls in submission order, others concurrently.
 
-    ``on_result(call, outcome)`` is called once for each call that was sent (for a batch that Encharge
-    refused, once for each piece it was split into while looking for the records at fault).
+    ``on_result(call, outcome)`` is called once for each call that was sent. A batch that Encharge refused is
+    reported as ``on_result(call, outcome, False)`` (its records are not settled by it), then split, and each
+    piece is reported in turn while looking for the records at fault.
     """
 
     def __init__(
         self,
         client: Client,
-        on_result: t.Callable[[Call, Outcome], None],
+        on_result: t.Callable[..., None],
         concurrency: int,
         *,
         dry_run: bool = False,
@@ -422,6 +424,7 @@ class Delivery:
             middle = len(call.entries) // 2
             logger.info("Encharge refused a batch of %d (%s); splitting it to find the records at fault",
                         len(call.entries), outcome.error)
+            self.on_result(call, outcome, False)
             for part in (call.entries[:middle], call.entries[middle:]):
                 self._deliver(call.rebuild(part))
             return

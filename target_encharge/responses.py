@@ -157,8 +157,9 @@ class Ledger:
 
     # outcomes
 
-    def result(self, call: Call, outcome: Outcome) -> None:
-        """Count a sent (or, in a dry run, previewed) call and settle its records."""
+    def result(self, call: Call, outcome: Outcome, settle: bool = True) -> None:  # noqa: FBT001, FBT002
+        """Count a sent (or, in a dry run, previewed) call and, unless it is a refused batch about to be split
+        (``settle`` False), settle its records."""
         if self.out.previews is not None:
             self.out.previews.write(self.preview(call, outcome if outcome.attempts else None))
         with self._lock:
@@ -168,6 +169,8 @@ class Ledger:
             if self.out.responses is not None and outcome.attempts:
                 self.out.responses.write({"type": "RECORD", "stream": RESPONSE_STREAM,
                                           "record": self.response_record(call, outcome)})
+            if not settle:
+                return
             if outcome.ok or not outcome.attempts:
                 counts.succeeded += len(call.entries)
                 for entry in call.entries:

@@ -109,6 +109,22 @@ def test_the_response_stream_to_a_file_counts_attempts_and_leaves_stdout_to_the_
     assert sorted(c["records"] for c in calls) == [2] + [4] * 7
 
 
+def test_a_refused_batch_and_each_piece_it_is_split_into_are_response_records(sandbox):
+    records = [record("people", {"email": f"ok{i}@example.com"}) for i in range(7)]
+    records.insert(5, record("people", {"email": {"not": "an email"}}))
+    run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="@work/r.jsonl",
+                                    batch_records=True, batch_size=8, max_failures=1, max_concurrency=1),
+                     [schema("people", {"email": {}}), *records])
+    assert run.returncode == 0, run.stderr
+    calls = [r["record"] for r in run.file_lines("r.jsonl") if r["type"] == "RECORD"]
+    assert [(c["status_code"], c["records"]) for c in calls] == [
+        (c["status"], len(c["body"])) for c in sent(sandbox)]  # one record per call, in order
+    assert [c["status_code"] for c in calls][:1] == [400] and calls[0]["records"] == 8
+    assert [c["records"] for c in calls if c["status_code"] == 400][-1] == 1  # down to the record at fault
+    row = re.search(r"\npeople\s+8\s+(\d+)\s+7\s+1\s+0\n", run.stderr)  # the summary counts every call too
+    assert row and int(row.group(1)) == len(calls)
+
+
 def test_a_large_answer_is_truncated_in_the_response_record(sandbox):
     run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="@work/r.jsonl",
                                     batch_records=True, batch_size=60), people(60))
