@@ -283,7 +283,6 @@ class Client:
                 status, body = response.status_code, parse_body(response)
                 retry_after = response.headers.get("Retry-After")
                 answer_headers = dict(response.headers)
-                answer_headers = dict(response.headers)
                 if not 200 <= status < 300:
                     error = f"HTTP {status}: {_error_message(body)}"
             except requests.Timeout:
