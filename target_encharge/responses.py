@@ -18,7 +18,7 @@ import typing as t
 
 from target_encharge import encoding
 from target_encharge.client import Call, Entry, Outcome, Redactor
-from target_encharge.errors import TooManyFailures
+from target_encharge.errors import ConfigError, TooManyFailures
 
 logger = logging.getLogger("target_encharge")
 
@@ -59,13 +59,19 @@ def _json_text(value: t.Any) -> str | None:  # noqa: ANN401
 
 
 class Lines:
-    """A JSONL destination shared by threads: a file, or stdout for ``-``; every line passes redaction."""
+    """A JSONL destination shared by threads: a file (appended to), or stdout for ``-``; every line passes
+    redaction. ``setting`` names the setting the path came from, for the error when it cannot be opened."""
 
-    def __init__(self, path: str | None, redact: Redactor) -> None:
+    def __init__(self, path: str | None, redact: Redactor, setting: str = "") -> None:
         self.redact = redact
         self._lock = threading.Lock()
-        self._own = path not in (None, "-")
-        self._file: t.IO[str] | None = open(path, "a", encoding="utf-8") if self._own else None  # noqa: SIM115
+        self._file: t.IO[str] | None = None
+        if path not in (None, "-"):
+            try:
+                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                msg = f"{setting}: cannot write to {path!r} ({exc.strerror})"
+                raise ConfigError(msg) from None
 
     def write(self, obj: t.Any) -> None:  # noqa: ANN401
         line = self.redact(encoding.dumps(obj).decode())
@@ -356,24 +362,24 @@ def outputs_for(config: t.Mapping[str, t.Any], redact: Redactor) -> Outputs:
     """The outputs a run's settings ask for; whatever goes to stdout shares one writer."""
     stdout = Lines("-", redact)
 
-    def lines(path: str | None) -> Lines:
-        return stdout if path in (None, "-") else Lines(path, redact)
+    def lines(setting: str) -> Lines:
+        path = config.get(setting)
+        return stdout if path in (None, "-") else Lines(path, redact, setting)
 
     dry_run, test_send = bool(config.get("dry_run")), bool(config.get("test_send"))
     looking = dry_run or test_send  # nothing is loaded for good: no STATE, no response stream
     mode = config.get("response_output") or "none"
-    responses = lines(config.get("response_stream_path")) if mode == "stream" and not looking else None
+    responses = lines("response_stream_path") if mode == "stream" and not looking else None
     as_messages = responses is stdout  # stdout carries a Singer stream: the tap's state goes as STATE messages
 
     def emit_state(state: dict) -> None:
         stdout.write({"type": "STATE", "value": state} if as_messages else state)
 
-    dead_path = config.get("dead_letter_path")
     return Outputs(
         state=None if looking else emit_state,
         summary_in_state=mode == "state",
         responses=responses,
-        dead_letters=lines(dead_path) if dead_path else None,
-        previews=lines(config.get("preview_path")) if looking else None,
+        dead_letters=lines("dead_letter_path") if config.get("dead_letter_path") else None,
+        previews=lines("preview_path") if looking else None,
         sample_only=test_send,
     )

@@ -303,3 +303,13 @@ def test_no_key_appears_in_any_output_even_at_debug():
         for where, text in [("stdout", stdout), ("stderr", stderr), *files.items()]:
             for secret in (API_KEY, WRITE_KEY, API_KEY[:-4], WRITE_KEY[:-4]):
                 assert secret not in text, f"a key in {where} of {mode}"
+
+
+@pytest.mark.parametrize("setting", ["response_stream_path", "preview_path", "dead_letter_path"])
+def test_an_output_path_that_cannot_be_written_is_a_one_line_error(sandbox, setting):
+    run = run_target(sandbox_config(sandbox, response_output="stream", dry_run=setting == "preview_path",
+                                    **{setting: "/nonexistent/dir/out.jsonl"}), people(1))
+    assert run.returncode == 1
+    assert run.error_line == (f"target-encharge: error: {setting}: cannot write to '/nonexistent/dir/out.jsonl' "
+                              "(No such file or directory)")
+    assert "Traceback" not in run.stderr and sandbox.people() == []
