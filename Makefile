@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 TOOLS  := .tools
 TAP_JSONL := $(TOOLS)/tap-jsonl/bin/tap-jsonl
 TARGET_CSV := $(TOOLS)/target-csv/bin/target-csv
+MELTANO := $(TOOLS)/meltano/bin/meltano
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .PHONY: install demo test bench sandbox docs clean
@@ -24,14 +25,19 @@ $(TARGET_CSV):
 	$(PYTHON) -m venv $(TOOLS)/target-csv
 	$(TOOLS)/target-csv/bin/pip install $(PIP_QUIET) meltanolabs-target-csv==0.5.0
 
-install: $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV)
+# Meltano, pinned, in a venv of its own: tests/test_meltano.py runs `meltano install` and `meltano run` with it.
+$(MELTANO):
+	$(PYTHON) -m venv $(TOOLS)/meltano
+	$(TOOLS)/meltano/bin/pip install $(PIP_QUIET) meltano==4.4.1
+
+install: $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO)
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
-		$(BIN)/python -m pytest
+		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run.py
@@ -39,8 +45,9 @@ bench: install
 sandbox: install
 	$(BIN)/target-encharge-sandbox
 
+# The settings reference in README.md, meltano.yml's loader settings and the Meltano Hub file, from --about.
 docs: install
-	$(BIN)/target-encharge --about --format=markdown
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/docs.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .meltano *.egg-info

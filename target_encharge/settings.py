@@ -206,6 +206,20 @@ STREAM_SETTING_NAMES = tuple(p.name for p in _stream_properties())
 _DEFAULTS = {p.name: p.to_dict()[p.name].get("default") for p in _stream_properties()}
 
 
+def numbers_from_text(config: dict[str, t.Any], schema: dict = SETTINGS_SCHEMA) -> dict[str, t.Any]:
+    """Number settings given as text (``"0.5"``) as numbers: environment variables are text, and so is what
+    Meltano passes for them (they are ``kind: string`` there: its ``decimal`` kind fails when set from a variable)."""
+    config = dict(config)
+    for name, value in config.items():
+        if isinstance(value, str) and "number" in schema["properties"].get(name, {}).get("type", ()):
+            try:
+                config[name] = float(value)
+            except ValueError:
+                msg = f"{name}: {value!r} is not a number"
+                raise ConfigError(msg) from None
+    return config
+
+
 def from_environment(schema: dict, prefix: str) -> dict[str, t.Any]:
     """``--config ENV``: the SDK's reading of ``<prefix><SETTING>`` variables, with numbers made numbers (the SDK
     leaves them as text) and ``request_headers`` kept as text (the SDK would take any text for JSON)."""
@@ -215,14 +229,7 @@ def from_environment(schema: dict, prefix: str) -> dict[str, t.Any]:
     except ValueError as exc:  # an object or array setting whose text is not JSON; the text itself is not shown
         msg = f"a {prefix}* variable for an object or array setting is not valid JSON ({exc})"
         raise ConfigError(msg) from None
-    for name, value in config.items():
-        if isinstance(value, str) and "number" in properties[name].get("type", ()):
-            try:
-                config[name] = float(value)
-            except ValueError:
-                msg = f"{prefix}{name.upper()}: {value!r} is not a number"
-                raise ConfigError(msg) from None
-    return config
+    return numbers_from_text(config, schema)
 
 
 def parse_headers(value: str | dict | None) -> dict[str, str]:

@@ -25,7 +25,7 @@ from target_encharge.client import (
 from target_encharge.errors import ConfigError, EnchargeTargetError, InputError
 from target_encharge.reader import Reader
 from target_encharge.responses import Ledger, Progress, outputs_for, summary_title
-from target_encharge.settings import SETTINGS_SCHEMA, from_environment, resolve
+from target_encharge.settings import SETTINGS_SCHEMA, from_environment, numbers_from_text, resolve
 from target_encharge.sinks import STATE_FLUSH_AGE, Batch, EnchargeSink
 from target_encharge.templates import join_url, template_for
 
@@ -43,6 +43,8 @@ class TargetEncharge(Target):
     running: t.ClassVar[TargetEncharge | None] = None  # the instance `invoke` made, to end it cleanly
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        if isinstance(kwargs.get("config"), dict):
+            kwargs["config"] = numbers_from_text(kwargs["config"])
         super().__init__(*args, **kwargs)
         config = self.config
         self.dry_run = bool(config.get("dry_run"))

@@ -4,12 +4,21 @@ with Meltano's saved state exactly the tap's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
+import sys
+import time
 import typing as t
+from pathlib import Path
 
+import pytest
+import yaml
 from helpers import API_KEY, PERSON_PROPS, WRITE_KEY, record, run_target, sandbox_config, schema, state, target_command
+
+from target_encharge.responses import SUMMARY_KEY
 
 
 def run_with_env(env: dict[str, str], messages: list[dict]) -> subprocess.CompletedProcess:
@@ -67,7 +76,7 @@ def test_headers_as_text_from_an_environment_variable(sandbox):
 
 
 def test_a_bad_number_or_json_in_an_environment_variable_is_one_clear_line(sandbox):
-    for name, value, says in (("request_timeout", "soon", "TARGET_ENCHARGE_REQUEST_TIMEOUT: 'soon' is not a number"),
+    for name, value, says in (("request_timeout", "soon", "request_timeout: 'soon' is not a number"),
                               ("streams", "{tags: add_tag}", "is not valid JSON")):
         run = run_with_env(sandbox_env(sandbox, **{name: value}), [schema("people", PERSON_PROPS, ["email"])])
         assert run.returncode == 1
@@ -117,3 +126,158 @@ def test_validation_checks_the_mapped_record_and_dead_letters_what_fails(sandbox
     run = run_target(sandbox_config(sandbox, stream_maps=maps, validate_records=False), messages)
     assert run.returncode == 0, run.stderr
     assert sandbox.person(email="bob@example.com")["points"] == "lots"
+
+
+# The plugin definitions: every setting of `target-encharge --about`, as Meltano should offer it.
+
+def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind():
+    about = json.loads(subprocess.run([*target_command(), "--about", "--format=json"], capture_output=True,
+                                      text=True, check=True).stdout)
+    names = list(about["settings"]["properties"])
+    project = yaml.safe_load((ROOT / "meltano.yml").read_text())
+    [loader] = project["plugins"]["loaders"]
+    hub = yaml.safe_load((ROOT / "hub" / "loaders" / "target-encharge" / "encharge.yml").read_text())
+    for definition in (loader, hub):
+        assert definition["namespace"] == "target_encharge" and definition["executable"] == "target-encharge"
+        assert set(definition["capabilities"]) == set(about["capabilities"])
+        settings = {s["name"]: s for s in definition["settings"]}
+        assert list(settings) == names
+        for key in ("api_key", "write_key"):
+            assert settings[key]["kind"] == "password" and settings[key]["sensitive"] is True
+        assert settings["streams"]["kind"] == "object" and settings["stream_maps"]["kind"] == "object"
+        assert [o["value"] for o in settings["endpoint"]["options"]] == about["settings"]["properties"]["endpoint"]["enum"]
+        assert settings["batch_size"]["kind"] == "integer" and settings["batch_size"]["value"] == 100
+        assert all(s["label"] and s["description"] for s in settings.values())
+    assert loader["pip_url"] == "-e ."
+    [tap] = [p for p in project["plugins"]["extractors"] if p["name"] == "tap-jsonl"]
+    assert tap["pip_url"] == "tap-jsonl==0.3.1" and tap["namespace"] == "tap_jsonl"
+
+
+def test_readme_meltano_yml_and_hub_file_are_what_make_docs_generates():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs.py"), "--check"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+# Meltano itself: `meltano install` and `meltano run` on a copy of this project, as from a fresh clone.
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "demo" / "data"
+NOT_PROJECT = shutil.ignore_patterns(".git", ".venv", ".tools", ".meltano", ".env", "__pycache__", "*.egg-info",
+                                     ".pytest_cache", "out", "build", "dist")
+ALL_DEMO_STREAMS = ["tap-jsonl-people", "target-encharge", "tap-jsonl-tags", "target-encharge",
+                    "tap-jsonl-events", "target-encharge", "tap-jsonl-companies", "target-encharge"]
+
+
+def meltano_executable() -> str:
+    found = os.environ.get("MELTANO") or str(ROOT / ".tools" / "meltano" / "bin" / "meltano")
+    if not Path(found).exists():
+        pytest.fail(f"Meltano not found at {found}: `make install` installs it (or set MELTANO)")
+    return found
+
+
+@dataclasses.dataclass
+class MeltanoProject:
+    """A copy of this repository's Meltano project, its plugins installed once for the whole module."""
+
+    root: Path
+    exe: str
+    install_seconds: float
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("TARGET_ENCHARGE_", "TAP_JSONL", "MELTANO_")) and k != "VIRTUAL_ENV"}
+        return subprocess.run([self.exe, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout,
+                              env={**clean, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", **(env or {})},
+                              check=False)
+
+    def state(self, state_id: str) -> dict:
+        done = self.run("state", "get", state_id)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["singer_state"]
+
+    def tap_state(self, extractor: str) -> dict:
+        """The last STATE the tap itself writes on a full run, as Meltano configures it."""
+        done = self.run("invoke", extractor)
+        assert done.returncode == 0, done.stderr
+        states = [m["value"] for m in map(json.loads, done.stdout.splitlines()) if m.get("type") == "STATE"]
+        return states[-1]
+
+
+@pytest.fixture(scope="module")
+def meltano(tmp_path_factory: pytest.TempPathFactory) -> MeltanoProject:
+    root = tmp_path_factory.mktemp("meltano") / "project"
+    shutil.copytree(ROOT, root, ignore=NOT_PROJECT)
+    project = MeltanoProject(root, meltano_executable(), 0.0)
+    started = time.monotonic()
+    done = project.run("install", timeout=1200)
+    project.install_seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    return project
+
+
+def jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+
+
+def keys_env(sandbox: t.Any) -> dict[str, str]:  # noqa: ANN401
+    """The keys and the sandbox's URLs as Meltano users pass settings: TARGET_ENCHARGE_* variables."""
+    return sandbox_env(sandbox, retry_backoff="0.01")
+
+
+@pytest.mark.slow
+def test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state(meltano, sandbox):
+    done = meltano.run("run", *ALL_DEMO_STREAMS, "--state-id-suffix=all", env=keys_env(sandbox))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert {p["email"] for p in sandbox.people()} == {p["email"] for p in jsonl("people")}
+    for tagging in jsonl("tags"):
+        tags = tagging["tag"] if isinstance(tagging["tag"], list) else tagging["tag"].split(",")
+        assert {t.strip() for t in tags} <= set(sandbox.person(email=tagging["email"])["tags"])
+    assert sorted((e["name"], e["user"]["email"]) for e in sandbox.events()) == \
+        sorted((e["name"], e["email"]) for e in jsonl("events"))
+    assert sorted(o["externalId"] for o in sandbox.objects("company")) == \
+        sorted(c["externalId"] for c in jsonl("companies"))
+    assert not any(f.startswith("_sdc_") for p in sandbox.people() for f in p)  # exclude_attributes from meltano.yml
+
+    for stream in ("people", "tags", "events", "companies"):
+        extractor = f"tap-jsonl-{stream}"
+        assert meltano.state(f"dev:{extractor}-to-target-encharge:all") == meltano.tap_state(extractor)
+    assert API_KEY not in done.stdout + done.stderr and WRITE_KEY not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_with_response_output_state_meltano_saves_the_taps_state_plus_one_bounded_summary(meltano, sandbox):
+    env = {**keys_env(sandbox), "TARGET_ENCHARGE_RESPONSE_OUTPUT": "state"}
+    state_id = "dev:tap-jsonl-people-to-target-encharge:summary"
+    tap_state = meltano.tap_state("tap-jsonl-people")
+    for run in (1, 2):  # the second run starts from the saved state, summary key and all
+        done = meltano.run("run", "tap-jsonl-people", "target-encharge", "--state-id-suffix=summary", env=env)
+        assert done.returncode == 0, f"run {run}: {done.stderr[-3000:]}"
+        saved = meltano.state(state_id)
+        assert {k: v for k, v in saved.items() if k != SUMMARY_KEY} == tap_state
+        assert set(saved) == {*tap_state, SUMMARY_KEY}
+        summary = saved[SUMMARY_KEY]
+        assert summary["streams"]["people"]["failed"] == 0
+        assert summary["streams"]["people"]["succeeded"] == summary["streams"]["people"]["records"] > 0
+        assert len(json.dumps(summary)) < 2000
+    assert {p["email"] for p in sandbox.people()} == {p["email"] for p in jsonl("people")}
+
+
+@pytest.mark.slow
+def test_a_stream_map_set_through_meltano_changes_what_encharge_receives(meltano, sandbox):
+    maps = {"people": {"first_name": "firstName", "firstName": "__NULL__", "company": "__NULL__"}}
+    env = {**keys_env(sandbox), "TARGET_ENCHARGE_STREAM_MAPS": json.dumps(maps)}
+    done = meltano.run("run", "tap-jsonl-people", "target-encharge", "--state-id-suffix=maps", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sent = [p for r in sandbox.requests() if r["path"] == "/v1/people" for p in r["body"]]
+    assert sorted(p["first_name"] for p in sent) == sorted(p["firstName"] for p in jsonl("people"))
+    assert not any("firstName" in p or "company" in p for p in sent)
+
+
+@pytest.mark.slow
+def test_meltano_install_needs_no_more_than_the_package_registry(meltano):
+    """Reported, not asserted on time: how long one `meltano install` of both plugins took."""
+    print(f"meltano install: {meltano.install_seconds:.1f} s")
+    for plugin in ("extractors/tap-jsonl", "loaders/target-encharge"):
+        assert (meltano.root / ".meltano" / plugin / "venv" / "bin").is_dir()
