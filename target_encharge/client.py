@@ -20,12 +20,14 @@ import urllib.parse
 
 import requests
 import requests.adapters
+import urllib3
 
 from target_encharge import encoding
 from target_encharge.errors import AuthError, ConfigError
 
 TOKEN_HEADER = "X-Encharge-Token"
 USER_AGENT = "target-encharge"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
 
 logger = logging.getLogger("target_encharge.client")
@@ -146,18 +148,27 @@ def is_loopback(host: str | None) -> bool:
 
 def check_url(url: str, setting: str) -> None:
     """https, or plain http to this machine only."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
+    scheme, host, _ = _origin(url)
+    if scheme == "https" and host:
         return
-    if parts.scheme == "http" and is_loopback(parts.hostname):
+    if scheme == "http" and is_loopback(host):
         return
     msg = f"{setting}: {url!r} must be an https URL (plain http is only allowed to loopback)"
     raise ConfigError(msg)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port
+    """(scheme, host, port) that the HTTP client will really connect to.
+
+    Parsed with urllib3's parser, the one requests connects with: ``urllib.parse`` reads some URLs otherwise
+    (``http://other:1\\@api.host/``: a backslash ends urllib3's host, not urllib.parse's), and a key must
+    follow the connection, not a reading of it."""
+    try:
+        parts = urllib3.util.parse_url(url)
+    except urllib3.exceptions.LocationParseError:
+        return "", "", None
+    scheme = (parts.scheme or "").lower()
+    return scheme, (parts.host or "").lower().strip("[]"), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
 class Credentials:
@@ -169,12 +180,13 @@ class Credentials:
 
     def for_url(self, url: str) -> tuple[str, str | None] | None:
         """(setting name, key) for a URL on Encharge's configured hosts, else None."""
-        if url.rstrip("/") == self.ingest_url or url.startswith(self.ingest_url + "/"):
-            return "write_key", self.write_key
         origin = _origin(url)
+        ingest = _origin(self.ingest_url)
+        if origin == ingest and (url.rstrip("/") == self.ingest_url or url.startswith(self.ingest_url + "/")):
+            return "write_key", self.write_key
         if origin == _origin(self.api_url):
             return "api_key", self.api_key
-        if origin == _origin(self.ingest_url):
+        if origin == ingest:
             return "write_key", self.write_key
         return None
 
