@@ -10,6 +10,7 @@ import time
 import typing as t
 
 import fastjsonschema
+from singer_sdk.exceptions import MissingKeyPropertiesError
 from singer_sdk.sinks import RecordSink
 from singer_sdk.helpers._typing import get_datelike_property_type
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
@@ -92,6 +93,17 @@ class EnchargeSink(RecordSink):
 
     def _report(self, problem: str) -> None:
         self.problem = self.problem or problem
+
+    def preprocess_record(self, record: dict, context: dict) -> dict:  # noqa: ARG002
+        """A record without its key properties stops the run, as the SDK requires, saying which and where."""
+        missing = [key for key in self.key_properties or () if key not in record]
+        if missing:
+            line = getattr(self.target.message_reader, "line_number", "?")
+            keys = ", ".join(map(repr, missing))
+            msg = (f"input line {line}: a record of stream '{self.stream_name}' has no {keys} "
+                   f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read")
+            raise MissingKeyPropertiesError(msg)
+        return record
 
     def process_record(self, record: dict, context: dict) -> None:  # noqa: ARG002
         target = self.target
