@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import typing as t
@@ -22,7 +23,7 @@ from target_encharge.client import (
     RetryPolicy,
     check_url,
 )
-from target_encharge.errors import ConfigError, EnchargeTargetError, InputError
+from target_encharge.errors import AuthError, ConfigError, EnchargeTargetError, InputError
 from target_encharge.reader import Reader
 from target_encharge.responses import Ledger, Progress, outputs_for, summary_title
 from target_encharge.settings import SETTINGS_SCHEMA, from_environment, numbers_from_text, resolve
@@ -73,6 +74,7 @@ class TargetEncharge(Target):
         self._holding: dict[str, Batch] = {}
         self._checked_key = False
         self._schemas: list[str] | None = None
+        self._finished = False
         TargetEncharge.running = self
 
     @classproperty
@@ -169,11 +171,13 @@ class TargetEncharge(Target):
         self.finish()
 
     def finish(self) -> None:
-        self.delivery.close()
-        self.progress.stop()
-        self.ledger.final_state()
-        if self.ledger.counts:
-            self.logger.info("%s\n%s", summary_title(self.ledger, dry_run=self.dry_run), self.ledger.table())
+        if not self._finished:  # once, whichever way the run ends
+            self._finished = True
+            self.delivery.close()
+            self.progress.stop()
+            self.ledger.final_state()
+            if self.ledger.counts:
+                self.logger.info("%s\n%s", summary_title(self.ledger, dry_run=self.dry_run), self.ledger.table())
         self.ledger.check_failures()
 
     def _install_redaction(self) -> None:
@@ -191,15 +195,19 @@ class TargetEncharge(Target):
             except UnicodeDecodeError:
                 msg = "input is not UTF-8 text; nothing after the bad bytes was read"
                 raise InputError(msg) from None
-            except (InputError, FatalSyncError, SingerReadError):
-                cls._deliver_what_was_read()
+            except AuthError:
+                raise  # every further call would be refused the same way
+            except (EnchargeTargetError, FatalSyncError, SingerReadError):
+                with contextlib.suppress(EnchargeTargetError, FatalSyncError):  # the first reason is the one told
+                    cls._deliver_what_was_read()
                 raise
         except (EnchargeTargetError, FatalSyncError, SingerReadError) as exc:
             _fail(str(exc))
 
     @classmethod
     def _deliver_what_was_read(cls) -> None:
-        """Bad input stops reading; the records read before it are still delivered (and their STATE)."""
+        """Bad input, too many failures or a stream that cannot be sent stop reading; the records read before
+        are still delivered (and their STATE), never cut off mid-call."""
         target = cls.running
         if target is None:
             return
