@@ -33,8 +33,8 @@ def dumps_lines(objs: t.Iterable[t.Any]) -> bytes:
 
 def to_text(value: t.Any) -> str:  # noqa: ANN401
     """A value as text for a URL or a form field: strings as they are, dates ISO 8601, anything else JSON."""
-    plain = to_plain(value)
-    return plain if isinstance(plain, str) else _encoder.encode(plain).decode()
+    encoded = _encoder.encode(value)  # Decimals keep every digit
+    return _decoder.decode(encoded) if encoded[:1] == b'"' else encoded.decode()
 
 
 def loads(data: bytes | str) -> t.Any:  # noqa: ANN401

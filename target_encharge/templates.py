@@ -202,7 +202,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         content_type=settings.content_type,
         needs=placeholder_problem(url),
         identifiers=identifiers,
-        batchable=settings.method != "GET" and settings.content_type != "application/x-www-form-urlencoded",
+        batchable=settings.batch_records and settings.method != "GET",  # (a form with batch_records is refused)
         fixed_url=not fields,
     )
 
