@@ -40,12 +40,15 @@ class Template:
 
 
 def person_identifiers(record: dict) -> dict:
-    """email / userId / id, from the record or from its `user` object (events)."""
-    ids = {k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}
+    """email / userId / id of the record itself: what Encharge matches a person by in /people and /tags."""
+    return {k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}
+
+
+def event_identifiers(record: dict) -> dict:
+    """The ids an event's `user` is sent with: its own `user` object's, else the record's top-level ones."""
     user = record.get("user")
-    if isinstance(user, dict):
-        ids.update({k: user[k] for k in PERSON_IDS if user.get(k) not in (None, "") and k not in ids})
-    return ids
+    ids = {k: user[k] for k in PERSON_IDS if user.get(k) not in (None, "")} if isinstance(user, dict) else {}
+    return {**person_identifiers(record), **ids}
 
 
 def _needs_person(record: dict) -> str | None:
@@ -66,7 +69,10 @@ def _needs_tag(record: dict) -> str | None:
 def _needs_event(record: dict) -> str | None:
     if not isinstance(record.get("name"), str) or not record["name"].strip():
         return "no event name"
-    ids = person_identifiers(record)
+    for field in ("user", "properties"):
+        if record.get(field) is not None and not isinstance(record[field], dict):
+            return f"its '{field}' is not an object"
+    ids = event_identifiers(record)
     if not ("email" in ids or "userId" in ids):
         return "no email or userId for the event's user"
     return None
@@ -95,8 +101,8 @@ def _event_body(records: list[dict]) -> bytes:
     for key in PERSON_IDS:
         if key in rest:
             value = rest.pop(key)
-            if value not in (None, ""):
-                user.setdefault(key, value)
+            if value not in (None, "") and user.get(key) in (None, ""):
+                user[key] = value
     (user if name == "identify" else properties).update(rest)
     event: dict[str, t.Any] = {"name": name, "user": user}
     if properties:
@@ -255,7 +261,7 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
             body=_event_body,
             content_type="application/json",
             needs=_needs_event,
-            identifiers=person_identifiers,
+            identifiers=event_identifiers,
             batchable=False,
         )
     if endpoint == "manual":
