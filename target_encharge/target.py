@@ -20,6 +20,7 @@ from target_encharge.client import (
     Delivery,
     RateLimiter,
     RedactingFilter,
+    Redactor,
     RetryPolicy,
     check_url,
 )
@@ -42,12 +43,15 @@ class TargetEncharge(Target):
     default_sink_class = EnchargeSink
     message_reader_class = Reader
     running: t.ClassVar[TargetEncharge | None] = None  # the instance `invoke` made, to end it cleanly
+    redact_errors: t.ClassVar[Redactor | None] = None  # masks the keys in the one-line reason to stop
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         if isinstance(kwargs.get("config"), dict):
             kwargs["config"] = numbers_from_text(kwargs["config"])
         super().__init__(*args, **kwargs)
         config = self.config
+        # from here on, a reason to stop that quotes a setting (a URL, a header) never shows a key
+        TargetEncharge.redact_errors = Redactor(str(config[k]) for k in ("api_key", "write_key") if config.get(k))
         self.dry_run = bool(config.get("dry_run"))
         self.api_url = str(config.get("api_url") or "https://api.encharge.io/v1").rstrip("/")
         self.ingest_url = str(config.get("ingest_url") or "https://ingest.encharge.io/v1").rstrip("/")
@@ -219,5 +223,7 @@ class TargetEncharge(Target):
 
 
 def _fail(message: str) -> t.NoReturn:
+    redact = TargetEncharge.redact_errors
+    message = redact(message) if redact and message else message
     click.echo(f"target-encharge: error: {message.splitlines()[0] if message else 'failed'}", err=True)
     sys.exit(1)
