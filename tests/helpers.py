@@ -32,7 +32,7 @@ class Run:
 
     @property
     def lines(self) -> list[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        return [json.loads(line) for line in self.stdout.split("\n") if line.strip()]
 
     @property
     def states(self) -> list[dict]:
@@ -42,7 +42,7 @@ class Run:
         path = self.workdir / name
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
 
     @property
     def error_line(self) -> str:
