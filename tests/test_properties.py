@@ -208,7 +208,7 @@ def test_events_carry_every_field_in_user_or_properties_and_the_identifiers_in_u
                 assert same(user[key], value)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(records, min_size=1, max_size=4))
 @pytest.mark.parametrize("name", ["manual JSON", "manual JSON, batched", "manual NDJSON", "manual form"])
 def test_the_manual_body_is_the_record_in_the_configured_encoding(name, batch):
