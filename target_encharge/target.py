@@ -9,7 +9,7 @@ import typing as t
 
 import click
 from singer_sdk import Target
-from singer_sdk.exceptions import FatalSyncError
+from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
 from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.singerlib.exceptions import SingerReadError
 
@@ -207,6 +207,8 @@ class TargetEncharge(Target):
                 raise
         except (EnchargeTargetError, FatalSyncError, SingerReadError) as exc:
             _fail(str(exc))
+        except ConfigValidationError as exc:
+            _fail("invalid config: " + "; ".join(_masked(error) for error in exc.errors or [str(exc)]))
 
     @classmethod
     def _deliver_what_was_read(cls) -> None:
@@ -220,6 +222,14 @@ class TargetEncharge(Target):
                 sink.flush_all()
         target.delivery.wait()
         target.finish()
+
+
+def _masked(error: str) -> str:
+    """A config error about a key never quotes the key (the SDK's message starts with the value)."""
+    for name, spec in SETTINGS_SCHEMA["properties"].items():
+        if spec.get("secret") and f"config['{name}']" in error:
+            return f"{name} must be a string (its value is not shown: it is a secret)"
+    return error
 
 
 def _fail(message: str) -> t.NoReturn:

@@ -301,3 +301,12 @@ def test_keys_given_as_environment_variables_do_not_show_either(sandbox, tmp_pat
     assert proc.returncode == 0, output
     assert len(sandbox.people()) == 2
     assert leaks(output, SANDBOX_KEYS) == []
+
+
+def test_a_key_of_the_wrong_type_is_refused_without_showing_it():
+    run = run_target({"api_key": 987654321987, "write_key": ["765432187654"], "max_retries": "x"}, [])
+    assert run.returncode == 1
+    assert "api_key must be a string" in run.error_line and "write_key must be a string" in run.error_line
+    assert "'x' is not of type" in run.error_line  # other settings' errors are quoted as they are
+    for key in ("987654321987", "765432187654"):
+        assert key not in run.stderr + run.stdout
