@@ -29,13 +29,13 @@ class Template:
     """One Encharge endpoint: record in, request out."""
 
     name: str
-    method: str
     url: t.Callable[[dict], str]  # the URL a record goes to (KeyError names a missing placeholder field)
     body: t.Callable[[list[dict]], bytes | None]  # records (already filtered) -> request body
-    content_type: str
     needs: t.Callable[[dict], str | None]  # why a record cannot be sent, or None
     identifiers: t.Callable[[dict], dict]  # the fields that say which person/object a record is
-    batchable: bool  # the API takes several records in one call
+    method: str = "POST"
+    content_type: str = "application/json"
+    batchable: bool = False  # the API takes several records in one call
     fixed_url: bool = True  # every record goes to the same URL
 
 
@@ -215,59 +215,31 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
 
 def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Template:
     """The template a stream is routed to, bound to its settings."""
-    api = api_url.rstrip("/")
     endpoint = settings.endpoint
-    if endpoint == "create_or_update_person":
-        return Template(
-            name=endpoint,
-            method="POST",
-            url=_fixed(f"{api}/people"),
-            body=encoding.dumps,
-            content_type="application/json",
-            needs=_needs_person,
-            identifiers=person_identifiers,
-            batchable=True,
-        )
-    if endpoint in ("add_tag", "remove_tag"):
-        return Template(
-            name=endpoint,
-            method="POST" if endpoint == "add_tag" else "DELETE",
-            url=_fixed(f"{api}/tags"),
-            body=_tag_body,
-            content_type="application/json",
-            needs=_needs_tag,
-            identifiers=person_identifiers,
-            batchable=False,
-        )
-    if endpoint == "create_custom_object":
-        if not settings.object_name:
-            msg = f"stream '{settings.stream}': endpoint 'create_custom_object' needs object_name"
-            raise ConfigError(msg)
-        return Template(
-            name=endpoint,
-            method="POST",
-            url=_fixed(f"{api}/objects/{urllib.parse.quote(settings.object_name, safe='')}"),
-            body=encoding.dumps,
-            content_type="application/json",
-            needs=_nothing_needed,
-            identifiers=_object_identifiers,
-            batchable=True,
-        )
-    if endpoint == "track_event":
-        return Template(
-            name=endpoint,
-            method="POST",
-            url=_fixed(ingest_url),
-            body=_event_body,
-            content_type="application/json",
-            needs=_needs_event,
-            identifiers=event_identifiers,
-            batchable=False,
-        )
     if endpoint == "manual":
         return _manual(settings, api_url)
-    msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
-    raise ConfigError(msg)
+    if endpoint == "create_custom_object" and not settings.object_name:
+        msg = f"stream '{settings.stream}': endpoint 'create_custom_object' needs object_name"
+        raise ConfigError(msg)
+    api = api_url.rstrip("/")
+    tags = {"url": f"{api}/tags", "body": _tag_body, "needs": _needs_tag, "identifiers": person_identifiers}
+    templates: dict[str, dict[str, t.Any]] = {
+        "create_or_update_person": {"url": f"{api}/people", "body": encoding.dumps, "needs": _needs_person,
+                                    "identifiers": person_identifiers, "batchable": True},
+        "add_tag": tags,
+        "remove_tag": {**tags, "method": "DELETE"},
+        "create_custom_object": {
+            "url": f"{api}/objects/{urllib.parse.quote(settings.object_name or '', safe='')}",
+            "body": encoding.dumps, "needs": _nothing_needed, "identifiers": _object_identifiers, "batchable": True,
+        },
+        "track_event": {"url": ingest_url, "body": _event_body, "needs": _needs_event,
+                        "identifiers": event_identifiers},
+    }
+    if endpoint not in templates:
+        msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
+        raise ConfigError(msg)
+    spec = templates[endpoint]
+    return Template(name=endpoint, **{**spec, "url": _fixed(spec["url"])})
 
 
 def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
