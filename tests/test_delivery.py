@@ -84,9 +84,7 @@ def test_start_up_checks_are_retried_then_stop_the_run_with_the_reason(sandbox):
 
 
 def test_a_bad_api_key_stops_the_run_naming_api_key(sandbox):
-    config = sandbox_config(sandbox)
-    config["api_key"] = "not-the-key"
-    run = run_target(config, people(3))
+    run = run_target(sandbox_config(sandbox, api_key="not-the-key"), people(3))
     assert run.returncode == 1
     assert "api_key" in run.error_line and "401" in run.error_line
     assert people_calls(sandbox) == []

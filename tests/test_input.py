@@ -49,8 +49,6 @@ def test_empty_input_sends_nothing_and_succeeds(sandbox):
 
 
 def test_plain_http_to_another_host_is_refused(sandbox):
-    config = sandbox_config(sandbox)
-    config["api_url"] = "http://api.example.com/v1"
-    run = run_target(config, people(1))
+    run = run_target(sandbox_config(sandbox, api_url="http://api.example.com/v1"), people(1))
     assert run.returncode == 1
     assert "https" in run.error_line and "api_url" in run.error_line
