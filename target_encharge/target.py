@@ -156,9 +156,7 @@ class TargetEncharge(Target):
 
     def _process_state_message(self, message_dict: dict) -> None:
         self._assert_line_requires(message_dict, requires={"value"})
-        for sink in [*self._sinks_active.values(), *self._sinks_to_clear]:
-            if isinstance(sink, EnchargeSink):
-                sink.flush_all(older_than=STATE_FLUSH_AGE)
+        self.flush_open_batches(older_than=STATE_FLUSH_AGE)
         self.ledger.add_state(message_dict["value"])
 
     def _write_state_message(self, state: dict) -> None:
@@ -166,10 +164,14 @@ class TargetEncharge(Target):
 
     # the run's ending
 
-    def process_endofpipe(self) -> None:
+    def flush_open_batches(self, older_than: float | None = None) -> None:
+        """Send every stream's open batches (only those opened ``older_than`` seconds ago or more, if given)."""
         for sink in [*self._sinks_to_clear, *self._sinks_active.values()]:
             if isinstance(sink, EnchargeSink):
-                sink.flush_all()
+                sink.flush_all(older_than)
+
+    def process_endofpipe(self) -> None:
+        self.flush_open_batches()
         self.delivery.wait()
         super().process_endofpipe()
         self.finish()
@@ -217,9 +219,7 @@ class TargetEncharge(Target):
         target = cls.running
         if target is None:
             return
-        for sink in [*target._sinks_to_clear, *target._sinks_active.values()]:  # noqa: SLF001
-            if isinstance(sink, EnchargeSink):
-                sink.flush_all()
+        target.flush_open_batches()
         target.delivery.wait()
         target.finish()
 
