@@ -230,11 +230,9 @@ class Ledger:
     def preview(self, call: Call, outcome: Outcome | None = None) -> dict:
         """A request as a JSON-able dict (key masked), with Encharge's full answer when it was sent."""
         body: t.Any = None
-        if call.body is not None:
-            try:
-                body = encoding.loads(call.body)
-            except Exception:  # noqa: BLE001 - NDJSON and form bodies are shown as text
-                body = call.body.decode("utf-8", "replace")
+        if call.body is not None:  # JSON is shown parsed; NDJSON and form bodies as the text that is sent
+            text = call.body.decode("utf-8", "replace")
+            body = encoding.loads(call.body) if call.content_type == "application/json" else text
         shown = {"stream": call.stream, "endpoint": call.endpoint, "method": call.method, "url": call.url,
                  "headers": self.client_headers(call), "body": body}
         if outcome is not None:

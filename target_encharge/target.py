@@ -81,6 +81,14 @@ class TargetEncharge(Target):
         self._finished = False
         TargetEncharge.running = self
 
+    @classmethod
+    def append_builtin_config(cls, config_jsonschema: dict) -> None:
+        """The SDK's settings, less those that mean nothing here (SQL load methods, the SDK's own batch size:
+        ours is `batch_size`)."""
+        super().append_builtin_config(config_jsonschema)
+        for name in ("load_method", "batch_size_rows"):
+            config_jsonschema["properties"].pop(name, None)
+
     @classproperty
     def _env_var_config(cls) -> dict[str, t.Any]:  # noqa: N805
         """``--config ENV`` reads TARGET_ENCHARGE_<SETTING> variables, typed as the settings schema says."""
