@@ -40,8 +40,3 @@ def to_text(value: t.Any) -> str:  # noqa: ANN401
 def loads(data: bytes | str) -> t.Any:  # noqa: ANN401
     """Decode JSON text; raises ``msgspec.DecodeError`` on malformed input."""
     return _decoder.decode(data)
-
-
-def to_plain(obj: t.Any) -> t.Any:  # noqa: ANN401
-    """``obj`` as plain JSON values (for records we keep in files and messages)."""
-    return _decoder.decode(_encoder.encode(obj))
