@@ -274,15 +274,11 @@ class Client:
             headers[TOKEN_HEADER] = "***" if mask else credential[1]
         return headers
 
-    def request(self, method: str, url: str) -> requests.Response:
-        """One authenticated call without retries (the start-up checks)."""
-        return self.session.request(method, url, headers=self.headers(Call("", "", method, url, "", {}, None, [])),
-                                    timeout=self.timeout)
-
     def send(self, call: Call) -> Outcome:
         """Send ``call``, retrying 429/5xx/timeouts/dropped connections; raise AuthError on 401/403."""
         started = time.monotonic()
         headers = self.headers(call)
+        credential = self.credentials.for_url(call.url)
         attempt = 0
         while True:
             attempt += 1
@@ -304,7 +300,6 @@ class Client:
             except requests.RequestException as exc:
                 error = f"request failed: {type(exc).__name__}"
                 return Outcome(None, None, self.redact(error), attempt, time.monotonic() - started)
-            credential = self.credentials.for_url(call.url)
             if status in (401, 403) and credential:  # from another host, a refusal is the record's, not our key's
                 key = credential[0]
                 msg = (f"Encharge refused the {key} (HTTP {status} from {call.method} {_path(call.url)}): "

@@ -231,8 +231,8 @@ class Ledger:
         """A request as a JSON-able dict (key masked), with Encharge's full answer when it was sent."""
         body: t.Any = None
         if call.body is not None:  # JSON is shown parsed; NDJSON and form bodies as the text that is sent
-            text = call.body.decode("utf-8", "replace")
-            body = encoding.loads(call.body) if call.content_type == "application/json" else text
+            json_body = call.content_type == "application/json"
+            body = encoding.loads(call.body) if json_body else call.body.decode("utf-8", "replace")
         shown = {"stream": call.stream, "endpoint": call.endpoint, "method": call.method, "url": call.url,
                  "headers": self.client_headers(call), "body": body}
         if outcome is not None:
