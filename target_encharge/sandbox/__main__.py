@@ -10,7 +10,8 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from .server import DEFAULT_API_KEY, DEFAULT_SCHEMAS, DEFAULT_WRITE_KEY, Sandbox
+from .server import (DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_NAME, DEFAULT_API_KEY, DEFAULT_SCHEMAS, DEFAULT_WRITE_KEY,
+                     Sandbox)
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--write-key", default=DEFAULT_WRITE_KEY, help="Ingest write key (default %(default)s)")
     parser.add_argument("--schemas", default=",".join(DEFAULT_SCHEMAS),
                         help="custom object schema names, comma-separated (default %(default)s)")
+    parser.add_argument("--account-id", type=int, default=DEFAULT_ACCOUNT_ID,
+                        help="the accountId GET /v1/accounts/info answers (default %(default)s)")
+    parser.add_argument("--account-name", default=DEFAULT_ACCOUNT_NAME,
+                        help="the account name GET /v1/accounts/info answers (default %(default)r)")
+    parser.add_argument("--duplicate-objects", action="store_true",
+                        help="POST /v1/objects/{name} with an existing externalId stores a duplicate (default: 409)")
     parser.add_argument("--latency-ms", type=float, default=0, help="latency added to every API answer")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of API answers that are 500s")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of API requests dropped unanswered")
@@ -63,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           schemas=[s.strip() for s in args.schemas.split(",") if s.strip()],
                           host=args.host, port=args.port, latency_ms=args.latency_ms, error_rate=args.error_rate,
                           drop_rate=args.drop_rate, rate_limit=args.rate_limit, retry_after=args.retry_after,
-                          seed=args.seed, verbose=args.verbose).start()
+                          seed=args.seed, verbose=args.verbose, account_id=args.account_id,
+                          account_name=args.account_name, duplicate_objects=args.duplicate_objects).start()
     except (ValueError, OSError) as exc:
         print(f"target-encharge-sandbox: {exc}", file=sys.stderr)
         return 2

@@ -13,8 +13,9 @@ from typing import Any, Callable
 from urllib.parse import unquote
 
 from . import schemas
+from .errors import ApiError
 from .schemas import BodyError, require_identifier
-from .store import ApiError, Store, split_tags
+from .store import Store, split_tags
 
 REST_PREFIX = "/v1/"
 INGEST_PATH = "/ingest/v1"
@@ -59,8 +60,10 @@ def _plural(name: str) -> str:
 
 
 class Api:
-    def __init__(self, store: Store, api_key: str, write_key: str) -> None:
+    def __init__(self, store: Store, api_key: str, write_key: str, account_id: int = 1,
+                 account_name: str = "Encharge sandbox") -> None:
         self.store = store
+        self.account_id, self.account_name = account_id, account_name
         self._api_key = api_key.encode()
         self._write_key = write_key.encode()
         # (path pattern after /v1/, {method: handler}); literal segments before placeholders.
@@ -216,11 +219,9 @@ class Api:
         return 200, {"users": self.store.upsert_people(people)}
 
     def get_people(self, call: Call) -> Answer:
+        """The people named that exist (none is an empty list); archived ones only with includeArchived=true."""
         include_archived = call.query.get("includeArchived", "").lower() == "true"
-        users = self.store.get_people(self._people_query(call), include_archived)
-        if not users:
-            raise ApiError(404, "No such people in this account")
-        return 200, {"users": users}
+        return 200, {"users": self.store.get_people(self._people_query(call), include_archived)}
 
     def all_people(self, call: Call) -> Answer:
         limit, offset = self._number(call, "limit", 100), self._number(call, "offset", 0)
@@ -260,9 +261,9 @@ class Api:
         return 200, {"items": items}
 
     def account_info(self, call: Call) -> Answer:
-        return 200, {"accountId": 1, "name": "Encharge sandbox", "site": "sandbox.local", "status": "active",
-                     "timezone": "UTC", "peopleCount": self.store.people_count(), "services": {},
-                     "activeServices": []}
+        return 200, {"accountId": self.account_id, "name": self.account_name, "site": "sandbox.local",
+                     "status": "active", "timezone": "UTC", "peopleCount": self.store.people_count(),
+                     "services": {}, "activeServices": []}
 
     # --- custom objects -------------------------------------------------------------------------
 
@@ -317,6 +318,29 @@ class Api:
 
     def get_schema(self, call: Call) -> Answer:
         return 200, {"object": self._describe_schema(self._schema_name(call))}
+
+    # --- seeding (the /_sandbox/seed endpoint: no auth, not logged) ---------------------------------
+
+    def seed(self, body: Any) -> dict[str, int]:
+        """Put people, tags and objects in the account as a flow or another tool would have; checked like the
+        API's own bodies, applied in that order; returns how many of each."""
+        try:
+            schemas.validate_seed(body)
+        except BodyError as exc:
+            raise ApiError(400, str(exc)) from None
+        people, objects = body.get("people", []), body.get("objects", {})
+        for index, person in enumerate(people):
+            self._identifier(person, f"body.people[{index}]")
+        tags = [(self._identifier(item, f"body.tags[{index}]"), split_tags(item["tag"]))
+                for index, item in enumerate(body.get("tags", []))]
+        for name in objects:
+            self.store.require_schema(name)
+        self.store.upsert_people(people)
+        for ident, names in tags:
+            self.store.add_tags(ident, names)
+        for name, items in objects.items():
+            self.store.create_objects(name, items)
+        return {"people": len(people), "tags": len(tags), "objects": sum(len(items) for items in objects.values())}
 
     # --- ingest ---------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The request log: every request the sandbox answered (or dropped), bounded in entries and in body memory.
 
 Counts per endpoint and status are kept apart from the entries, so they stay exact after old entries go.
+A write is a POST, PUT, PATCH or DELETE: what a sync test counts to prove an unchanged rerun sent nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 MAX_ENTRIES = 200_000
 #: Raw bytes of request bodies kept as parsed JSON; past this, the oldest logged bodies become None.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+WRITE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 
 
 class RequestLog:
@@ -36,10 +38,22 @@ class RequestLog:
                     old["body"] = None
                     self._body_bytes -= size
 
-    def entries(self, limit: int | None = None) -> list[dict[str, Any]]:
+    def entries(self, limit: int | None = None, writes_only: bool = False) -> list[dict[str, Any]]:
+        """The last `limit` entries (all when None), only the writes when asked."""
         with self._lock:
             entries = list(self._entries)
+        if writes_only:
+            entries = [entry for entry in entries if entry["method"] in WRITE_METHODS]
         return entries[-limit:] if limit else entries
+
+    def writes(self) -> dict[str, int]:
+        """Write requests per endpoint ("POST /v1/people"), whatever their answer; exact, however old."""
+        totals: Counter[str] = Counter()
+        with self._lock:
+            for (endpoint, _status), n in self._counts.items():
+                if endpoint.split(" ", 1)[0] in WRITE_METHODS:
+                    totals[endpoint] += n
+        return dict(sorted(totals.items()))
 
     def counts(self) -> list[tuple[str, str, int]]:
         """(endpoint, status, count) rows, sorted by endpoint then status."""

@@ -1,9 +1,13 @@
-"""A readable summary of what arrived in the sandbox: people and their tags, objects, events, requests."""
+"""A readable summary of what arrived in the sandbox: people and their tags, objects, events, requests.
+
+Numbers are shown with every digit that arrived (a Decimal is never rounded through a float)."""
 
 from __future__ import annotations
 
-import json
+from decimal import Decimal
 from typing import Any, Sequence
+
+from . import exact_json
 
 MAX_ROWS = 50
 MAX_CELL = 48
@@ -18,10 +22,12 @@ def _cell(value: Any, limit: int = MAX_CELL) -> str:
         text = "-"
     elif isinstance(value, str):
         text = value
+    elif isinstance(value, Decimal):
+        text = str(value)
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         text = ", ".join(value)
     else:
-        text = json.dumps(value, separators=(",", ":"), default=str)
+        text = exact_json.dumps(value)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
@@ -57,8 +63,11 @@ def render(state: dict[str, Any]) -> str:
     tags = {tag for person in people for tag in person.get("tags", [])}
     requests = state["requests"]
     counts = ", ".join(f"{len(items)} {name}" for name, items in objects.items())
-    lines = [f"Encharge sandbox: {len(people)} people, {len(tags)} distinct tags, objects: {counts or 'none'}, "
-             f"{len(events)} events, {requests['total']} API requests", ""]
+    archived = sum(1 for person in people if person.get("archived"))
+    deleted = state.get("deletedPeople", [])
+    gone = ", ".join(f"{n} {what}" for n, what in ((archived, "archived"), (len(deleted), "deleted")) if n)
+    lines = [f"Encharge sandbox: {len(people)} people{f' ({gone})' if gone else ''}, {len(tags)} distinct tags, "
+             f"objects: {counts or 'none'}, {len(events)} events, {requests['total']} API requests", ""]
 
     lines.append(f"People ({len(people)})")
     if people:
@@ -66,6 +75,9 @@ def render(state: dict[str, Any]) -> str:
                  _fields(p, _PERSON_KEYS) + (" [archived]" if p.get("archived") else ""))
                 for p in people]
         lines += table(("email", "userId", "name", "tags", "other fields"), rows)
+    if deleted:
+        lines.append("  deleted for good: " + _cell([p.get("email") or p.get("userId") or p["id"] for p in deleted],
+                                                     MAX_LAST_CELL))
     lines.append("")
 
     for name, items in objects.items():
@@ -73,6 +85,10 @@ def render(state: dict[str, Any]) -> str:
         if items:
             rows = [(o.get("id"), o.get("externalId"), o.get("name"), _fields(o, _OBJECT_KEYS)) for o in items]
             lines += table(("id", "externalId", "name", "other fields"), rows)
+        duplicates = state.get("duplicateObjects", {}).get(name)
+        if duplicates:
+            lines.append("  externalIds held by several objects: "
+                         + _cell([f"{key} x{n}" for key, n in duplicates.items()], MAX_LAST_CELL))
         lines.append("")
 
     lines.append(f"Events ({len(events)})")

@@ -1,7 +1,7 @@
 """Request body schemas of the sandbox, written from what Encharge's OpenAPI document says.
 
 Only the shapes the sandbox checks are here: people (EndUser), tag bodies (tag + EndUserIdentifiers),
-custom objects (ICustomObjectCreatable), Ingest events, and the sandbox's own fault settings.
+custom objects (ICustomObjectCreatable), Ingest events, and the sandbox's own settings (faults, options, seed).
 They are compiled once with fastjsonschema, so a check costs microseconds per request.
 """
 
@@ -81,6 +81,25 @@ FAULTS: dict[str, Any] = {
 }
 
 
+#: POST /_sandbox/options: the sandbox's modes, each optional.
+OPTIONS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"duplicate_objects": {"type": "boolean"}},
+}
+
+#: POST /_sandbox/seed: what a flow or another tool put in the account, each part optional.
+SEED: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "people": PEOPLE,
+        "tags": {"type": "array", "items": TAG},
+        "objects": {"type": "object", "additionalProperties": CUSTOM_OBJECTS},
+    },
+}
+
+
 class BodyError(ValueError):
     """A request body that does not match its schema; the message says where and what."""
 
@@ -106,6 +125,8 @@ validate_custom_object = _compile(CUSTOM_OBJECT)
 validate_custom_objects = _compile(CUSTOM_OBJECTS)
 validate_event = _compile(EVENT)
 validate_faults = _compile(FAULTS)
+validate_options = _compile(OPTIONS)
+validate_seed = _compile(SEED)
 
 
 def identifiers(person: dict[str, Any]) -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import json
 import socket
 import sys
 import threading
@@ -17,22 +16,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 from urllib.parse import parse_qsl, unquote
 
-from . import report
+from . import control, exact_json, report
 from .api import INGEST_PATH, Api, Call, envelope
+from .control import JSON_TYPE as _JSON
+from .errors import ApiError
 from .faults import DROP, RATE_LIMITED, FaultInjector, Faults
 from .log import RequestLog
-from .schemas import BodyError, validate_faults
-from .store import ApiError, Store
+from .store import Store
 
 DEFAULT_API_KEY = "sandbox-api-key"
 DEFAULT_WRITE_KEY = "sandbox-write-key"
 DEFAULT_SCHEMAS = ("company", "subscription")
-CONTROL_PREFIX = "/_sandbox/"
-REDIRECT_PATH = CONTROL_PREFIX + "redirect"
+DEFAULT_ACCOUNT_ID = 1
+DEFAULT_ACCOUNT_NAME = "Encharge sandbox"
+REDIRECT_PATH = control.PREFIX + "redirect"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _REDACTED_HEADERS = frozenset(("x-encharge-token", "authorization"))
-_JSON = "application/json; charset=utf-8"
-_TEXT = "text/plain; charset=utf-8"
 
 
 def _check_loopback(host: str) -> None:
@@ -97,8 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox = self.server.sandbox
         if path == REDIRECT_PATH:  # any method: 307 to ?to=URL, to see which headers follow a redirect
             self._answer(307, None, extra=(("Location", dict(parse_qsl(query_string)).get("to", "/")),))
-        elif path.startswith(CONTROL_PREFIX):
-            status, payload, content_type = sandbox._control(self.command, path, query_string, raw)
+        elif path.startswith(control.PREFIX):
+            status, payload, content_type = control.handle(sandbox, self.command, path, query_string, raw)
             self._answer(status, payload, content_type)
         else:
             self._api(sandbox, path, query_string, raw, received)
@@ -197,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(payload, str):
             body = payload.encode()
         else:
-            body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+            body = exact_json.dumps(payload).encode()
         lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Server: encharge-sandbox"]
         if status != 204:
             lines.append(f"Content-Length: {len(body)}")
@@ -215,11 +214,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:
-    """Fill call.body (JSON, or a form when sent as one) or call.body_error; return what the log keeps."""
+    """Fill call.body (JSON with exact numbers, or a form when sent as one) or call.body_error; return what
+    the log keeps."""
     if not raw:
         return None
     try:
-        call.body = json.loads(raw)
+        call.body = exact_json.loads(raw)
         return call.body
     except ValueError as exc:
         text = raw.decode("utf-8", "replace")
@@ -237,11 +237,15 @@ class Sandbox:
                  schemas: Iterable[str] = DEFAULT_SCHEMAS, host: str = "127.0.0.1", port: int = 0,
                  latency_ms: float = 0, error_rate: float = 0.0, drop_rate: float = 0.0,
                  rate_limit: float | None = None, retry_after: float = 1, seed: int | None = None,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, account_id: int = DEFAULT_ACCOUNT_ID,
+                 account_name: str = DEFAULT_ACCOUNT_NAME, duplicate_objects: bool = False) -> None:
+        """`account_id`/`account_name`: what GET /v1/accounts/info answers (two sandboxes, two accounts).
+        `duplicate_objects`: POST /v1/objects/{name} with an existing externalId stores a second object
+        instead of answering 409."""
         _check_loopback(host)
         self.host, self.port, self.verbose = host, port, verbose
-        self._store = Store(schemas)
-        self._api = Api(self._store, api_key, write_key)
+        self._store = Store(schemas, duplicate_objects)
+        self._api = Api(self._store, api_key, write_key, account_id, account_name)
         self._faults = FaultInjector(Faults(latency_ms, error_rate, drop_rate, rate_limit, retry_after), seed)
         self._log = RequestLog()
         self._trace_ids = itertools.count(1)
@@ -304,8 +308,35 @@ class Sandbox:
     def faults(self) -> dict[str, Any]:
         return self._faults.faults.as_dict()
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The sandbox's modes: {"duplicate_objects": bool}."""
+        return {"duplicate_objects": self._store.duplicate_objects}
+
+    def set_options(self, duplicate_objects: bool | None = None) -> dict[str, Any]:
+        """Change the given modes only; returns them all."""
+        if duplicate_objects is not None:
+            self._store.duplicate_objects = bool(duplicate_objects)
+        return self.options
+
+    @property
+    def account(self) -> dict[str, Any]:
+        """{"accountId", "name"}, as GET /v1/accounts/info answers them."""
+        return {"accountId": self._api.account_id, "name": self._api.account_name}
+
+    def seed(self, people: Iterable[dict[str, Any]] = (), tags: Iterable[dict[str, Any]] = (),
+             objects: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, int]:
+        """Put people, tags ({"tag": "a,b", "email": ...}) and objects ({"company": [...]}) in the account as a
+        flow or another tool would have: checked like API bodies, not in the request log. Returns the counts."""
+        body = {"people": list(people), "tags": list(tags), "objects": dict(objects or {})}
+        return self._api.seed(body)
+
+    def clear_requests(self) -> None:
+        """Forget the request log and its counts only; the account stays (to count what a rerun sends)."""
+        self._log.clear()
+
     def reset(self) -> None:
-        """Forget people, objects, events and the request log; faults and schemas stay."""
+        """Forget people, objects, events and the request log; faults, options, schemas and account stay."""
         self._store.clear()
         self._log.clear()
         self._faults.reset()
@@ -313,7 +344,12 @@ class Sandbox:
     # --- inspection -----------------------------------------------------------------------------
 
     def people(self) -> list[dict[str, Any]]:
+        """Everyone in the account, archived people too (flagged "archived": true)."""
         return self._store.people()
+
+    def deleted_people(self) -> list[dict[str, Any]]:
+        """The identifiers of people deleted for good (DELETE /v1/people?force=true), with "deletedAt"."""
+        return self._store.deleted_people()
 
     def person(self, email: str | None = None, userId: str | None = None,
                id: str | None = None) -> dict[str, Any] | None:  # noqa: A002 - Encharge's names
@@ -325,15 +361,23 @@ class Sandbox:
     def events(self) -> list[dict[str, Any]]:
         return self._store.events()
 
-    def requests(self) -> list[dict[str, Any]]:
-        return [dict(entry) for entry in self._log.entries()]
+    def requests(self, limit: int | None = None, writes_only: bool = False) -> list[dict[str, Any]]:
+        """The request log (the last `limit` entries); only POST, PUT, PATCH and DELETE with writes_only."""
+        return [dict(entry) for entry in self._log.entries(limit, writes_only)]
+
+    def write_counts(self) -> dict[str, int]:
+        """Write requests (POST, PUT, PATCH, DELETE) per endpoint, e.g. {"POST /v1/people": 2}, any answer."""
+        return self._log.writes()
 
     def state(self) -> dict[str, Any]:
         """Everything that arrived, as the /_sandbox/state endpoint shows it."""
         state = self._store.snapshot()
         state["requests"] = {"total": self._log.total(),
-                             "counts": [{"endpoint": e, "status": s, "count": n} for e, s, n in self._log.counts()]}
+                             "counts": [{"endpoint": e, "status": s, "count": n} for e, s, n in self._log.counts()],
+                             "writes": self._log.writes()}
         state["faults"] = self.faults
+        state["options"] = self.options
+        state["account"] = self.account
         state["schemas"] = list(self._store.schema_names)
         return state
 
@@ -342,30 +386,3 @@ class Sandbox:
 
     def _trace_id(self) -> str:
         return f"sandbox-{next(self._trace_ids):08d}"
-
-    def _control(self, method: str, path: str, query_string: str, raw: bytes) -> tuple[int, Any, str]:
-        """The inspection and control endpoints: no auth, no faults, not in the request log."""
-        query = dict(parse_qsl(query_string))
-        name = path[len(CONTROL_PREFIX):].rstrip("/")
-        try:
-            if (method, name) == ("GET", "state"):
-                return 200, self.state(), _JSON
-            if (method, name) == ("GET", "requests"):
-                limit = int(query.get("limit") or 0)
-                return 200, {"requests": self._log.entries(limit or None)}, _JSON
-            if (method, name) == ("GET", "summary"):
-                return 200, self.summary(), _TEXT
-            if (method, name) == ("GET", "faults"):
-                return 200, {"faults": self.faults}, _JSON
-            if (method, name) == ("POST", "faults"):
-                changes = json.loads(raw or b"{}")
-                validate_faults(changes)
-                if "rate_limit" in changes and changes["rate_limit"] is None:
-                    changes["rate_limit"] = 0
-                return 200, {"faults": self._faults.set(**changes).as_dict()}, _JSON
-            if (method, name) == ("POST", "reset"):
-                self.reset()
-                return 200, {"reset": True}, _JSON
-        except (ValueError, BodyError) as exc:
-            return 400, envelope(str(exc), self._trace_id()), _JSON
-        return 404, envelope(f"Cannot {method} {path}", self._trace_id()), _JSON

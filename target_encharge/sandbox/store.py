@@ -1,6 +1,8 @@
 """The sandbox's in-memory Encharge account: people, tags, custom objects and events.
 
 Semantics follow Encharge's documentation: people are upserted, matched by id, then userId, then email;
+an archived person is out of lookups, listings and tagging until an upsert brings them back; a forced delete
+takes the person with their tags and events (the identifiers stay listed, for tests, as deleted people);
 tags are added to and removed from existing people only; custom objects live in named, case-sensitive
 schemas; `identify` events update the person only, other events are recorded. Every method takes the one
 lock, checks everything it can before changing anything, and raises ApiError with the HTTP status to answer.
@@ -12,8 +14,11 @@ import copy
 import threading
 import uuid
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Iterable
 
+from .custom_objects import CustomObjects
+from .errors import ApiError
 from .schemas import IDENTIFIERS
 
 #: Person fields every Encharge account has (GET /v1/fields lists them first).
@@ -25,16 +30,7 @@ STANDARD_FIELDS = (
     ("name", "Name", "string"),
 )
 _SYSTEM_KEYS = frozenset(("id", "tags", "archived", "unsubscribed")) | {name for name, _, _ in STANDARD_FIELDS}
-_JSON_TYPES = {bool: "boolean", int: "number", float: "number", str: "string"}
-
-
-class ApiError(Exception):
-    """An answer other than success: the HTTP status and a message for Encharge's error envelope."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", Decimal: "number", str: "string"}
 
 
 def split_tags(value: str | list[str] | None) -> list[str]:
@@ -52,54 +48,27 @@ def _describe(ident: dict[str, Any]) -> str:
     return ", ".join(f"{key} {ident[key]!r}" for key in IDENTIFIERS if ident.get(key))
 
 
-class _Schema:
-    """The objects of one custom object schema, indexed by id and externalId."""
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.items: dict[int, dict[str, Any]] = {}
-        self.by_external_id: dict[str, int] = {}
-        self.next_id = 1
 
-    def find(self, key: str, by: str) -> dict[str, Any]:
-        if by == "externalId":
-            object_id = self.by_external_id.get(key)
-        else:
-            object_id = int(key) if key.isdigit() else None
-        obj = self.items.get(object_id) if object_id is not None else None
-        if obj is None:
-            raise ApiError(404, f"No {self.name} object with {'externalId' if by == 'externalId' else 'id'} {key!r}")
-        return obj
-
-    def create(self, fields: dict[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = {"id": self.next_id}
-        self.next_id += 1
-        self.update(obj, fields)
-        self.items[obj["id"]] = obj
-        return obj
-
-    def update(self, obj: dict[str, Any], fields: dict[str, Any]) -> None:
-        external_id = fields.get("externalId")
-        if external_id is not None and external_id != obj.get("externalId"):
-            owner = self.by_external_id.get(external_id)
-            if owner is not None and owner != obj["id"]:
-                raise ApiError(409, f"A {self.name} object with externalId {external_id!r} already exists")
-            self.by_external_id.pop(obj.get("externalId"), None)
-            self.by_external_id[external_id] = obj["id"]
-        for key, value in fields.items():
-            if key != "id":
-                obj[key] = value
-
-    def delete(self, obj: dict[str, Any]) -> None:
-        del self.items[obj["id"]]
-        self.by_external_id.pop(obj.get("externalId"), None)
+def _same_person(user: dict[str, Any], person: dict[str, Any]) -> bool:
+    """Whether an event's user names this person (by id, userId, or email without regard to case)."""
+    if user.get("id") and user["id"] == person["id"]:
+        return True
+    if user.get("userId") and user["userId"] == person.get("userId"):
+        return True
+    email = user.get("email")
+    return bool(email and person.get("email") and email.lower() == person["email"].lower())
 
 
 class Store:
     """One Encharge account in memory, safe to use from many handler threads."""
 
-    def __init__(self, schemas: Iterable[str] = ("company", "subscription")) -> None:
+    def __init__(self, schemas: Iterable[str] = ("company", "subscription"), duplicate_objects: bool = False) -> None:
         self.schema_names = tuple(schemas)
+        #: POST /objects with an externalId that exists: False answers 409, True stores a duplicate.
+        self.duplicate_objects = duplicate_objects
         self._lock = threading.Lock()
         self.clear()
 
@@ -108,13 +77,15 @@ class Store:
             self._people: dict[str, dict[str, Any]] = {}
             self._by_user_id: dict[str, str] = {}
             self._by_email: dict[str, str] = {}
-            self._schemas = {name: _Schema(name) for name in self.schema_names}
+            self._deleted: list[dict[str, Any]] = []
+            self._schemas = {name: CustomObjects(name) for name in self.schema_names}
             self._events: list[dict[str, Any]] = []
             self._custom_fields: dict[str, str] = {}
 
     # --- people ---------------------------------------------------------------------------------
 
     def _find(self, ident: dict[str, Any]) -> dict[str, Any] | None:
+        """The person these identifiers name, archived or not."""
         if ident.get("id"):
             person = self._people.get(ident["id"])
             if person is not None:
@@ -129,10 +100,12 @@ class Store:
                 return self._people[person_id]
         return None
 
-    def _existing(self, ident: dict[str, Any]) -> dict[str, Any]:
+    def _existing(self, ident: dict[str, Any], archived_too: bool = False) -> dict[str, Any]:
         person = self._find(ident)
         if person is None:
             raise ApiError(404, f"No person with {_describe(ident)}")
+        if person.get("archived") and not archived_too:
+            raise ApiError(404, f"The person with {_describe(ident)} is archived (an upsert brings them back)")
         return person
 
     def _check_upsert(self, fields: dict[str, Any], where: str) -> None:
@@ -153,6 +126,7 @@ class Store:
         if person is None:
             person = {"id": str(uuid.uuid4())}
             self._people[person["id"]] = person
+        person.pop("archived", None)  # as in Encharge: an upsert brings an archived person back
         for key, value in fields.items():
             if key == "id":
                 continue
@@ -176,6 +150,17 @@ class Store:
         person[key] = value
         index[value.lower() if key == "email" else value] = person["id"]
 
+    def _forget(self, person: dict[str, Any]) -> None:
+        """GDPR delete: the person, their tags and their events go; their identifiers are listed as deleted."""
+        if self._people.pop(person["id"], None) is None:
+            return
+        if person.get("email"):
+            self._by_email.pop(person["email"].lower(), None)
+        if person.get("userId"):
+            self._by_user_id.pop(person["userId"], None)
+        self._events = [e for e in self._events if not _same_person(e["user"], person)]
+        self._deleted.append({**{k: person[k] for k in IDENTIFIERS if person.get(k)}, "deletedAt": _now()})
+
     @staticmethod
     def _add_tags(person: dict[str, Any], tags: list[str]) -> None:
         current = person.setdefault("tags", [])
@@ -193,26 +178,29 @@ class Store:
             return [self._public(self._upsert(fields)) for fields in people]
 
     def get_people(self, idents: list[dict[str, Any]], include_archived: bool = False) -> list[dict[str, Any]]:
+        """The people that exist among those named, each once, in the order named."""
         with self._lock:
-            found = [self._find(ident) for ident in idents]
-            return [self._public(p) for p in found if p is not None and (include_archived or not p.get("archived"))]
+            found: dict[str, dict[str, Any]] = {}
+            for ident in idents:
+                person = self._find(ident)
+                if person is not None and (include_archived or not person.get("archived")):
+                    found.setdefault(person["id"], person)
+            return [self._public(p) for p in found.values()]
 
     def all_people(self, limit: int, offset: int) -> list[dict[str, Any]]:
         with self._lock:
-            people = list(self._people.values())[offset:offset + limit]
+            people = [p for p in self._people.values() if not p.get("archived")][offset:offset + limit]
             return [self._public(p) for p in people]
 
     def archive_people(self, idents: list[dict[str, Any]], force: bool) -> None:
+        """Archive (or, forced, delete) every person named; 404 and no change when one of them is not found."""
         with self._lock:
-            people = [self._existing(ident) for ident in idents]
+            people = [self._existing(ident, archived_too=True) for ident in idents]
             for person in people:
-                if not force:
+                if force:
+                    self._forget(person)
+                else:
                     person["archived"] = True
-                elif self._people.pop(person["id"], None) is not None:
-                    if person.get("email"):
-                        self._by_email.pop(person["email"].lower(), None)
-                    if person.get("userId"):
-                        self._by_user_id.pop(person["userId"], None)
 
     def unsubscribe(self, ident: dict[str, Any]) -> None:
         with self._lock:
@@ -238,7 +226,7 @@ class Store:
 
     # --- custom objects -------------------------------------------------------------------------
 
-    def _schema(self, name: str) -> _Schema:
+    def _schema(self, name: str) -> CustomObjects:
         schema = self._schemas.get(name)
         if schema is None:
             known = ", ".join(self.schema_names) or "none"
@@ -247,43 +235,43 @@ class Store:
         return schema
 
     def create_objects(self, name: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST: create every object, or (an externalId taken, duplicates off) none of them."""
         with self._lock:
             schema = self._schema(name)
             seen: set[str] = set()
             for index, fields in enumerate(objects):
-                external_id = fields.get("externalId")
-                if external_id is not None and (external_id in schema.by_external_id or external_id in seen):
-                    raise ApiError(409, f"body[{index}]: a {name} object with externalId {external_id!r} "
-                                        f"already exists (POST creates; PUT /objects/{name} upserts)")
-                if external_id is not None:
-                    seen.add(external_id)
+                schema.check_new(fields.get("externalId"), f"body[{index}]", self.duplicate_objects, seen)
+                if fields.get("externalId") is not None:
+                    seen.add(fields["externalId"])
             return [dict(schema.create(fields)) for fields in objects]
 
     def upsert_object(self, name: str, fields: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """PUT: update the object with this id (404 if none), or those with this externalId, else create one."""
         with self._lock:
             schema = self._schema(name)
             if fields.get("id") is not None:
-                obj = schema.items.get(fields["id"])
-                if obj is None:
-                    raise ApiError(404, f"No {name} object with id {fields['id']!r}")
+                found = schema.matches(fields["id"], "id")
             else:
-                obj = schema.items.get(schema.by_external_id.get(fields.get("externalId")))
-            if obj is None:
+                found = schema.with_external_id(fields["externalId"])
+            if not found:
                 return True, dict(schema.create(fields))
-            schema.update(obj, fields)
-            return False, dict(obj)
+            for obj in found:
+                schema.update(obj, fields, self.duplicate_objects)
+            return False, dict(found[0])
 
     def update_object(self, name: str, key: str, by: str, fields: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             schema = self._schema(name)
-            obj = schema.find(key, by)
-            schema.update(obj, fields)
-            return dict(obj)
+            found = schema.matches(key, by)
+            for obj in found:
+                schema.update(obj, fields, self.duplicate_objects)
+            return dict(found[0])
 
     def delete_object(self, name: str, key: str, by: str) -> None:
         with self._lock:
             schema = self._schema(name)
-            schema.delete(schema.find(key, by))
+            for obj in schema.matches(key, by):
+                schema.delete(obj)
 
     def get_object(self, name: str, key: str, by: str) -> dict[str, Any]:
         with self._lock:
@@ -312,24 +300,31 @@ class Store:
             self._check_upsert(user, "body.user")
             self._upsert(user)
             if event["name"] != "identify":
-                received = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-                self._events.append({**event, "receivedAt": received})
+                self._events.append({**event, "receivedAt": _now()})
 
     # --- inspection -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Deep copies of everything that arrived, for tests and the inspection endpoint."""
+        """Deep copies of everything that arrived, for tests and the inspection endpoint: people (archived
+        ones flagged), people deleted for good, objects per schema, externalIds held by several objects, events."""
         with self._lock:
             state = {
                 "people": list(self._people.values()),
+                "deletedPeople": self._deleted,
                 "objects": {name: list(s.items.values()) for name, s in self._schemas.items()},
+                "duplicateObjects": {name: s.duplicates() for name, s in self._schemas.items() if s.duplicates()},
                 "events": self._events,
             }
             return copy.deepcopy(state)
 
     def people(self) -> list[dict[str, Any]]:
+        """Everyone in the account, archived people too (flagged "archived": true)."""
         with self._lock:
             return copy.deepcopy(list(self._people.values()))
+
+    def deleted_people(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._deleted)
 
     def person(self, ident: dict[str, Any]) -> dict[str, Any] | None:
         with self._lock:
