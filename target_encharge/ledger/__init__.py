@@ -1,0 +1,23 @@
+"""The sync ledger: what target-encharge delivered to Encharge, remembered between runs.
+
+It knows nothing about HTTP, sinks or the target: callers say what was delivered (after a 2xx) or failed, and ask
+what is known. See store.py for the tables' meaning and connection.py for ``ledger_url``.
+"""
+
+from target_encharge.ledger.connection import DEFAULT_FILE, LedgerError, mask_url
+from target_encharge.ledger.fingerprint import canonical_json, fingerprint
+from target_encharge.ledger.store import Delivered, Failure, Scope, StreamStatus, SyncLedger, WaitingFailure
+
+__all__ = [
+    "DEFAULT_FILE",
+    "Delivered",
+    "Failure",
+    "LedgerError",
+    "Scope",
+    "StreamStatus",
+    "SyncLedger",
+    "WaitingFailure",
+    "canonical_json",
+    "fingerprint",
+    "mask_url",
+]

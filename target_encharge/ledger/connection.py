@@ -1,0 +1,184 @@
+"""From ``ledger_url`` to a SQLAlchemy engine, and what to tell the user when the ledger cannot be used.
+
+``ledger_url`` is a file path (SQLite), ``sqlite:///path``, or ``postgresql://user:password@host:port/db``
+(mapped to the installed driver: psycopg 3, else psycopg2). Its password is a secret: every message built here
+shows the URL through :func:`mask_url`, and a driver's own text only after the password is scrubbed from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import re
+import sqlite3
+import typing as t
+from pathlib import Path
+from urllib.parse import unquote
+
+import sqlalchemy as sa
+
+from target_encharge.errors import ConfigError
+
+DEFAULT_FILE = ".target-encharge-ledger.db"  # in the working directory: each Meltano project keeps its own
+WRITE = "ledger_write"  # execution option: this transaction writes (SQLite takes the write lock at its start)
+
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*)://")
+_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@?#]*:)(?P<password>.*)@")  # greedy: to the last @
+_QUERY_PASSWORD = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
+_POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+
+# What a driver's message means, in the user's words (matched on its lower-cased text).
+_MEANINGS = (
+    (("password authentication failed", "authentication failed", "no password supplied", "role \""),
+     "the server refused the user name or password"),
+    (("database is locked", "database table is locked"),
+     "locked by another process for longer than {timeout:g} s; let the other run finish, or give each its "
+     "own ledger"),
+    (("file is not a database", "database disk image is malformed"),
+     "not a readable SQLite ledger (a corrupt or foreign file); move it aside to start a new ledger"),
+    (("unable to open database file",),
+     "cannot open the file: check that its directory exists and is writable"),
+    (("connection refused", "could not connect", "timeout expired", "timed out", "could not translate host",
+      "name or service not known", "no route to host", "server closed the connection", "connection failed"),
+     "cannot reach the server ({detail}); check host, port and that it is running"),
+)
+
+
+class LedgerError(ConfigError):
+    """The sync ledger cannot be used: one line naming ``ledger_url`` (password masked) and what to do."""
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (in the authority and in a ``password=`` query parameter)."""
+    masked = _PASSWORD.sub(lambda m: f"{m['head']}***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", masked)
+
+
+def _password(url: str) -> str | None:
+    match = _PASSWORD.match(url)
+    found = match["password"] if match else None
+    query = _QUERY_PASSWORD.search(url)
+    return found or (url[query.end(1):].split("&")[0] if query else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a ledger lives: the URL as configured, the URL SQLAlchemy opens, and the messages about it."""
+
+    url: str
+    target: sa.URL
+
+    @property
+    def shown(self) -> str:
+        """The configured URL as it may be shown: password masked."""
+        return mask_url(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.target.get_backend_name() == "sqlite"
+
+    @property
+    def file(self) -> Path | None:
+        """The SQLite file, or None on a server."""
+        return Path(self.target.database) if self.is_sqlite and self.target.database else None
+
+    def error(self, what: str) -> LedgerError:
+        """A :class:`LedgerError` saying ``what`` about this ledger, on one line, without the password."""
+        return LedgerError(f"ledger_url {self.shown}: {self.scrub(what)}")
+
+    def scrub(self, text: str) -> str:
+        """``text`` on one line, with the password (as written and percent-decoded) replaced by ``***``."""
+        text = " ".join(text.split())
+        secret = _password(self.url)
+        for form in {secret, unquote(secret or ""), self.target.password}:
+            if form:
+                text = text.replace(str(form), "***")
+        return text
+
+    def explain(self, exc: BaseException, timeout: float) -> LedgerError:
+        """The user's one line for a driver or SQLAlchemy error (its text scrubbed before it is quoted)."""
+        cause = getattr(exc, "orig", None) or exc
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        lowered = str(cause).lower()
+        for needles, meaning in _MEANINGS:
+            if any(needle in lowered for needle in needles):
+                return self.error(meaning.format(timeout=timeout, detail=detail))
+        return self.error(f"{type(cause).__name__}: {detail}")
+
+    def engine(self, timeout: float) -> sa.Engine:
+        """A thread-safe engine: SQLite in WAL mode with a busy timeout, PostgreSQL with a connect timeout.
+
+        Statements' parameters are hidden from SQLAlchemy's error text (they hold people's data)."""
+        if self.is_sqlite:
+            engine = sa.create_engine(
+                self.target,
+                hide_parameters=True,
+                connect_args={"timeout": timeout, "check_same_thread": False},
+            )
+            sa.event.listen(engine, "connect", _sqlite_connected)
+            sa.event.listen(engine, "begin", _sqlite_begin)
+            return engine
+        return sa.create_engine(
+            self.target,
+            hide_parameters=True,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, math.ceil(timeout))},
+        )
+
+
+def _sqlite_connected(dbapi_connection: sqlite3.Connection, _record: t.Any) -> None:  # noqa: ANN401
+    """Our own BEGINs (see :func:`_sqlite_begin`); WAL so readers never wait for writers, even across processes."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    """A writing transaction takes the write lock at once (waiting up to the busy timeout) instead of failing
+    when it later upgrades from reading; a reading one takes no lock."""
+    writes = connection.get_execution_options().get(WRITE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def locate(ledger_url: str | None) -> Location:
+    """The :class:`Location` of ``ledger_url`` (None: :data:`DEFAULT_FILE` in the working directory)."""
+    url = ledger_url or DEFAULT_FILE
+    scheme_match = _SCHEME.match(url)
+    if scheme_match is None:  # a plain path: shown resolved, so the user sees which file
+        path = Path(url).expanduser().resolve()
+        return _sqlite_file(str(path), path)
+    location = Location(url, sa.URL.create("sqlite"))  # for its messages until the real URL is known
+    scheme = scheme_match["scheme"].lower()
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise location.error(f"not a URL SQLAlchemy can read ({type(exc).__name__})") from None
+    if scheme in {"sqlite", "sqlite+pysqlite"}:
+        if not parsed.database or parsed.database == ":memory:":
+            raise location.error("an in-memory ledger would forget everything at the end of the run; name a file")
+        return _sqlite_file(url, Path(parsed.database).expanduser())
+    if scheme in _POSTGRES_SCHEMES:
+        return Location(url, parsed.set(drivername=_postgres_driver(location, scheme)))
+    raise location.error(
+        f"unknown scheme {scheme!r}; use a file path, sqlite:///path or postgresql://user:password@host:port/db"
+    )
+
+
+def _sqlite_file(url: str, path: Path) -> Location:
+    path = path.resolve()
+    location = Location(url, sa.URL.create("sqlite", database=str(path)))
+    if not path.parent.is_dir():
+        raise location.error(f"the directory {path.parent} does not exist")
+    return location
+
+
+def _postgres_driver(location: Location, scheme: str) -> str:
+    wanted = [(module, name) for module, name in _POSTGRES_DRIVERS if scheme in {name, "postgres", "postgresql"}]
+    for module, name in wanted:
+        if importlib.util.find_spec(module) is not None:
+            return name
+    raise location.error("PostgreSQL needs its driver: pip install 'target-encharge[postgres]'")

@@ -1,0 +1,75 @@
+"""What a payload looks like to the ledger: canonical JSON, and a short hash of it.
+
+Equal payloads give equal fingerprints in every run and every process: keys sorted, numbers by value (``1.50``,
+``1.5`` and the float ``1.5`` are one number; ``2``, ``2.0`` and ``Decimal("2.00")`` another), date-times as
+ISO 8601 in UTC, dates and times as ISO 8601. Strings are never reinterpreted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+import typing as t
+from decimal import Decimal
+
+import msgspec
+
+_canonical = msgspec.json.Encoder(order="sorted", decimal_format="number")
+
+
+def _number(value: Decimal | float) -> int | Decimal | str:
+    """A number by its value: integral ones as ints, others as their shortest exact decimal."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        value = Decimal(repr(value))
+    if not value.is_finite():
+        return str(value)
+    if value == value.to_integral_value():
+        return int(value)
+    return value.normalize()
+
+
+_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def _plain(value: t.Any) -> t.Any:  # noqa: ANN401, PLR0911
+    """``value`` with every number, date and container in its canonical form."""
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is dict:
+        return {
+            key if type(key) is str else str(key): item if type(item) in _AS_IS else _plain(item)
+            for key, item in value.items()
+        }
+    if kind is list:
+        return [item if type(item) in _AS_IS else _plain(item) for item in value]
+    if isinstance(value, (Decimal, float)):
+        return _number(value)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None and value.utcoffset():
+            value = value.astimezone(datetime.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, t.Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(item) for item in value), key=_canonical.encode)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (str, int)):  # subclasses: an enum member, a str subclass
+        return value
+    return str(value)
+
+
+def canonical_json(value: t.Any) -> str:  # noqa: ANN401
+    """``value`` as canonical JSON text: equal values (in the sense above) give equal text."""
+    return _canonical.encode(_plain(value)).decode()
+
+
+def fingerprint(payload: t.Any) -> str:  # noqa: ANN401
+    """A short hex digest of ``payload``'s canonical JSON, stable across runs, processes and machines."""
+    return hashlib.blake2b(_canonical.encode(_plain(payload)), digest_size=16).hexdigest()

@@ -1,0 +1,117 @@
+"""The ledger's tables, and the steps that bring a ledger of any older version to the current one.
+
+Every table carries the ``encharge_ledger_`` prefix, so a ledger may share a PostgreSQL database with other
+tables. ``encharge_ledger_meta`` holds ``schema_version``; a ledger whose version is newer than
+:data:`SCHEMA_VERSION` was written by a newer target-encharge and is refused by the store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 2
+_PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
+
+metadata = sa.MetaData()
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A moment in UTC; read back timezone-aware whichever database stored it (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime.datetime | None, dialect: sa.Dialect) -> datetime.datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(datetime.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: t.Any, dialect: sa.Dialect) -> datetime.datetime | None:  # noqa: ANN401, ARG002
+        if value is None:
+            return None
+        return value.replace(tzinfo=datetime.timezone.utc) if value.tzinfo is None else value
+
+
+meta = sa.Table(
+    "encharge_ledger_meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+# One row per (Encharge account, destination, stream); the other tables refer to it by id.
+scopes = sa.Table(
+    "encharge_ledger_scopes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.Text, nullable=False),
+    sa.Column("destination", sa.Text, nullable=False),
+    sa.Column("stream", sa.Text, nullable=False),
+    sa.UniqueConstraint("account", "destination", "stream", name="encharge_ledger_scopes_key"),
+)
+
+# What was last delivered for each identity: only ever written after Encharge answered 2xx.
+deliveries = sa.Table(
+    "encharge_ledger_deliveries",
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=False),
+    sa.Column("encharge_id", sa.Text),  # the id Encharge answered, where it gives one
+    sa.Column("source_key", sa.Text),  # the record's key properties, canonical JSON
+    sa.Column("tags", sa.Text),  # add_tag: the tags this target added, a sorted JSON array
+)
+
+# Records that failed, with what is needed to send them again.
+failures = sa.Table(
+    "encharge_ledger_failures",
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),  # the record after exclude_attributes, JSON
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("status", sa.Integer),  # the HTTP status; none for a timeout, a dropped connection
+    sa.Column("retryable", sa.Boolean, nullable=False),
+    sa.Column("first_failed_at", UTCDateTime, nullable=False),
+    sa.Column("last_failed_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+# Version 2: a log-based delete carries only the record's key properties; this finds its identity.
+source_key_index = sa.Index("encharge_ledger_deliveries_source_key", deliveries.c.scope_id, deliveries.c.source_key)
+
+
+def _create_tables(connection: sa.Connection) -> None:
+    for table in (meta, scopes, deliveries, failures):
+        connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
+
+
+def _index_source_keys(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateIndex(source_key_index, if_not_exists=True))
+
+
+# MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
+MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (_create_tables, _index_source_keys)
+
+
+def stored_version(connection: sa.Connection) -> int:
+    """The schema version written in the database (0 when it holds no ledger yet)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+    if not sa.inspect(connection).has_table(meta.name):
+        return 0
+    value = connection.execute(sa.select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(connection: sa.Connection, found: int, to: int = SCHEMA_VERSION) -> None:
+    """Bring a ledger at version ``found`` to version ``to``, inside the caller's transaction."""
+    for step in MIGRATIONS[found:to]:
+        step(connection)
+    connection.execute(meta.delete().where(meta.c.name == "schema_version"))
+    connection.execute(meta.insert().values(name="schema_version", value=str(to)))

@@ -1,0 +1,492 @@
+"""The sync ledger's store: what was delivered, per Encharge account, destination, stream and record identity,
+and the failures waiting to be sent again.
+
+Every method is one transaction and safe to call from several threads; two processes sharing one ledger (other
+streams or accounts) never corrupt each other: upserts, SQLite in WAL mode with a busy timeout, writes taking
+their lock at the start. Lookups and writes go in chunks. Nothing here says "delivered" unless the caller does,
+after Encharge answered 2xx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import sqlite3
+import typing as t
+from decimal import Decimal
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from target_encharge import encoding
+from target_encharge.ledger import schema
+from target_encharge.ledger.connection import WRITE, locate
+from target_encharge.ledger.fingerprint import canonical_json
+
+CHUNK = 500  # identities per statement: far below SQLite's and PostgreSQL's parameter limits
+DEFAULT_TIMEOUT = 30.0  # seconds to wait for a locked SQLite file or to connect to a server
+
+_payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    """Where entries belong: one Encharge account, one destination (template, object name or URL), one stream."""
+
+    account: str
+    destination: str
+    stream: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivered:
+    """What was last delivered for one identity. Written by the caller after a 2xx; read back by lookups.
+
+    ``source_key`` is the record's key properties (so a deleted record carrying only them maps back to its
+    identity); ``tags`` the tags this target added (add_tag, for mirror); ``delivered_at`` is set to now when
+    written as None."""
+
+    identity: str
+    fingerprint: str
+    encharge_id: str | None = None
+    source_key: t.Mapping[str, t.Any] | None = None
+    tags: frozenset[str] | None = None
+    delivered_at: datetime.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    """A record that failed: its payload as it would be sent again (after exclude_attributes), and why.
+
+    ``status`` is Encharge's HTTP status (None for a timeout, a dropped connection or a refusal before
+    sending); ``retryable`` says whether sending it again can pass (429, 5xx, timeouts, a tag's person not
+    there yet) or whether it waits for the source to change it."""
+
+    identity: str
+    payload: dict[str, t.Any]
+    reason: str
+    status: int | None = None
+    retryable: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingFailure(Failure):
+    """A failure as the ledger holds it: where it belongs, when it first and last failed, how many times."""
+
+    scope: Scope
+    first_failed_at: datetime.datetime
+    last_failed_at: datetime.datetime
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One stream of one account and destination, as ``status`` reports it."""
+
+    scope: Scope
+    records: int
+    last_delivery: datetime.datetime | None
+    failures_waiting: int
+    reasons: dict[str, int]  # reason -> failures waiting for it, most frequent first
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _chunks(items: t.Sequence, size: int = CHUNK) -> t.Iterator[t.Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _json_or_none(value: t.Any) -> str | None:  # noqa: ANN401
+    return None if value is None else canonical_json(value)
+
+
+class SyncLedger:
+    """The sync ledger at ``ledger_url`` (see :func:`target_encharge.ledger.connection.locate`).
+
+    Opening creates or migrates its tables, and proves it can write (a locked file fails here, before anything
+    is sent); ``read_only`` opens without writing anything, creating nothing (an absent ledger reads as empty).
+    Every failure to use it raises :class:`~target_encharge.ledger.connection.LedgerError`, one line naming
+    ``ledger_url`` with its password masked."""
+
+    def __init__(self, ledger_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, read_only: bool = False) -> None:
+        self.location = locate(ledger_url)
+        self.timeout = timeout
+        self.read_only = read_only
+        self._scope_ids: dict[Scope, int] = {}
+        self._engine: sa.Engine | None = None
+        self._present = True
+        file = self.location.file
+        if read_only and file is not None and not file.exists():
+            self._present = False
+            return
+        self._engine = self.location.engine(timeout)
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        self._upsert_delivery = self._delivery_upsert(dialect)
+        self._upsert_failure = self._failure_upsert(dialect)
+
+    def _open(self) -> None:
+        with self._guard(), self._connection(write=not self.read_only) as connection:
+            found = schema.stored_version(connection)
+            if found > schema.SCHEMA_VERSION:
+                raise self.location.error(
+                    f"written by a newer target-encharge (ledger schema version {found}, this one knows up to "
+                    f"{schema.SCHEMA_VERSION}); upgrade target-encharge"
+                )
+            if self.read_only:
+                self._present = found > 0
+            elif found < schema.SCHEMA_VERSION:
+                schema.migrate(connection, found)
+            connection.commit()
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> t.Iterator[None]:
+        """Driver and SQLAlchemy errors become the user's one line (never their raw text with a password)."""
+        try:
+            yield
+        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
+            raise self.location.explain(exc, self.timeout) from None
+
+    @contextlib.contextmanager
+    def _connection(self, *, write: bool) -> t.Iterator[sa.Connection]:
+        if self._engine is None:
+            raise self.location.error("the ledger is closed" if self._present else "the ledger does not exist")
+        with self._engine.connect() as connection:
+            if write:
+                connection.execution_options(**{WRITE: True})
+            yield connection
+
+    @contextlib.contextmanager
+    def _reading(self) -> t.Iterator[sa.Connection | None]:
+        """A connection for reads, or None when a read-only ledger does not exist yet."""
+        if not self._present:
+            yield None
+            return
+        with self._guard(), self._connection(write=False) as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _writing(self) -> t.Iterator[sa.Connection]:
+        """One transaction that writes: committed when the block ends, rolled back when it raises."""
+        if self.read_only:
+            raise self.location.error("opened read-only: nothing may be written")
+        with self._guard(), self._connection(write=True) as connection, connection.begin():
+            yield connection
+
+    def _find_scope(self, connection: sa.Connection, scope: Scope) -> int | None:
+        if scope in self._scope_ids:
+            return self._scope_ids[scope]
+        found = connection.execute(
+            sa.select(schema.scopes.c.id).where(
+                schema.scopes.c.account == scope.account,
+                schema.scopes.c.destination == scope.destination,
+                schema.scopes.c.stream == scope.stream,
+            )
+        ).scalar()
+        if found is not None:
+            self._scope_ids[scope] = found
+        return found
+
+    def _scope_id(self, scope: Scope) -> int:
+        """The id of ``scope``, its row created (in a transaction of its own) the first time it is written."""
+        if scope in self._scope_ids:
+            return self._scope_ids[scope]
+        with self._writing() as connection:
+            found = self._find_scope(connection, scope)
+            if found is None:
+                insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+                connection.execute(
+                    insert(schema.scopes)
+                    .values(account=scope.account, destination=scope.destination, stream=scope.stream)
+                    .on_conflict_do_nothing()
+                )
+        with self._reading() as connection:
+            found = self._find_scope(connection, scope)
+        assert found is not None  # noqa: S101: inserted or found just above
+        return found
+
+    @staticmethod
+    def _delivery_upsert(dialect: t.Any) -> sa.Insert:  # noqa: ANN401
+        table = schema.deliveries
+        insert = dialect.insert(table)
+        return insert.on_conflict_do_update(
+            index_elements=[table.c.scope_id, table.c.identity],
+            set_={
+                "fingerprint": insert.excluded.fingerprint,
+                "delivered_at": insert.excluded.delivered_at,
+                "encharge_id": sa.func.coalesce(insert.excluded.encharge_id, table.c.encharge_id),
+                "source_key": sa.func.coalesce(insert.excluded.source_key, table.c.source_key),
+                "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
+            },
+        )
+
+    @staticmethod
+    def _failure_upsert(dialect: t.Any) -> sa.Insert:  # noqa: ANN401
+        table = schema.failures
+        insert = dialect.insert(table)
+        return insert.on_conflict_do_update(
+            index_elements=[table.c.scope_id, table.c.identity],
+            set_={
+                "payload": insert.excluded.payload,
+                "reason": insert.excluded.reason,
+                "status": insert.excluded.status,
+                "retryable": insert.excluded.retryable,
+                "last_failed_at": insert.excluded.last_failed_at,
+                "attempts": table.c.attempts + 1,
+            },
+        )
+
+    @staticmethod
+    def _delivered(row: sa.Row) -> Delivered:
+        return Delivered(
+            identity=row.identity,
+            fingerprint=row.fingerprint,
+            encharge_id=row.encharge_id,
+            source_key=msgspec.json.decode(row.source_key) if row.source_key is not None else None,
+            tags=frozenset(msgspec.json.decode(row.tags)) if row.tags is not None else None,
+            delivered_at=row.delivered_at,
+        )
+
+    # -- deliveries --------------------------------------------------------------------------------------------
+
+    def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
+        """What was last delivered for each of ``identities`` that the ledger knows in ``scope``."""
+        wanted = list(dict.fromkeys(identities))
+        found: dict[str, Delivered] = {}
+        table = schema.deliveries
+        with self._reading() as connection:
+            scope_id = self._find_scope(connection, scope) if connection is not None and wanted else None
+            if scope_id is None:
+                return found
+            for chunk in _chunks(wanted):
+                rows = connection.execute(
+                    sa.select(table).where(table.c.scope_id == scope_id, table.c.identity.in_(chunk))
+                )
+                for row in rows:
+                    found[row.identity] = self._delivered(row)
+        return found
+
+    def mark_delivered(self, scope: Scope, rows: t.Iterable[Delivered]) -> None:
+        """Record that Encharge accepted ``rows`` (call only after a 2xx): each replaces what its identity held
+        (an id, source key or tags given as None keep the ones known) and leaves the failures waiting."""
+        latest = {row.identity: row for row in rows}  # one write per identity: the last one given
+        if not latest:
+            return
+        scope_id, now = self._scope_id(scope), _now()
+        params = [
+            {
+                "scope_id": scope_id,
+                "identity": row.identity,
+                "fingerprint": row.fingerprint,
+                "delivered_at": row.delivered_at or now,
+                "encharge_id": row.encharge_id,
+                "source_key": _json_or_none(row.source_key),
+                "tags": _json_or_none(sorted(row.tags) if row.tags is not None else None),
+            }
+            for row in sorted(latest.values(), key=lambda row: row.identity)  # one lock order for every writer
+        ]
+        with self._writing() as connection:
+            for chunk in _chunks(params):
+                connection.execute(self._upsert_delivery, list(chunk))
+                self._delete(connection, schema.failures, scope_id, [p["identity"] for p in chunk])
+
+    def known(self, scope: Scope) -> dict[str, Delivered]:
+        """Everything delivered in ``scope`` (for mirror: what the target wrote and may remove)."""
+        table = schema.deliveries
+        with self._reading() as connection:
+            scope_id = self._find_scope(connection, scope) if connection is not None else None
+            if scope_id is None:
+                return {}
+            rows = connection.execute(sa.select(table).where(table.c.scope_id == scope_id))
+            return {row.identity: self._delivered(row) for row in rows}
+
+    def by_source_key(self, scope: Scope, key: t.Mapping[str, t.Any]) -> Delivered | None:
+        """The entry whose record had the key properties ``key`` (a log-based delete carries only those)."""
+        table = schema.deliveries
+        with self._reading() as connection:
+            scope_id = self._find_scope(connection, scope) if connection is not None else None
+            if scope_id is None:
+                return None
+            row = connection.execute(
+                sa.select(table)
+                .where(table.c.scope_id == scope_id, table.c.source_key == canonical_json(key))
+                .limit(1)
+            ).first()
+            return self._delivered(row) if row is not None else None
+
+    def remove(self, scope: Scope, identities: t.Iterable[str]) -> int:
+        """Forget ``identities`` in ``scope`` after Encharge deleted them (their waiting failures too);
+        returns how many deliveries were removed."""
+        wanted = sorted(set(identities))
+        if not wanted:
+            return 0
+        scope_id = self._scope_id(scope)
+        with self._writing() as connection:
+            removed = 0
+            for chunk in _chunks(wanted):
+                removed += self._delete(connection, schema.deliveries, scope_id, chunk)
+                self._delete(connection, schema.failures, scope_id, chunk)
+            return removed
+
+    @staticmethod
+    def _delete(connection: sa.Connection, table: sa.Table, scope_id: int, identities: t.Sequence[str]) -> int:
+        result = connection.execute(
+            table.delete().where(table.c.scope_id == scope_id, table.c.identity.in_(list(identities)))
+        )
+        return result.rowcount
+
+    # -- failures ----------------------------------------------------------------------------------------------
+
+    def mark_failed(self, scope: Scope, rows: t.Iterable[Failure]) -> None:
+        """Record failures: a new one waits from now; one already waiting takes the new payload and reason and
+        counts one more attempt."""
+        latest = {row.identity: row for row in rows}
+        if not latest:
+            return
+        scope_id, now = self._scope_id(scope), _now()
+        params = [
+            {
+                "scope_id": scope_id,
+                "identity": row.identity,
+                "payload": encoding.dumps(row.payload).decode(),
+                "reason": row.reason,
+                "status": row.status,
+                "retryable": row.retryable,
+                "first_failed_at": now,
+                "last_failed_at": now,
+                "attempts": 1,
+            }
+            for row in sorted(latest.values(), key=lambda row: row.identity)
+        ]
+        with self._writing() as connection:
+            for chunk in _chunks(params):
+                connection.execute(self._upsert_failure, list(chunk))
+
+    def waiting_failures(
+        self,
+        account: str,
+        *,
+        destination: str | None = None,
+        stream: str | None = None,
+        retryable_only: bool = True,
+    ) -> list[WaitingFailure]:
+        """Failures waiting in ``account`` (optionally one destination, one stream), oldest first; by default
+        only those that sending again can pass."""
+        failures, scopes = schema.failures, schema.scopes
+        query = (
+            sa.select(failures, scopes.c.account, scopes.c.destination, scopes.c.stream)
+            .join(scopes, scopes.c.id == failures.c.scope_id)
+            .where(*self._matching(account, destination, stream))
+            .order_by(failures.c.first_failed_at, failures.c.scope_id, failures.c.identity)
+        )
+        if retryable_only:
+            query = query.where(failures.c.retryable.is_(True))
+        with self._reading() as connection:
+            if connection is None:
+                return []
+            return [
+                WaitingFailure(
+                    identity=row.identity,
+                    payload=_payload_decoder.decode(row.payload),
+                    reason=row.reason,
+                    status=row.status,
+                    retryable=row.retryable,
+                    scope=Scope(row.account, row.destination, row.stream),
+                    first_failed_at=row.first_failed_at,
+                    last_failed_at=row.last_failed_at,
+                    attempts=row.attempts,
+                )
+                for row in connection.execute(query)
+            ]
+
+    def clear_failures(self, scope: Scope, identities: t.Iterable[str]) -> int:
+        """Take ``identities`` off the failures waiting in ``scope`` (a newer version arrived, say); returns how
+        many were waiting."""
+        wanted = sorted(set(identities))
+        if not wanted:
+            return 0
+        scope_id = self._scope_id(scope)
+        with self._writing() as connection:
+            return sum(self._delete(connection, schema.failures, scope_id, chunk) for chunk in _chunks(wanted))
+
+    # -- looking inside ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _matching(account: str | None, destination: str | None, stream: str | None) -> list[sa.ColumnElement]:
+        scopes = schema.scopes
+        given = ((scopes.c.account, account), (scopes.c.destination, destination), (scopes.c.stream, stream))
+        return [column == value for column, value in given if value is not None]
+
+    def forget(self, *, account: str | None = None, destination: str | None = None, stream: str | None = None) -> int:
+        """Remove every entry (deliveries and failures waiting) of the matching scopes: a clean start for them.
+        At least one of ``account``, ``destination``, ``stream`` is needed; returns how many entries went."""
+        conditions = self._matching(account, destination, stream)
+        if not conditions:
+            raise self.location.error("forget needs an account, a destination or a stream")
+        scope_ids = sa.select(schema.scopes.c.id).where(*conditions).scalar_subquery()
+        with self._writing() as connection:
+            return sum(
+                connection.execute(table.delete().where(table.c.scope_id.in_(scope_ids))).rowcount
+                for table in (schema.deliveries, schema.failures)
+            )
+
+    def status(self) -> list[StreamStatus]:
+        """Per account, destination and stream: records known, last delivery, failures waiting and why."""
+        scopes, deliveries, failures = schema.scopes, schema.deliveries, schema.failures
+        with self._reading() as connection:
+            if connection is None:
+                return []
+            known = {
+                row.scope_id: (row.records, row.last)
+                for row in connection.execute(
+                    sa.select(
+                        deliveries.c.scope_id,
+                        sa.func.count().label("records"),
+                        sa.func.max(deliveries.c.delivered_at).label("last"),
+                    ).group_by(deliveries.c.scope_id)
+                )
+            }
+            waiting: dict[int, dict[str, int]] = {}
+            for row in connection.execute(
+                sa.select(failures.c.scope_id, failures.c.reason, sa.func.count().label("count"))
+                .group_by(failures.c.scope_id, failures.c.reason)
+                .order_by(sa.func.count().desc(), failures.c.reason)
+            ):
+                waiting.setdefault(row.scope_id, {})[row.reason] = row.count
+            rows = connection.execute(
+                sa.select(scopes).order_by(scopes.c.account, scopes.c.destination, scopes.c.stream)
+            ).all()
+        return [
+            StreamStatus(
+                scope=Scope(row.account, row.destination, row.stream),
+                records=known.get(row.id, (0, None))[0],
+                last_delivery=known.get(row.id, (0, None))[1],
+                failures_waiting=sum(waiting.get(row.id, {}).values()),
+                reasons=waiting.get(row.id, {}),
+            )
+            for row in rows
+            if row.id in known or row.id in waiting
+        ]
+
+    def close(self) -> None:
+        """Release every connection; the ledger cannot be used after."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> SyncLedger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
