@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import API_KEY, WRITE_KEY
 
-from target_encharge.sandbox import Sandbox
+from target_encharge.sandbox import Sandbox, exact_json
 from target_encharge.sandbox.log import RequestLog
 
 REST = {"X-Encharge-Token": API_KEY}
@@ -240,6 +241,66 @@ def test_people_are_archived_deleted_and_unsubscribed(sandbox):
     assert_envelope(rest(sandbox, "POST", "/people/unsubscribe?email=nobody@example.com"), 404)
 
 
+def test_the_people_query_finds_several_people_by_any_identifier(sandbox):
+    ann, bo = add_people(sandbox, {"email": "Ann@Example.com", "userId": "u-1"}, {"userId": "u-2"})
+    answer = rest(sandbox, "GET", "/people", params={"people[0][email]": "ann@EXAMPLE.com", "people[1][userId]": "u-2",
+                                                     "people[2][id]": bo["id"], "people[3][email]": "no@example.com"})
+    assert answer.status_code == 200
+    # Each person once, in the order named; who does not exist is simply not there.
+    assert [u["id"] for u in answer.json()["users"]] == [ann["id"], bo["id"]]
+    assert rest(sandbox, "GET", "/people?people[0][email]=no@example.com").json() == {"users": []}
+
+
+def test_archived_people_leave_lookups_listings_and_tagging_until_an_upsert_brings_them_back(sandbox):
+    add_people(sandbox, {"email": "ann@example.com", "tags": "vip"}, {"userId": "u-2"}, {"email": "cy@example.com"})
+    archived = rest(sandbox, "DELETE", "/people?people[0][email]=ANN@example.com&people[1][userId]=u-2")
+    assert archived.status_code == 204 and archived.content == b""
+    assert rest(sandbox, "GET", "/people?people[0][email]=ann@example.com").json() == {"users": []}
+    with_archived = rest(sandbox, "GET", "/people?people[0][email]=ann@example.com&people[1][userId]=u-2"
+                                         "&includeArchived=true").json()["users"]
+    assert [(u.get("email"), u["archived"]) for u in with_archived] == [("ann@example.com", True), (None, True)]
+    assert [p["email"] for p in rest(sandbox, "GET", "/people/all").json()["people"]] == ["cy@example.com"]
+    assert rest(sandbox, "GET", "/accounts/info").json()["peopleCount"] == 1
+    assert_envelope(rest(sandbox, "POST", "/tags", {"tag": "beta", "email": "ann@example.com"}), 404, "archived")
+    # Kept, flagged, with their tags: archiving again is fine, and an upsert brings the same person back.
+    assert sandbox.person(email="ann@example.com")["tags"] == ["vip"]
+    assert rest(sandbox, "DELETE", "/people?people[0][email]=ann@example.com").status_code == 204
+    (back,) = add_people(sandbox, {"email": "ann@example.com", "plan": "pro"})
+    assert back["id"] == sandbox.person(email="ann@example.com")["id"] and "archived" not in back
+    assert back["tags"] == ["vip"]
+    assert [u["email"] for u in rest(sandbox, "GET", "/people?people[0][email]=ann@example.com").json()["users"]] \
+        == ["ann@example.com"]
+
+
+def test_a_forced_delete_takes_the_person_their_tags_and_events(sandbox):
+    add_people(sandbox, {"email": "ann@example.com", "userId": "u-1", "tags": "vip"}, {"email": "bo@example.com"})
+    ingest(sandbox, {"name": "Signed up", "user": {"email": "ANN@example.com"}})
+    ingest(sandbox, {"name": "Paid", "user": {"userId": "u-1"}})
+    ingest(sandbox, {"name": "Signed up", "user": {"email": "bo@example.com"}})
+    answer = rest(sandbox, "DELETE", "/people?people[0][userId]=u-1&force=true")
+    assert answer.status_code == 204
+    assert sandbox.person(email="ann@example.com") is None
+    assert [(e["name"], e["user"]) for e in sandbox.events()] == [("Signed up", {"email": "bo@example.com"})]
+    (deleted,) = sandbox.deleted_people()
+    assert (deleted["email"].lower(), deleted["userId"]) == ("ann@example.com", "u-1")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", deleted["deletedAt"])
+    # Gone for good: the next upsert is a new person without the old tags.
+    (again,) = add_people(sandbox, {"email": "ann@example.com"})
+    assert again["id"] != deleted["id"] and again["tags"] == []
+
+
+def test_deleting_people_one_of_whom_is_not_found_is_404_and_changes_nobody(sandbox):
+    add_people(sandbox, {"email": "ann@example.com"})
+    for force in ("", "&force=true"):
+        answer = rest(sandbox, "DELETE", f"/people?people[0][email]=ann@example.com&people[1][email]=gone@example.com"
+                                         f"{force}")
+        assert_envelope(answer, 404, "gone@example.com")
+        assert "archived" not in sandbox.person(email="ann@example.com")
+    assert_envelope(rest(sandbox, "DELETE", "/people?people[0][email]=gone@example.com"), 404)
+    assert_envelope(rest(sandbox, "DELETE", "/people"), 400, "people[0][email]")
+    assert sandbox.deleted_people() == []
+
+
 # --- tags --------------------------------------------------------------------------------------------
 
 
@@ -326,6 +387,59 @@ def test_objects_are_read_patched_and_deleted_by_id_or_external_id(sandbox):
     assert_envelope(rest(sandbox, "GET", "/objects/Company/1"), 404, "case-sensitive")
 
 
+def test_put_upserts_by_id_and_refuses_an_unknown_id(sandbox):
+    (acme,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).json()["objects"]
+    answer = rest(sandbox, "PUT", "/objects/company", {"id": acme["id"], "name": "Acme"})
+    assert answer.json() == {"created": False, "object": {"id": acme["id"], "externalId": "acme", "name": "Acme"}}
+    assert_envelope(rest(sandbox, "PUT", "/objects/company", {"id": 999, "name": "x"}), 404, "999")
+    assert len(sandbox.objects("company")) == 1
+
+
+def test_duplicate_mode_stores_a_second_object_with_the_same_external_id():
+    with Sandbox(duplicate_objects=True) as sb:
+        assert sb.options == {"duplicate_objects": True}
+        first = rest(sb, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme"}]).json()["objects"]
+        again = rest(sb, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme 2"},
+                                                      {"externalId": "acme", "name": "Acme 3"}])
+        assert again.status_code == 200
+        assert [o["id"] for o in sb.objects("company")] == [first[0]["id"]] + [o["id"] for o in again.json()["objects"]]
+        state = requests.get(sb.url + "/_sandbox/state", timeout=10).json()
+        assert [o["name"] for o in state["objects"]["company"]] == ["Acme", "Acme 2", "Acme 3"]
+        assert state["duplicateObjects"] == {"company": {"acme": 3}}
+        assert "externalIds held by several objects: acme x3" in sb.summary()
+        # Reads by externalId see the oldest; writes reach them all.
+        assert rest(sb, "GET", "/objects/company/externalId/acme").json()["object"]["name"] == "Acme"
+        patched = rest(sb, "PATCH", "/objects/company/externalId/acme", {"plan": "pro"})
+        assert patched.json()["object"]["id"] == first[0]["id"]
+        put = rest(sb, "PUT", "/objects/company", {"externalId": "acme", "seats": 3}).json()
+        assert put["created"] is False and put["object"]["id"] == first[0]["id"]
+        assert [(o["plan"], o["seats"]) for o in sb.objects("company")] == [("pro", 3)] * 3
+        assert rest(sb, "DELETE", "/objects/company/externalId/acme").status_code == 204
+        assert sb.objects("company") == [] and sb.state()["duplicateObjects"] == {}
+        assert_envelope(rest(sb, "GET", "/objects/company/externalId/acme"), 404, "acme")
+
+
+def test_the_duplicate_mode_can_be_switched_at_run_time(sandbox):
+    rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}])
+    assert requests.get(sandbox.url + "/_sandbox/options", timeout=10).json() == {
+        "options": {"duplicate_objects": False}}
+    switched = requests.post(sandbox.url + "/_sandbox/options", json={"duplicate_objects": True}, timeout=10)
+    assert switched.json() == {"options": {"duplicate_objects": True}}
+    assert rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).status_code == 200
+    # PATCH may then move an externalId onto one that is taken, too.
+    (globex,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "globex"}]).json()["objects"]
+    assert rest(sandbox, "PATCH", f"/objects/company/{globex['id']}", {"externalId": "acme"}).status_code == 200
+    assert sandbox.state()["duplicateObjects"] == {"company": {"acme": 3}}
+    assert sandbox.set_options(duplicate_objects=False) == {"duplicate_objects": False}
+    assert_envelope(rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]), 409, "already exists")
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/options", json={"duplicate_objects": "yes"}, timeout=10),
+                    400, "boolean")
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/options", json={"twice": True}, timeout=10), 400)
+    sandbox.set_options(duplicate_objects=True)
+    sandbox.reset()  # forgets the account, keeps the mode
+    assert sandbox.options == {"duplicate_objects": True} and sandbox.objects("company") == []
+
+
 def test_schemas_list_the_configured_custom_objects(sandbox):
     answer = rest(sandbox, "GET", "/schemas")
     assert answer.status_code == 200
@@ -349,6 +463,19 @@ def test_account_info_and_person_fields(sandbox):
     assert fields["email"] == "string" and fields["plan"] == "string" and fields["seats"] == "number"
 
 
+def test_each_sandbox_can_stand_for_its_own_account(sandbox):
+    default = rest(sandbox, "GET", "/accounts/info").json()
+    assert (default["accountId"], default["name"]) == (1, "Encharge sandbox")
+    with Sandbox(account_id=4242, account_name="Other Co") as other:
+        info = rest(other, "GET", "/accounts/info").json()
+        assert (info["accountId"], info["name"]) == (4242, "Other Co")
+        assert other.account == {"accountId": 4242, "name": "Other Co"}
+        assert requests.get(other.url + "/_sandbox/state", timeout=10).json()["account"] == other.account
+        other.reset()
+        assert rest(other, "GET", "/accounts/info").json()["accountId"] == 4242
+    assert rest(sandbox, "GET", "/accounts/info").json()["accountId"] == 1  # stable, run after run
+
+
 # --- ingest ------------------------------------------------------------------------------------------
 
 
@@ -369,6 +496,49 @@ def test_events_are_recorded_as_received_and_upsert_their_person(sandbox):
     assert recorded == event
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", received)
     assert sandbox.person(userId="u-1")["email"] == "ann@example.com"
+
+
+BIG = "123456789012345678901234567890.123456789"  # 39 digits: a float keeps 17
+
+
+def test_numbers_keep_every_digit_in_the_store_answers_state_and_summary(sandbox):
+    body = ('[{"email": "ann@example.com", "big": ' + BIG + ', "small": 49.9, "huge": 1e400, '
+            '"count": 123456789012345678901234567890123456789}]')
+    answer = requests.post(sandbox.api_url + "/people", data=body, headers=REST, timeout=10)
+    assert answer.status_code == 200
+    assert f'"big":{BIG}' in answer.text and '"huge":1E+400' in answer.text
+    ann = sandbox.person(email="ann@example.com")
+    assert ann["big"] == Decimal(BIG) and ann["huge"] == Decimal("1e400")
+    assert ann["small"] == 49.9 and isinstance(ann["small"], float)  # what a float holds stays a float
+    assert ann["count"] == 123456789012345678901234567890123456789
+    state = requests.get(sandbox.url + "/_sandbox/state", timeout=10)
+    assert f'"big":{BIG}' in state.text
+    assert state.json(parse_float=Decimal)["people"][0]["big"] == Decimal(BIG)
+    logged = requests.get(sandbox.url + "/_sandbox/requests", timeout=10).json(parse_float=Decimal)["requests"]
+    assert logged[0]["body"][0]["big"] == Decimal(BIG)
+    assert f"big={BIG}" in sandbox.summary()
+    assert rest(sandbox, "GET", "/fields").json()["items"][-4:] == [
+        {"name": name, "title": name, "type": "number", "readOnly": False, "array": False, "firstClassField": False}
+        for name in ("big", "small", "huge", "count")]
+
+
+def test_exact_numbers_reach_objects_and_events(sandbox):
+    obj = '[{"externalId": "acme", "revenue": ' + BIG + ', "nested": {"list": [' + BIG + ']}}]'
+    assert requests.post(sandbox.api_url + "/objects/company", data=obj, headers=REST, timeout=10).status_code == 200
+    event = '{"name": "Paid", "user": {"email": "ann@example.com"}, "properties": {"amount": ' + BIG + '}}'
+    assert requests.post(sandbox.ingest_url, data=event, headers=INGEST, timeout=10).status_code == 200
+    (acme,) = sandbox.objects("company")
+    assert acme["revenue"] == Decimal(BIG) and acme["nested"] == {"list": [Decimal(BIG)]}
+    assert sandbox.events()[0]["properties"]["amount"] == Decimal(BIG)
+    got = rest(sandbox, "GET", "/objects/company/externalId/acme").text
+    assert f'"revenue":{BIG}' in got and f'"list":[{BIG}]' in got
+    summary = sandbox.summary()
+    assert f"revenue={BIG}" in summary and f"amount={BIG}" in summary
+
+
+def test_a_string_cannot_pose_as_an_exact_number():
+    tricky = exact_json.dumps({"a": Decimal(BIG), "b": "\x00exact-0:0"})
+    assert json.loads(tricky, parse_float=Decimal) == {"a": Decimal(BIG), "b": "\x00exact-0:0"}
 
 
 # --- HTTP --------------------------------------------------------------------------------------------
@@ -536,6 +706,77 @@ def test_inspection_endpoints_are_not_subject_to_faults(sandbox):
     assert requests.get(sandbox.url + "/_sandbox/summary", timeout=10).status_code == 200
 
 
+def test_state_shows_tags_archived_and_deleted_people_and_objects(sandbox):
+    add_people(sandbox, {"email": "ann@example.com"}, {"email": "bo@example.com"}, {"email": "cy@example.com"})
+    rest(sandbox, "POST", "/tags", {"tag": "vip,beta", "email": "ann@example.com"})
+    rest(sandbox, "DELETE", "/people?people[0][email]=bo@example.com")
+    rest(sandbox, "DELETE", "/people?people[0][email]=cy@example.com&force=true")
+    rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}])
+    state = requests.get(sandbox.url + "/_sandbox/state", timeout=10).json()
+    people = {p["email"]: p for p in state["people"]}
+    assert people["ann@example.com"]["tags"] == ["vip", "beta"] and "archived" not in people["ann@example.com"]
+    assert people["bo@example.com"]["archived"] is True
+    assert [p["email"] for p in state["deletedPeople"]] == ["cy@example.com"]
+    assert [o["externalId"] for o in state["objects"]["company"]] == ["acme"]
+    assert state["duplicateObjects"] == {} and state["options"] == {"duplicate_objects": False}
+    summary = sandbox.summary()
+    assert summary.startswith("Encharge sandbox: 2 people (1 archived, 1 deleted), 2 distinct tags")
+    assert re.search(r"bo@example\.com.*\[archived\]", summary)
+    assert "deleted for good: cy@example.com" in summary
+
+
+def test_seeding_puts_people_tags_and_objects_in_the_account_without_a_logged_request(sandbox):
+    seeded = requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={
+        "people": [{"email": "ann@example.com", "firstName": "Ann"}, {"userId": "u-2"}],
+        "tags": [{"tag": "added-by-flow", "email": "ann@example.com"}, {"tag": "a,b", "userId": "u-2"}],
+        "objects": {"company": [{"externalId": "acme", "name": "Acme"}]}})
+    assert seeded.json() == {"seeded": {"people": 2, "tags": 2, "objects": 1}}
+    assert sandbox.person(email="ann@example.com")["tags"] == ["added-by-flow"]
+    assert sandbox.person(userId="u-2")["tags"] == ["a", "b"]
+    assert [o["name"] for o in sandbox.objects("company")] == ["Acme"]
+    assert sandbox.requests() == [] and sandbox.write_counts() == {}
+    assert sandbox.seed(tags=[{"tag": "from-python", "email": "ann@example.com"}]) == {
+        "people": 0, "tags": 1, "objects": 0}
+    assert sandbox.person(email="ann@example.com")["tags"] == ["added-by-flow", "from-python"]
+
+
+@pytest.mark.parametrize(("body", "status", "says"), [
+    ({"people": [{"firstName": "no identifier"}]}, 400, "body.people[0] needs at least one"),
+    ({"tags": [{"tag": "vip"}]}, 400, "body.tags[0] needs at least one"),
+    ({"tags": [{"tag": "vip", "email": "nobody@example.com"}]}, 404, "nobody@example.com"),
+    ({"objects": {"Company": [{"externalId": "x"}]}}, 404, "case-sensitive"),
+    ({"objects": {"company": {"externalId": "x"}}}, 400, "must be array"),
+    ({"persons": []}, 400, "body"),
+    ([], 400, "body must be object"),
+])
+def test_a_seed_that_does_not_fit_the_api_is_refused(sandbox, body, status, says):
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/seed", json=body, timeout=10), status, says)
+    assert sandbox.objects("company") == []
+
+
+def test_writes_are_counted_per_endpoint_and_the_log_can_be_cleared_alone(sandbox):
+    add_people(sandbox, {"email": "ann@example.com"})
+    rest(sandbox, "GET", "/people?people[0][email]=ann@example.com")
+    rest(sandbox, "POST", "/tags", {"tag": "vip", "email": "nobody@example.com"})  # refused, still a write
+    rest(sandbox, "PUT", "/objects/company", {"externalId": "acme"})
+    ingest(sandbox, {"name": "Paid", "user": {"email": "ann@example.com"}})
+    expected = {"POST /ingest/v1": 1, "POST /v1/people": 1, "POST /v1/tags": 1, "PUT /v1/objects/{name}": 1}
+    assert sandbox.write_counts() == expected
+    assert requests.get(sandbox.url + "/_sandbox/state", timeout=10).json()["requests"]["writes"] == expected
+    writes = requests.get(sandbox.url + "/_sandbox/requests?writes=true", timeout=10).json()["requests"]
+    assert [(r["method"], r["path"]) for r in writes] == [
+        ("POST", "/v1/people"), ("POST", "/v1/tags"), ("PUT", "/v1/objects/company"), ("POST", "/ingest/v1")]
+    assert [r["method"] for r in sandbox.requests(limit=2, writes_only=True)] == ["PUT", "POST"]
+    # An unchanged rerun is proved by no write after the log is cleared; the account stays.
+    assert requests.delete(sandbox.url + "/_sandbox/requests", timeout=10).json() == {"cleared": True}
+    assert sandbox.write_counts() == {} and sandbox.requests() == []
+    assert sandbox.person(email="ann@example.com") is not None
+    rest(sandbox, "GET", "/accounts/info")
+    assert sandbox.write_counts() == {} and len(sandbox.requests()) == 1
+    sandbox.clear_requests()
+    assert sandbox.state()["requests"] == {"total": 0, "counts": [], "writes": {}}
+
+
 # --- faults ------------------------------------------------------------------------------------------
 
 
@@ -693,3 +934,20 @@ def test_the_command_refuses_non_loopback_hosts_and_reports_a_missing_sandbox():
     missing = subprocess.run([*sandbox_command(), "summary", "--url", free_url], capture_output=True, text=True,
                              timeout=30)
     assert missing.returncode == 1 and "no sandbox answering" in missing.stderr
+
+
+def test_the_command_takes_the_account_and_the_duplicate_mode():
+    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--account-id", "77", "--account-name", "Acme Ltd",
+                                "--duplicate-objects"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
+        info = requests.get(base + "/v1/accounts/info", headers=REST, timeout=10).json()
+        assert (info["accountId"], info["name"]) == (77, "Acme Ltd")
+        for _ in range(2):
+            answer = requests.post(base + "/v1/objects/company", json=[{"externalId": "acme"}], headers=REST,
+                                   timeout=10)
+            assert answer.status_code == 200
+        assert requests.get(base + "/_sandbox/options", timeout=10).json() == {"options": {"duplicate_objects": True}}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
