@@ -10,8 +10,14 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from .server import (DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_NAME, DEFAULT_API_KEY, DEFAULT_SCHEMAS, DEFAULT_WRITE_KEY,
-                     Sandbox)
+from .server import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_ACCOUNT_NAME,
+    DEFAULT_API_KEY,
+    DEFAULT_SCHEMAS,
+    DEFAULT_WRITE_KEY,
+    Sandbox,
+)
 
 
 def _serve_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 from decimal import Decimal
-from typing import Any
+from typing import AbstractSet, Any
 
 from .errors import ApiError
 
@@ -52,7 +52,7 @@ class CustomObjects:
     def find(self, key: Any, by: str) -> dict[str, Any]:
         return self.matches(key, by)[0]
 
-    def check_new(self, external_id: Any, where: str, duplicates: bool, taken: set[str] = frozenset()) -> None:
+    def check_new(self, external_id: Any, where: str, duplicates: bool, taken: AbstractSet[str] = frozenset()) -> None:
         """409 when a create would repeat an existing externalId (unless duplicates are stored)."""
         if duplicates or external_id is None:
             return
@@ -96,8 +96,8 @@ class CustomObjects:
 
     def _unindex(self, obj: dict[str, Any]) -> None:
         external_id = obj.get("externalId")
-        ids = self.by_external_id.get(external_id)
-        if ids is not None and obj["id"] in ids:
+        ids = self.by_external_id.get(external_id) if external_id is not None else None
+        if external_id is not None and ids is not None and obj["id"] in ids:
             ids.remove(obj["id"])
             if not ids:
                 del self.by_external_id[external_id]
