@@ -8,7 +8,7 @@ TARGET_CSV := $(TOOLS)/target-csv/bin/target-csv
 MELTANO := $(TOOLS)/meltano/bin/meltano
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install demo test bench sandbox docs clean
+.PHONY: install demo test lint bench sandbox docs clean
 
 $(BIN)/target-encharge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,23 @@ $(MELTANO):
 
 install: $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO)
 
-demo: install
+# The demo needs only the project and tap-jsonl (not Meltano nor target-csv).
+demo: $(BIN)/target-encharge $(TAP_JSONL)
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
 		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest
+
+# Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
+$(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test,lint]'
+	touch $@
+
+lint: $(BIN)/lint-imports
+	$(BIN)/ruff check target_encharge
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run.py

@@ -15,7 +15,7 @@ class AuthError(EnchargeTargetError):
     """Encharge refused a key (401/403): every further call would fail the same way."""
 
 
-class TooManyFailures(EnchargeTargetError):
+class TooManyFailures(EnchargeTargetError):  # noqa: N818 - says what happened, as the others do
     """More records failed for good than ``max_failures`` allows."""
 
 

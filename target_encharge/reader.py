@@ -9,9 +9,10 @@ import sys
 import typing as t
 
 import msgspec
-from singer_sdk.contrib.msgspec import MsgSpecReader
+from typing_extensions import override
 
 from target_encharge.errors import InputError
+from target_encharge.sdk import SeamReader
 
 _decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
 logger = logging.getLogger("target_encharge")
@@ -24,7 +25,7 @@ _SHAPES: dict[str, dict[str, tuple[type, str]]] = {
 }
 
 
-class Reader(MsgSpecReader):
+class Reader(SeamReader):
     """Reads stdin line by line; a line that is not a Singer message stops the run with its number."""
 
     def __init__(self) -> None:
@@ -32,12 +33,14 @@ class Reader(MsgSpecReader):
         self.line_number = 0
 
     @property
+    @override
     def default_input(self) -> t.IO[str]:  # type: ignore[override]
         """stdin as UTF-8 whatever the locale. Bytes that are not UTF-8 are kept (surrogateescape) so that the
         line holding them is refused with its number; a strict decoder would fail a whole chunk of input,
         lines before the bad one included."""
         return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
 
+    @override
     def deserialize_json(self, line: str) -> dict:
         self.line_number += 1
         if not line.strip():
@@ -64,6 +67,7 @@ class Reader(MsgSpecReader):
             raise InputError(msg)
         return message
 
-    def _process_unknown_message(self, message_dict: dict) -> None:
-        if message_dict["type"] != "BLANK":
-            logger.warning("Ignoring input line %d: unknown message type %r", self.line_number, message_dict["type"])
+    @override
+    def on_unknown_message(self, message: dict) -> None:
+        if message["type"] != "BLANK":
+            logger.warning("Ignoring input line %d: unknown message type %r", self.line_number, message["type"])

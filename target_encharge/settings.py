@@ -1,7 +1,8 @@
 """Settings: the schema users configure, and how one stream's settings are resolved.
 
 A stream's settings are the top-level values, overridden by ``streams.<name>``. Everything a sink needs to
-know about its stream comes from :func:`resolve`, so the sinks never read raw config.
+know about its stream comes from :func:`resolve`, and everything the run needs from :class:`RunSettings`, so
+nothing else reads raw config. The schema is the one home of defaults (:func:`default`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import json
 import typing as t
 
 from singer_sdk import typing as th
-from singer_sdk.configuration._dict_config import parse_environment_config
 
 from target_encharge.errors import ConfigError
+from target_encharge.sdk import parse_environment_config
 
 ENDPOINTS = (
     "create_or_update_person",
@@ -199,11 +200,22 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
 ).to_dict()
 
 # Under `streams`, an unset setting falls back to the top level: no defaults there (the SDK would fill them in).
-for _setting in SETTINGS_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"].values():
-    _setting.pop("default", None)
+for _stream_setting in SETTINGS_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"].values():
+    _stream_setting.pop("default", None)
 
 STREAM_SETTING_NAMES = tuple(p.name for p in _stream_properties())
-_DEFAULTS = {p.name: p.to_dict()[p.name].get("default") for p in _stream_properties()}
+_TOP_LEVEL = SETTINGS_SCHEMA["properties"]
+
+
+def default(name: str) -> t.Any:  # noqa: ANN401
+    """A setting's default, as the settings schema says (None where it has none)."""
+    return _TOP_LEVEL[name].get("default")
+
+
+def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:  # noqa: ANN401
+    """A top-level setting: its value, or its default when unset (None or empty text)."""
+    value = config.get(name)
+    return default(name) if value is None or value == "" else value
 
 
 def numbers_from_text(config: dict[str, t.Any], schema: dict = SETTINGS_SCHEMA) -> dict[str, t.Any]:
@@ -292,12 +304,10 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         msg = f"streams.{stream}: unknown setting(s) {', '.join(sorted(unknown))}"
         raise ConfigError(msg)
 
-    def get(name: str) -> t.Any:
+    def get(name: str) -> t.Any:  # noqa: ANN401
         if own.get(name) is not None:
             return own[name]
-        if config.get(name) is not None:
-            return config[name]
-        return _DEFAULTS[name]
+        return _setting(config, name)
 
     batch_size = int(get("batch_size"))
     if batch_size < 1:
@@ -321,3 +331,58 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         grouping_algorithm=grouping,
         group_by=get("group_by"),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What the whole run is sent with, built once from the config (defaults from the schema)."""
+
+    api_url: str
+    ingest_url: str
+    api_key: str | None
+    write_key: str | None
+    dry_run: bool
+    test_send: bool
+    response_output: str
+    response_stream_path: str | None
+    dead_letter_path: str | None
+    preview_path: str | None
+    max_failures: int
+    progress_interval: float
+    max_retries: int
+    retry_backoff: float
+    request_timeout: float
+    max_concurrency: int
+    max_requests_per_second: float | None
+
+    @classmethod
+    def from_config(cls, config: t.Mapping[str, t.Any]) -> RunSettings:
+        def text(name: str) -> str | None:
+            value = _setting(config, name)
+            return None if value is None else str(value)
+
+        rate = _setting(config, "max_requests_per_second")
+        return cls(
+            api_url=str(_setting(config, "api_url")).rstrip("/"),
+            ingest_url=str(_setting(config, "ingest_url")).rstrip("/"),
+            api_key=text("api_key"),
+            write_key=text("write_key"),
+            dry_run=bool(_setting(config, "dry_run")),
+            test_send=bool(_setting(config, "test_send")),
+            response_output=str(_setting(config, "response_output")),
+            response_stream_path=text("response_stream_path"),
+            dead_letter_path=text("dead_letter_path"),
+            preview_path=text("preview_path"),
+            max_failures=int(_setting(config, "max_failures")),
+            progress_interval=float(_setting(config, "progress_interval")),
+            max_retries=int(_setting(config, "max_retries")),
+            retry_backoff=float(_setting(config, "retry_backoff")),
+            request_timeout=float(_setting(config, "request_timeout")),
+            max_concurrency=max(1, int(_setting(config, "max_concurrency"))),
+            max_requests_per_second=float(rate) if rate else None,
+        )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The keys, which no output may show."""
+        return tuple(k for k in (self.api_key, self.write_key) if k)

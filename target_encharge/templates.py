@@ -13,8 +13,8 @@ import typing as t
 import urllib.parse
 
 from target_encharge import encoding
-from target_encharge.client import check_url
 from target_encharge.errors import ConfigError
+from target_encharge.urls import check_url, join_url
 
 if t.TYPE_CHECKING:
     from target_encharge.settings import StreamSettings
@@ -120,13 +120,6 @@ def _fixed(url: str) -> t.Callable[[dict], str]:
     return lambda _record: url
 
 
-def join_url(base: str, url: str) -> str:
-    """An absolute URL as is; a path relative to ``base``."""
-    if urllib.parse.urlsplit(url).scheme:
-        return url
-    return base.rstrip("/") + "/" + url.lstrip("/")
-
-
 def url_filler(url: str) -> t.Callable[[dict], str]:
     """Fill ``{field}`` placeholders from the record, percent-encoded so a value never changes the path."""
     fields = PLACEHOLDER.findall(url)
@@ -165,7 +158,7 @@ def placeholder_problem(url: str) -> t.Callable[[dict], str | None]:
     return problem
 
 
-def _manual_body(content_type: str, batched: bool) -> t.Callable[[list[dict]], bytes | None]:
+def _manual_body(content_type: str, *, batched: bool) -> t.Callable[[list[dict]], bytes | None]:
     if content_type == "application/x-ndjson":
         return encoding.dumps_lines
     if content_type == "application/x-www-form-urlencoded":
@@ -199,7 +192,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         ids.update(_object_identifiers(record))
         return ids
 
-    body = _manual_body(settings.content_type, settings.batch_records)
+    body = _manual_body(settings.content_type, batched=settings.batch_records)
     return Template(
         name="manual",
         method=settings.method,

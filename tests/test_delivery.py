@@ -17,7 +17,7 @@ from helpers import (
     target_command,
 )
 
-from target_encharge.client import RetryPolicy, parse_retry_after
+from target_encharge.retry import RetryPolicy, parse_retry_after
 
 
 def people_calls(sandbox) -> list[dict]:

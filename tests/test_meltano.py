@@ -18,7 +18,7 @@ import pytest
 import yaml
 from helpers import API_KEY, PERSON_PROPS, WRITE_KEY, record, run_target, sandbox_config, schema, state, target_command
 
-from target_encharge.responses import SUMMARY_KEY
+from target_encharge.outputs import SUMMARY_KEY
 
 
 def run_with_env(env: dict[str, str], messages: list[dict]) -> subprocess.CompletedProcess:

@@ -1,0 +1,166 @@
+"""The run's checkpoint: :class:`StateGate` lets a tap's STATE out once every record before it is done, and
+:class:`RunCounts` keeps the run's numbers (records, calls, successes, failures, retries) per stream.
+
+A record is done when Encharge answered 2xx for it or it failed for good (and went to the dead-letter file).
+Both are thread-safe: workers settle records while the reader numbers new ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+import typing as t
+
+LAST_ERRORS = 5  # errors kept in the STATE summary
+MAX_STREAMS_IN_STATE = 20  # streams named in the STATE summary; the others are counted together
+MAX_TEXT = 200  # characters of a reason or an identifier kept in the STATE summary
+
+
+class StateGate:
+    """Numbers records as they arrive, and lets each STATE out, in order, once every record before it is done."""
+
+    def __init__(self, release: t.Callable[[dict], None]) -> None:
+        self.release = release  # called (under the gate's lock) with each STATE whose records are all done
+        self._lock = threading.RLock()
+        self._next_seq = 0
+        self._done_below = 0  # every record numbered below this is done
+        self._done_ahead: set[int] = set()
+        self._states: collections.deque[tuple[int, dict]] = collections.deque()
+        self._last_state: dict | None = None
+        self._last_released: dict | None = None
+
+    def number(self) -> int:
+        """The next record's place in the input."""
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq
+
+    def add_state(self, state: dict) -> None:
+        """A STATE from the tap: it waits for every record that came before it (a repeat of the last is ignored)."""
+        with self._lock:
+            if self._last_state == state:
+                return
+            self._last_state = state
+            self._states.append((self._next_seq, state))
+            self._release_states()
+
+    def done(self, *seqs: int) -> None:
+        """These records are done; every STATE they held back goes out."""
+        with self._lock:
+            for seq in seqs:
+                if seq == self._done_below:
+                    self._done_below += 1
+                    while self._done_below in self._done_ahead:
+                        self._done_ahead.discard(self._done_below)
+                        self._done_below += 1
+                else:
+                    self._done_ahead.add(seq)
+            self._release_states()
+
+    def release_again(self) -> None:
+        """The last STATE let out, once more (the end of a run re-sends it with the final counts), unless a
+        later STATE is still held back."""
+        with self._lock:
+            if self._last_released is not None and not self._states:
+                self.release(self._last_released)
+
+    @property
+    def pending(self) -> int:
+        """Records numbered but not done."""
+        with self._lock:
+            return self._next_seq - self._done_below
+
+    def _release_states(self) -> None:
+        while self._states and self._states[0][0] <= self._done_below:
+            self._last_released = self._states.popleft()[1]
+            self.release(self._last_released)
+
+
+@dataclasses.dataclass
+class StreamCounts:
+    """Per stream: records seen, calls made, records succeeded and failed, calls retried."""
+
+    records: int = 0
+    calls: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+def _short(ids: dict) -> dict:
+    return {str(k)[:MAX_TEXT]: str(v)[:MAX_TEXT] for k, v in list(ids.items())[:5]}
+
+
+class RunCounts:
+    """The run's numbers, per stream, and its last few errors; bounded whatever the volume."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, StreamCounts] = collections.defaultdict(StreamCounts)
+        self.errors: collections.deque[dict] = collections.deque(maxlen=LAST_ERRORS)
+        self.failures = 0
+        self.skipped = 0  # test send: records not sent
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def record_seen(self, stream: str) -> None:
+        with self._lock:
+            self.streams[stream].records += 1
+
+    def call_made(self, stream: str, *, retried: bool) -> None:
+        with self._lock:
+            counts = self.streams[stream]
+            counts.calls += 1
+            counts.retried += retried
+
+    def succeeded(self, stream: str, records: int) -> None:
+        with self._lock:
+            self.streams[stream].succeeded += records
+
+    def failed(self, stream: str, ids: dict, reason: str) -> None:
+        with self._lock:
+            self.streams[stream].failed += 1
+            self.failures += 1
+            self.errors.append({"stream": stream, "identifiers": _short(ids), "reason": reason[:MAX_TEXT]})
+
+    def record_skipped(self) -> None:
+        with self._lock:
+            self.skipped += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.streams)
+
+    def handled(self) -> tuple[int, int]:
+        """(records done, of which failed) so far."""
+        with self._lock:
+            return sum(c.succeeded + c.failed for c in self.streams.values()), self.failures
+
+    def summary(self) -> dict:
+        """Counts for at most MAX_STREAMS_IN_STATE streams (the others together), the last few errors."""
+        with self._lock:
+            names = sorted(self.streams)
+            shown = {s: dataclasses.asdict(self.streams[s]) for s in names[:MAX_STREAMS_IN_STATE]}
+            summary: dict[str, t.Any] = {"streams": shown, "last_errors": list(self.errors)}
+            if len(names) > MAX_STREAMS_IN_STATE:
+                others = StreamCounts()
+                for s in names[MAX_STREAMS_IN_STATE:]:
+                    for field, value in dataclasses.asdict(self.streams[s]).items():
+                        setattr(others, field, getattr(others, field) + value)
+                summary["other_streams"] = {"streams": len(names) - MAX_STREAMS_IN_STATE,
+                                            **dataclasses.asdict(others)}
+            return summary
+
+    def table(self) -> str:
+        """The end-of-run summary, one line per stream (and their total)."""
+        rows: list[tuple[str, ...]] = [("stream", "records", "calls", "succeeded", "failed", "retried")]
+        with self._lock:
+            counts = sorted(self.streams.items())
+        rows += [(s, *(f"{n:,}" for n in dataclasses.astuple(c))) for s, c in counts]
+        if len(counts) > 1:
+            columns = zip(*(dataclasses.astuple(c) for _, c in counts), strict=True)
+            rows.append(("total", *(f"{sum(col):,}" for col in columns)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                   for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows)

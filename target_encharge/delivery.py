@@ -1,0 +1,137 @@
+"""The delivery scheduler: worker threads, per-key order, backpressure and the splitting of refused batches.
+
+Requests that share an ordering key (the same person, the same object) are sent one after the other in the
+order they were submitted; the others go out up to ``max_concurrency`` at a time. Which request waits on which
+is the scheduler's bookkeeping, kept here, not in the requests.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import typing as t
+
+from target_encharge.request import Outcome, Request, Verdict, verdict
+
+if t.TYPE_CHECKING:
+    from target_encharge.client import Client
+
+logger = logging.getLogger("target_encharge.delivery")
+QUEUED_PER_WORKER = 4  # requests waiting per worker before submit blocks (bounded memory)
+
+
+class OnResult(t.Protocol):
+    def __call__(self, request: Request, outcome: Outcome, *, settle: bool = True) -> None: ...
+
+
+class Delivery:
+    """Runs requests on worker threads: same-key requests in submission order, others concurrently.
+
+    ``on_result(request, outcome)`` is called once for each request that was sent. A batch that Encharge refused
+    is reported as ``on_result(request, outcome, settle=False)`` (its records are not settled by it), then split, and
+    each half is reported in turn while looking for the records at fault.
+    """
+
+    def __init__(self, client: Client, on_result: OnResult, concurrency: int, *, dry_run: bool = False) -> None:
+        self.client, self.on_result, self.dry_run = client, on_result, dry_run
+        self.concurrency = max(1, concurrency)
+        self.max_queued = self.concurrency * QUEUED_PER_WORKER
+        self.fatal: BaseException | None = None
+        self._cond = threading.Condition()
+        self._ready: collections.deque[Request] = collections.deque()
+        self._tails: dict[str, Request] = {}  # the last request submitted for each key
+        self._waiting_on: dict[Request, int] = {}  # how many earlier requests each one still waits for
+        self._waiters: dict[Request, list[Request]] = {}  # who waits for each request
+        self._unfinished = 0
+        self._closing = False
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        for i in range(self.concurrency):
+            thread = threading.Thread(target=self._work, name=f"encharge-delivery-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def raise_if_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; blocks while too many are queued (bounded memory)."""
+        self.raise_if_fatal()
+        if self.dry_run:
+            self.on_result(request, Outcome.not_sent())
+            return
+        if not self._threads:
+            self._start()
+        with self._cond:
+            while self._unfinished >= self.max_queued and self.fatal is None:
+                self._cond.wait()
+            self.raise_if_fatal()
+            earlier = {self._tails[k] for k in request.keys if k in self._tails}
+            for other in earlier:
+                self._waiters.setdefault(other, []).append(request)
+            for key in request.keys:
+                self._tails[key] = request
+            self._unfinished += 1
+            if earlier:
+                self._waiting_on[request] = len(earlier)
+            else:
+                self._ready.append(request)
+                self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Until every submitted request is finished (or the run has stopped)."""
+        with self._cond:
+            while self._unfinished and self.fatal is None:
+                self._cond.wait(0.5)
+        self.raise_if_fatal()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=self.client.timeout + 1)
+        self.client.close()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ready and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._ready:
+                    return
+                request = self._ready.popleft()
+            try:
+                if self.fatal is None:
+                    self._deliver(request)
+            except BaseException as exc:  # noqa: BLE001 - any failure here must stop the run, not a thread
+                self.fatal = exc
+            finally:
+                self._finish(request)
+
+    def _deliver(self, request: Request) -> None:
+        outcome = self.client.send(request)
+        if verdict(outcome) is Verdict.REFUSED and request.splittable:
+            logger.info("Encharge refused a batch of %d (%s); splitting it to find the records at fault",
+                        len(request.entries), outcome.error)
+            self.on_result(request, outcome, settle=False)
+            for half in request.halves():
+                self._deliver(half)
+            return
+        self.on_result(request, outcome)
+
+    def _finish(self, request: Request) -> None:
+        with self._cond:
+            for key in request.keys:
+                if self._tails.get(key) is request:
+                    del self._tails[key]
+            for waiter in self._waiters.pop(request, ()):
+                self._waiting_on[waiter] -= 1
+                if self._waiting_on[waiter] == 0:
+                    del self._waiting_on[waiter]
+                    self._ready.append(waiter)
+            self._unfinished -= 1
+            self._cond.notify_all()

@@ -1,0 +1,118 @@
+"""A request and what came of it: the record :class:`Entry`, the immutable :class:`Request`, its
+:class:`Outcome`, and :func:`verdict`, the one place that says what an outcome means."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing as t
+
+if t.TYPE_CHECKING:
+    from target_encharge.templates import Template
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One record on its way: its place in the input, what is sent, and what identifies it."""
+
+    seq: int
+    stream: str
+    record: dict
+    ids: dict
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Request:
+    """One HTTP request carrying one or more records (compared by identity: two equal bodies are two calls)."""
+
+    stream: str
+    endpoint: str
+    method: str
+    url: str
+    content_type: str
+    headers: t.Mapping[str, str]
+    body: bytes | None
+    entries: tuple[Entry, ...] = ()
+    keys: tuple[str, ...] = ()  # ordering keys: requests sharing one go out in input order
+    template: Template | None = None  # what the body was built with; a batch is split through it
+
+    @classmethod
+    def for_entries(cls, template: Template, headers: t.Mapping[str, str], entries: t.Sequence[Entry], url: str,
+                    keys: t.Iterable[str]) -> Request:
+        """The request ``template`` makes of these records."""
+        return cls(stream=entries[0].stream, endpoint=template.name, method=template.method, url=url,
+                   content_type=template.content_type, headers=headers,
+                   body=template.body([e.record for e in entries]), entries=tuple(entries), keys=tuple(keys),
+                   template=template)
+
+    @classmethod
+    def check(cls, url: str) -> Request:
+        """A start-up GET that carries no record."""
+        return cls(stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None)
+
+    @property
+    def splittable(self) -> bool:
+        return len(self.entries) > 1 and self.template is not None
+
+    def halves(self) -> tuple[Request, Request]:
+        """The same request for each half of its records (to find the records at fault in a refused batch)."""
+        if self.template is None:
+            msg = "only a request built from a template can be split"
+            raise ValueError(msg)
+        middle = len(self.entries) // 2
+        return (Request.for_entries(self.template, self.headers, self.entries[:middle], self.url, self.keys),
+                Request.for_entries(self.template, self.headers, self.entries[middle:], self.url, self.keys))
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What came of a request after its last attempt (``attempts`` 0: not sent, a dry run)."""
+
+    status: int | None
+    body: t.Any
+    error: str | None
+    attempts: int
+    seconds: float
+    headers: t.Mapping[str, str] = dataclasses.field(default_factory=dict)  # of the last answer (test send)
+    credentialed: bool = True  # the URL was given one of our keys (a 401/403 then means the key is refused)
+    failure: str | None = None  # no answer: "timeout", "connection" (refused or dropped), "request" (not made)
+
+    @classmethod
+    def not_sent(cls) -> Outcome:
+        """A dry run's outcome: nothing was sent."""
+        return cls(None, None, None, 0, 0.0)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class Verdict(enum.Enum):
+    """What an outcome means for the records it carried."""
+
+    DELIVERED = "delivered"  # 2xx: the records are done
+    DRY_RUN = "dry run"  # not sent: done as far as this run goes
+    RETRY = "retry"  # 429, 5xx, a timeout or a dropped connection: worth another try
+    REFUSED = "refused"  # any other answer: the records (or some of a batch) fail
+    FAILED = "failed"  # no answer, and none would come of trying again (the request could not be made)
+    AUTH_FAILURE = "auth failure"  # 401/403 on one of our keys: every further call would fail the same way
+
+
+TRANSIENT_FAILURES = frozenset(("timeout", "connection"))
+TOO_MANY_REQUESTS = 429
+
+
+def verdict(outcome: Outcome) -> Verdict:
+    """The one reading of an outcome."""
+    status = outcome.status
+    if outcome.attempts == 0:
+        return Verdict.DRY_RUN
+    if outcome.ok:
+        return Verdict.DELIVERED
+    if status is None:
+        return Verdict.RETRY if outcome.failure in TRANSIENT_FAILURES else Verdict.FAILED
+    if status in (401, 403) and outcome.credentialed:  # from another host, a refusal is the record's, not our key's
+        return Verdict.AUTH_FAILURE
+    if status == TOO_MANY_REQUESTS or status >= 500:
+        return Verdict.RETRY
+    return Verdict.REFUSED

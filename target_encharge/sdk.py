@@ -1,0 +1,117 @@
+"""Every private singer-sdk name this target touches, in one place.
+
+The SDK offers no public hook for some of what a target must do (take STATE over, write it only once what came
+before is delivered, read settings from the environment with their types, parse only a schema's date fields,
+hear about unknown message types, reach the instance a command run builds). Each such private name is used
+here only, and turned into a public method of ours; ``tests/test_sdk_seams.py`` fails loudly when the SDK
+renames or moves any of them, so a renamed hook never goes silently uncalled.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from singer_sdk import Target
+from singer_sdk.configuration._dict_config import parse_environment_config
+from singer_sdk.contrib.msgspec import MsgSpecReader
+from singer_sdk.helpers._classproperty import classproperty
+from singer_sdk.helpers._typing import get_datelike_property_type
+from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.sinks import RecordSink
+from typing_extensions import override
+
+if t.TYPE_CHECKING:
+    from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
+
+__all__ = ["PRIVATE_NAMES", "SeamReader", "SeamSink", "SeamTarget", "get_datelike_property_type",
+           "parse_environment_config"]
+
+#: (SDK class, private attribute) pairs overridden or called here; the seam test checks each still exists.
+PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
+    (Target, "_process_state_message"),
+    (Target, "_write_state_message"),
+    (Target, "_env_var_config"),
+    (Target, "_env_var_prefix"),
+    (Target, "_assert_line_requires"),
+    (RecordSink, "_parse_timestamps_in_record"),
+    (MsgSpecReader, "_process_unknown_message"),
+    (_ConfigInput, "config"),
+    (_ConfigInput, "parse_env"),
+)
+
+
+class SeamTarget(Target):
+    """The SDK's private target hooks, each handed on to a public method of ours."""
+
+    def on_state(self, state: dict) -> None:
+        """A STATE message's value from the tap (ours decides when it goes out)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_environment(cls, schema: dict, prefix: str) -> dict[str, t.Any]:
+        """``--config ENV``: the settings read from ``<prefix><SETTING>`` variables."""
+        return parse_environment_config(schema, prefix)
+
+    @classmethod
+    def run_command(cls, config: dict, *, parse_env_config: bool, file_input: t.IO[str] | None) -> None:
+        """One run of the command: build the target from ``config`` and feed it the input."""
+        target = cls(config=config, validate_config=True, parse_env_config=parse_env_config)
+        target.listen(file_input)
+
+    @override
+    def _process_state_message(self, message_dict: dict) -> None:
+        self._assert_line_requires(message_dict, requires={"value"})
+        self.on_state(message_dict["value"])
+
+    @override
+    def _write_state_message(self, state: dict) -> None:
+        """The SDK writes its latest STATE when it drains; ours goes out through on_state's gate, never here."""
+
+    @classproperty
+    def _env_var_config(cls) -> dict[str, t.Any]:  # noqa: N805
+        cls.append_builtin_config(cls.config_jsonschema)
+        return cls.config_from_environment(cls.config_jsonschema, cls._env_var_prefix)
+
+    @classmethod
+    @override
+    def invoke(  # type: ignore[override]
+        cls,
+        *,
+        about: bool = False,
+        about_format: str | None = None,
+        config: _ConfigInput | None = None,
+        file_input: t.IO[str] | None = None,
+    ) -> None:
+        """The SDK's command run, with the target built in :meth:`run` (where a subclass can reach it)."""
+        super(Target, cls).invoke(about=about, about_format=about_format)  # --about
+        cls.print_version(print_fn=cls.logger.info)
+        config = config or _ConfigInput()
+        cls.run_command(config.config, parse_env_config=config.parse_env, file_input=file_input)
+
+
+class SeamSink(RecordSink):
+    """The SDK's date parsing, limited to the fields the schema says are dates (found once, not per record)."""
+
+    _date_fields: dict[str, dict] | None = None
+
+    @override
+    def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: DatetimeErrorTreatmentEnum) -> None:
+        if self._date_fields is None:
+            self._date_fields = {k: {"properties": {k: v}} for k, v in schema.get("properties", {}).items()
+                                 if get_datelike_property_type(v)}
+        for field, sub_schema in self._date_fields.items():
+            if record.get(field) is not None:
+                one = {field: record[field]}
+                super()._parse_timestamps_in_record(one, sub_schema, treatment)
+                record[field] = one[field]
+
+
+class SeamReader(MsgSpecReader):
+    """The SDK's reader, telling us of message types it does not know."""
+
+    def on_unknown_message(self, message: dict) -> None:
+        """A message whose type the SDK does not know."""
+
+    @override
+    def _process_unknown_message(self, message_dict: dict) -> None:
+        self.on_unknown_message(message_dict)

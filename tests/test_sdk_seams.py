@@ -1,0 +1,123 @@
+"""The private singer-sdk names target_encharge/sdk.py relies on: still there, and our overrides really called.
+
+A renamed private hook would silently stop being called (STATE could then go out before delivery): each test
+here fails loudly when the SDK moves or renames one of them. In-process, no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import inspect
+import io
+import json
+import logging
+
+import pytest
+from singer_sdk import Target
+from singer_sdk.contrib.msgspec import MsgSpecReader
+from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.sinks import RecordSink
+
+from target_encharge.sdk import PRIVATE_NAMES, SeamReader, SeamSink, SeamTarget
+from target_encharge.target import TargetEncharge
+
+DRY = {"api_key": "k" * 12, "dry_run": True, "preview_path": "-", "progress_interval": 0}
+
+
+def _lines(*messages: dict) -> io.StringIO:
+    return io.StringIO("".join(json.dumps(m) + "\n" for m in messages))
+
+
+def _run(config: dict, *messages: dict) -> tuple[TargetEncharge, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        target = TargetEncharge(config=config, validate_config=True)
+        target.listen(_lines(*messages))
+    return target, out.getvalue()
+
+
+@pytest.mark.parametrize(("owner", "name"), PRIVATE_NAMES, ids=lambda x: getattr(x, "__name__", x))
+def test_every_private_name_we_touch_still_exists(owner, name):
+    fields = getattr(owner, "__dataclass_fields__", {})
+    defined = any(name in vars(cls) for cls in owner.__mro__)  # not hasattr: that would run a classproperty
+    assert name in fields or defined, f"singer-sdk no longer has {owner.__name__}.{name}"
+
+
+def test_the_overridden_hooks_keep_their_signatures():
+    expected = {
+        (Target, "_process_state_message"): ["self", "message_dict"],
+        (Target, "_write_state_message"): ["self", "state"],
+        (RecordSink, "_parse_timestamps_in_record"): ["self", "record", "schema", "treatment"],
+        (MsgSpecReader, "_process_unknown_message"): ["self", "message_dict"],
+    }
+    for (owner, name), params in expected.items():
+        assert list(inspect.signature(getattr(owner, name)).parameters) == params, f"{owner.__name__}.{name}"
+    invoke = inspect.signature(Target.invoke).parameters
+    assert {"about", "about_format", "config", "file_input"} <= set(invoke), "Target.invoke's parameters moved"
+    assert set(_ConfigInput.__dataclass_fields__) >= {"config", "parse_env"}
+
+
+def test_our_seams_are_the_classes_in_use():
+    assert issubclass(TargetEncharge, SeamTarget)
+    assert issubclass(TargetEncharge.default_sink_class, SeamSink)
+    assert issubclass(TargetEncharge.message_reader_class, SeamReader)
+
+
+def test_a_state_message_reaches_our_hook_and_waits_for_the_records_before_it(monkeypatch):
+    seen = []
+    original = TargetEncharge.on_state
+    monkeypatch.setattr(TargetEncharge, "on_state", lambda self, state: (seen.append(state), original(self, state)))
+    _, out = _run({**DRY, "dry_run": False, "api_url": "http://127.0.0.1:9/v1", "preview_path": None},
+                  {"type": "STATE", "value": {"bookmarks": {"a": 1}}})
+    assert seen == [{"bookmarks": {"a": 1}}]
+    assert json.loads(out.splitlines()[-1]) == {"bookmarks": {"a": 1}}  # written by our gate, once
+    assert out.count("bookmarks") == 1  # the SDK's own STATE writer (at its drain) wrote nothing
+
+
+def test_dates_are_parsed_by_our_narrowed_hook(monkeypatch):
+    calls = []
+    original = SeamSink._parse_timestamps_in_record
+
+    def spy(self, record, schema, treatment):
+        calls.append(dict(record))
+        original(self, record, schema, treatment)
+        assert isinstance(record["createdAt"], datetime.datetime)
+
+    monkeypatch.setattr(SeamSink, "_parse_timestamps_in_record", spy)
+    schema = {"type": "object", "properties": {"email": {"type": "string"},
+                                               "createdAt": {"type": "string", "format": "date-time"}}}
+    _, out = _run(DRY, {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": []},
+                  {"type": "RECORD", "stream": "people",
+                   "record": {"email": "a@example.com", "createdAt": "2024-01-02T03:04:05+00:00"}})
+    assert calls, "the SDK no longer calls _parse_timestamps_in_record"
+    (preview,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert preview["body"] == [{"email": "a@example.com", "createdAt": "2024-01-02T03:04:05Z"}]  # ISO 8601 again
+
+
+def test_unknown_message_types_reach_our_hook(caplog):
+    with caplog.at_level(logging.WARNING, logger="target_encharge"):
+        _run(DRY, {"type": "SOMETHING_NEW", "x": 1})
+    assert "unknown message type 'SOMETHING_NEW'" in caplog.text
+
+
+def test_settings_from_the_environment_go_through_our_typed_reader(monkeypatch):
+    monkeypatch.setenv("TARGET_ENCHARGE_RETRY_BACKOFF", "0.25")
+    monkeypatch.setenv("TARGET_ENCHARGE_REQUEST_HEADERS", "x-a:1")
+    config = TargetEncharge._env_var_config  # the SDK's name for it; ours types the values
+    assert config["retry_backoff"] == 0.25
+    assert config["request_headers"] == "x-a:1"
+
+
+def test_the_command_run_builds_the_target_in_our_run_command(monkeypatch, tmp_path):
+    built = []
+    original = TargetEncharge.run_command.__func__
+
+    def spy(cls, config, *, parse_env_config, file_input):
+        built.append(config)
+        return original(cls, config, parse_env_config=parse_env_config, file_input=file_input)
+
+    monkeypatch.setattr(TargetEncharge, "run_command", classmethod(spy))
+    with contextlib.redirect_stdout(io.StringIO()):
+        TargetEncharge.invoke(config=_ConfigInput(config=DRY), file_input=_lines())
+    assert built == [DRY]
