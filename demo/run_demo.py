@@ -3,7 +3,7 @@
 Starts the sandbox on a free loopback port, runs
 
     (tap-jsonl --config people.json; tap-jsonl --config tags.json; tap-jsonl --config events.json; tap-jsonl --config companies.json) \
-        | target-encharge --config target.json
+        | target-encharge --config out/config.json
 
 on the sample data in demo/data/ (people, tags, events and companies, one target run for all four streams),
 prints the sandbox's summary and stops it. Exits non-zero when the pipeline fails.
@@ -72,13 +72,13 @@ def main() -> int:
             config.write_text(json.dumps({"path": str(DATA / f"{stream}.jsonl"), "stream_name": stream,
                                           "primary_keys": keys}))
             taps.append(f"{shlex.quote(tap)} --config {shlex.quote(str(config))}")
-        target_json = configs / "target.json"
+        target_json = OUT / "config.json"  # left behind for users to copy (point api_url at Encharge)
         target_json.write_text(json.dumps(target_config(sb), indent=2))
         pipeline = f"({'; '.join(taps)}) | {shlex.quote(target)} --config {shlex.quote(str(target_json))}"
 
         print(f"Sandbox: REST {sb.api_url}  Ingest {sb.ingest_url}")
         print("Pipeline: (tap-jsonl --config people.json; tap-jsonl --config tags.json; tap-jsonl --config events.json; "
-              "tap-jsonl --config companies.json) | target-encharge --config target.json")
+              "tap-jsonl --config companies.json) | target-encharge --config out/config.json")
         started = time.monotonic()
         with log_path.open("w") as log:
             shell = ["bash", "-o", "pipefail", "-c", pipeline] if shutil.which("bash") else ["sh", "-c", pipeline]
@@ -87,7 +87,8 @@ def main() -> int:
         states = [line for line in run.stdout.splitlines() if line.strip()]
 
         print(f"Pipeline {'finished' if run.returncode == 0 else f'FAILED (exit {run.returncode})'} in {took:.1f} s; "
-              f"the target wrote {len(states)} STATE line(s); tap and target logs: {log_path.relative_to(DEMO.parent)}")
+              f"the target wrote {len(states)} STATE line(s); tap and target logs: {log_path.relative_to(DEMO.parent)}; "
+              f"the target's config: {target_json.relative_to(DEMO.parent)}")
         print()
         print(sb.summary())
         if run.returncode != 0:
