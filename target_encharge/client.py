@@ -14,6 +14,7 @@ import typing as t
 
 import requests
 import requests.adapters
+from typing_extensions import override
 
 from target_encharge import encoding
 from target_encharge.errors import AuthError
@@ -53,6 +54,7 @@ class RateLimiter:
 class _Session(requests.Session):
     """A session that drops the Encharge token when a redirect leaves the host it was meant for."""
 
+    @override
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
         super().rebuild_auth(prepared_request, response)
         if origin(response.request.url or "") != origin(prepared_request.url or ""):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from typing_extensions import override
+
 MASK = "***"
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary text
 
@@ -29,6 +31,7 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.redact = redact
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = self.redact(message)
