@@ -37,6 +37,41 @@ class Template:
     content_type: str = "application/json"
     batchable: bool = False  # the API takes several records in one call
     fixed_url: bool = True  # every record goes to the same URL
+    upsert: Template | None = None  # the same records sent to update what exists (custom objects: PUT, one per call)
+    destination: str = ""  # where its records land, for the sync ledger: the template and its object name or URL
+
+    def identity(self, record: dict, key_properties: t.Sequence[str] = ()) -> str | None:
+        """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
+        the template's own (a person by email, case-insensitive, or userId or id; a custom object by
+        externalId; a tag by person and tag). None when there is nothing to know it by: an event or a manual
+        request without key properties is sent every time it comes."""
+        if key_properties:
+            return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
+        ids = self.identifiers(record)
+        if self.name == "create_custom_object":
+            return f"externalId:{ids['externalId']}" if "externalId" in ids else None
+        if self.name not in ("create_or_update_person", "add_tag", "remove_tag"):
+            return None
+        person = person_key(ids)
+        if person is None or self.name == "create_or_update_person":
+            return person
+        return f"{person} tag:{_joined_tags(record.get('tag'))}"
+
+
+def person_key(ids: t.Mapping[str, t.Any]) -> str | None:
+    """One text for the person ``ids`` name, as Encharge matches them: email (any case), else userId, else id."""
+    for name in PERSON_IDS:
+        if name in ids:
+            value = ids[name]
+            return f"{name}:{str(value).lower() if name == 'email' else value}"
+    return None
+
+
+def _joined_tags(tag: t.Any) -> str:  # noqa: ANN401
+    """A tag field as Encharge's API takes it: a string, or a list joined with commas."""
+    if isinstance(tag, list):
+        return ",".join(str(x) for x in tag if x not in (None, ""))
+    return "" if tag is None else str(tag)
 
 
 def person_identifiers(record: dict) -> dict:
@@ -58,10 +93,7 @@ def _needs_person(record: dict) -> str | None:
 
 
 def _needs_tag(record: dict) -> str | None:
-    tag = record.get("tag")
-    if isinstance(tag, list):
-        tag = ",".join(str(x) for x in tag if x not in (None, ""))
-    if not tag:
+    if not _joined_tags(record.get("tag")):
         return "no tag"
     return _needs_person(record)
 
@@ -84,10 +116,7 @@ def _nothing_needed(record: dict) -> str | None:  # noqa: ARG001
 
 def _tag_body(records: list[dict]) -> bytes:
     (record,) = records
-    tag = record["tag"]
-    if isinstance(tag, list):
-        tag = ",".join(str(x) for x in tag if x not in (None, ""))
-    return encoding.dumps({"tag": tag, **{k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}})
+    return encoding.dumps({"tag": _joined_tags(record["tag"]), **{k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}})
 
 
 def _event_body(records: list[dict]) -> bytes:
@@ -195,6 +224,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
     body = _manual_body(settings.content_type, batched=settings.batch_records)
     return Template(
         name="manual",
+        destination=f"manual {settings.method} {url}",
         method=settings.method,
         url=fill,
         body=(lambda _records: None) if settings.method == "GET" else body,
@@ -231,8 +261,17 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
     if endpoint not in templates:
         msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
         raise ConfigError(msg)
-    spec = templates[endpoint]
-    return Template(name=endpoint, **{**spec, "url": _fixed(spec["url"])})
+    spec = {**templates[endpoint], "url": _fixed(templates[endpoint]["url"])}
+    if endpoint == "create_custom_object":  # an object already there is upserted by externalId, one per call
+        upsert = Template(name=endpoint, **{**spec, "method": "PUT", "body": _one_object, "batchable": False})
+        return Template(name=endpoint, upsert=upsert, destination=f"{endpoint} {settings.object_name}", **spec)
+    return Template(name=endpoint, destination=endpoint, **spec)
+
+
+def _one_object(records: list[dict]) -> bytes:
+    """`PUT /objects/{name}` takes one object, not an array."""
+    (record,) = records
+    return encoding.dumps(record)
 
 
 def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
