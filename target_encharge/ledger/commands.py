@@ -67,7 +67,7 @@ def format_status(location: str, rows: list[StreamStatus]) -> str:
     numeric = {3, 5}
     lines = [
         "  ".join(cell.rjust(width) if column in numeric else cell.ljust(width)
-                  for column, (cell, width) in enumerate(zip(line, widths))).rstrip()
+                  for column, (cell, width) in enumerate(zip(line, widths, strict=True))).rstrip()
         for line in table
     ]
     out = [f"Ledger {location}", "", *lines]

@@ -29,19 +29,21 @@ _QUERY_PASSWORD = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
 _POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
 
-# What a driver's message means, in the user's words (matched on its lower-cased text).
+# What a driver's message means, in the user's words (searched in its lower-cased text, first match wins).
 _MEANINGS = (
-    (("password authentication failed", "authentication failed", "no password supplied", "role \""),
+    (r"password authentication failed|authentication failed|no password supplied|role \".*\" does not exist",
      "the server refused the user name or password"),
-    (("database is locked", "database table is locked"),
+    (r"database is locked|database table is locked",
      "locked by another process for longer than {timeout:g} s; let the other run finish, or give each its "
      "own ledger"),
-    (("file is not a database", "database disk image is malformed"),
+    (r"file is not a database|database disk image is malformed",
      "not a readable SQLite ledger (a corrupt or foreign file); move it aside to start a new ledger"),
-    (("unable to open database file",),
+    (r"unable to open database file",
      "cannot open the file: check that its directory exists and is writable"),
-    (("connection refused", "could not connect", "timeout expired", "timed out", "could not translate host",
-      "name or service not known", "no route to host", "server closed the connection", "connection failed"),
+    (r"database \".*\" does not exist",
+     "the server has no such database ({detail}); create it, or name one that exists"),
+    (r"connection refused|could not connect|timeout expired|timed out|could not translate host|name or service "
+     r"not known|no route to host|server closed the connection|connection failed",
      "cannot reach the server ({detail}); check host, port and that it is running"),
 )
 
@@ -102,8 +104,8 @@ class Location:
         cause = getattr(exc, "orig", None) or exc
         detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         lowered = str(cause).lower()
-        for needles, meaning in _MEANINGS:
-            if any(needle in lowered for needle in needles):
+        for pattern, meaning in _MEANINGS:
+            if re.search(pattern, lowered):
                 return self.error(meaning.format(timeout=timeout, detail=detail))
         return self.error(f"{type(cause).__name__}: {detail}")
 

@@ -34,7 +34,7 @@ def _number(value: Decimal | float) -> int | Decimal | str:
 _AS_IS = frozenset({str, int, bool, type(None)})
 
 
-def _plain(value: t.Any) -> t.Any:  # noqa: ANN401, PLR0911
+def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
     """``value`` with every number, date and container in its canonical form."""
     kind = type(value)
     if kind in _AS_IS:

@@ -25,7 +25,7 @@ from target_encharge.ledger import schema
 from target_encharge.ledger.connection import WRITE, locate
 from target_encharge.ledger.fingerprint import canonical_json
 
-CHUNK = 500  # identities per statement: far below SQLite's and PostgreSQL's parameter limits
+CHUNK = 1000  # identities per statement
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for a locked SQLite file or to connect to a server
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
@@ -92,8 +92,14 @@ class StreamStatus:
     reasons: dict[str, int]  # reason -> failures waiting for it, most frequent first
 
 
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+def _stamp(moment: datetime.datetime | None = None) -> str:
+    """``moment`` (default: now) as the ledger stores it: ISO 8601 in UTC, microseconds, one fixed width."""
+    moment = datetime.datetime.now(datetime.timezone.utc) if moment is None else moment
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _moment(stamp: str | None) -> datetime.datetime | None:
+    return datetime.datetime.fromisoformat(stamp) if stamp is not None else None
 
 
 def _chunks(items: t.Sequence, size: int = CHUNK) -> t.Iterator[t.Sequence]:
@@ -113,13 +119,16 @@ class SyncLedger:
     Every failure to use it raises :class:`~target_encharge.ledger.connection.LedgerError`, one line naming
     ``ledger_url`` with its password masked."""
 
-    def __init__(self, ledger_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, read_only: bool = False) -> None:
+    def __init__(
+        self, ledger_url: str | None = None, *, timeout: float = DEFAULT_TIMEOUT, read_only: bool = False
+    ) -> None:
         self.location = locate(ledger_url)
         self.timeout = timeout
         self.read_only = read_only
         self._scope_ids: dict[Scope, int] = {}
         self._engine: sa.Engine | None = None
         self._present = True
+        self._postgres = False
         file = self.location.file
         if read_only and file is not None and not file.exists():
             self._present = False
@@ -130,7 +139,8 @@ class SyncLedger:
         except BaseException:
             self.close()
             raise
-        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        self._postgres = self._engine.dialect.name == "postgresql"
+        dialect = postgresql if self._postgres else sqlite
         self._upsert_delivery = self._delivery_upsert(dialect)
         self._upsert_failure = self._failure_upsert(dialect)
 
@@ -184,6 +194,28 @@ class SyncLedger:
         with self._guard(), self._connection(write=True) as connection, connection.begin():
             yield connection
 
+    def _listed(self, identities: t.Sequence[str]) -> sa.TableValuedAlias:
+        """``identities`` as a table with one column, ``value``, sent as one parameter (an array on PostgreSQL,
+        JSON text on SQLite): one statement compiled once whatever the count, which the database joins by
+        probing its primary key."""
+        if self._postgres:
+            listed = sa.func.unnest(sa.literal(list(identities), postgresql.ARRAY(sa.Text)))
+            return listed.table_valued("value").render_derived()
+        return sa.func.json_each(sa.literal(msgspec.json.encode(list(identities)).decode())).table_valued("value")
+
+    def _select_known(
+        self, columns: t.Sequence[sa.ColumnElement], scope_id: int, identities: t.Sequence[str]
+    ) -> sa.Select:
+        """The deliveries of ``identities`` in the scope: on PostgreSQL a join from the list (an index probe per
+        identity, whatever plan a large ``= ANY`` would get); on SQLite ``IN`` the list (a join there would scan
+        the scope's rows)."""
+        table, listed = schema.deliveries, self._listed(identities)
+        if self._postgres:
+            return sa.select(*columns).join_from(
+                listed, table, sa.and_(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
+            )
+        return sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity.in_(sa.select(listed.c.value)))
+
     def _find_scope(self, connection: sa.Connection, scope: Scope) -> int | None:
         if scope in self._scope_ids:
             return self._scope_ids[scope]
@@ -213,7 +245,8 @@ class SyncLedger:
                 )
         with self._reading() as connection:
             found = self._find_scope(connection, scope)
-        assert found is not None  # noqa: S101: inserted or found just above
+        if found is None:  # inserted just above, or by another process: never gone, forget keeps scopes
+            raise self.location.error(f"the stream {scope.stream!r} could not be recorded; run again")
         return found
 
     @staticmethod
@@ -255,7 +288,7 @@ class SyncLedger:
             encharge_id=row.encharge_id,
             source_key=msgspec.json.decode(row.source_key) if row.source_key is not None else None,
             tags=frozenset(msgspec.json.decode(row.tags)) if row.tags is not None else None,
-            delivered_at=row.delivered_at,
+            delivered_at=_moment(row.delivered_at),
         )
 
     # -- deliveries --------------------------------------------------------------------------------------------
@@ -270,11 +303,26 @@ class SyncLedger:
             if scope_id is None:
                 return found
             for chunk in _chunks(wanted):
-                rows = connection.execute(
-                    sa.select(table).where(table.c.scope_id == scope_id, table.c.identity.in_(chunk))
-                )
+                rows = connection.execute(self._select_known(list(table.c), scope_id, chunk))
                 for row in rows:
                     found[row.identity] = self._delivered(row)
+        return found
+
+    def fingerprints(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, str]:
+        """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
+        skip-unchanged check, lighter than :meth:`lookup`."""
+        wanted = list(dict.fromkeys(identities))
+        found: dict[str, str] = {}
+        table = schema.deliveries
+        with self._reading() as connection:
+            scope_id = self._find_scope(connection, scope) if connection is not None and wanted else None
+            if scope_id is None:
+                return found
+            for chunk in _chunks(wanted):
+                found.update(
+                    connection.execute(self._select_known([table.c.identity, table.c.fingerprint], scope_id, chunk))
+                    .all()
+                )
         return found
 
     def mark_delivered(self, scope: Scope, rows: t.Iterable[Delivered]) -> None:
@@ -283,13 +331,13 @@ class SyncLedger:
         latest = {row.identity: row for row in rows}  # one write per identity: the last one given
         if not latest:
             return
-        scope_id, now = self._scope_id(scope), _now()
+        scope_id, now = self._scope_id(scope), _stamp()
         params = [
             {
                 "scope_id": scope_id,
                 "identity": row.identity,
                 "fingerprint": row.fingerprint,
-                "delivered_at": row.delivered_at or now,
+                "delivered_at": _stamp(row.delivered_at) if row.delivered_at else now,
                 "encharge_id": row.encharge_id,
                 "source_key": _json_or_none(row.source_key),
                 "tags": _json_or_none(sorted(row.tags) if row.tags is not None else None),
@@ -339,10 +387,13 @@ class SyncLedger:
                 self._delete(connection, schema.failures, scope_id, chunk)
             return removed
 
-    @staticmethod
-    def _delete(connection: sa.Connection, table: sa.Table, scope_id: int, identities: t.Sequence[str]) -> int:
+    def _delete(
+        self, connection: sa.Connection, table: sa.Table, scope_id: int, identities: t.Sequence[str]
+    ) -> int:
         result = connection.execute(
-            table.delete().where(table.c.scope_id == scope_id, table.c.identity.in_(list(identities)))
+            table.delete().where(
+                table.c.scope_id == scope_id, table.c.identity.in_(sa.select(self._listed(identities).c.value))
+            )
         )
         return result.rowcount
 
@@ -354,7 +405,7 @@ class SyncLedger:
         latest = {row.identity: row for row in rows}
         if not latest:
             return
-        scope_id, now = self._scope_id(scope), _now()
+        scope_id, now = self._scope_id(scope), _stamp()
         params = [
             {
                 "scope_id": scope_id,
@@ -403,8 +454,8 @@ class SyncLedger:
                     status=row.status,
                     retryable=row.retryable,
                     scope=Scope(row.account, row.destination, row.stream),
-                    first_failed_at=row.first_failed_at,
-                    last_failed_at=row.last_failed_at,
+                    first_failed_at=_moment(row.first_failed_at),
+                    last_failed_at=_moment(row.last_failed_at),
                     attempts=row.attempts,
                 )
                 for row in connection.execute(query)
@@ -471,7 +522,7 @@ class SyncLedger:
             StreamStatus(
                 scope=Scope(row.account, row.destination, row.stream),
                 records=known.get(row.id, (0, None))[0],
-                last_delivery=known.get(row.id, (0, None))[1],
+                last_delivery=_moment(known.get(row.id, (0, None))[1]),
                 failures_waiting=sum(waiting.get(row.id, {}).values()),
                 reasons=waiting.get(row.id, {}),
             )

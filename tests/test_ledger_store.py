@@ -1,0 +1,518 @@
+"""The sync ledger's store, on SQLite and on a real PostgreSQL server: what users rely on between runs.
+
+Entries come back as written, only where they were written (account, destination, stream); failures wait with
+their payload; two threads or two processes never corrupt it; a ledger that cannot be used says so in one line
+naming ledger_url with its password masked; the commands show, forget and replay.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from postgres import PASSWORD, postgres_server, postgres_url  # noqa: F401 (the fixtures)
+
+from target_encharge.errors import ConfigError
+from target_encharge.ledger import (
+    Delivered,
+    Failure,
+    LedgerError,
+    Scope,
+    SyncLedger,
+    canonical_json,
+    commands,
+    fingerprint,
+    mask_url,
+    schema,
+)
+from target_encharge.ledger.connection import locate
+
+PEOPLE = Scope("account-1", "create_or_update_person", "people")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger's URL: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> SyncLedger:
+    with SyncLedger(ledger_url) as opened:
+        yield opened
+
+
+def people(count: int, version: str = "v1") -> list[Delivered]:
+    return [Delivered(f"person-{n}@example.com", fingerprint({"n": n, "v": version})) for n in range(count)]
+
+
+# -- fingerprints --------------------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_the_same_for_equal_payloads() -> None:
+    moment = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    in_paris = moment.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
+    assert fingerprint({"a": Decimal("1.50"), "b": "x"}) == fingerprint({"b": "x", "a": 1.5})
+    assert fingerprint({"n": 2}) == fingerprint({"n": Decimal("2.00")}) == fingerprint({"n": 2.0})
+    assert fingerprint({"at": moment}) == fingerprint({"at": in_paris})
+    assert canonical_json({"at": moment, "n": Decimal("1E+2")}) == '{"at":"2024-05-01T12:00:00+00:00","n":100}'
+
+
+def test_fingerprint_tells_changed_payloads_apart() -> None:
+    base = {"email": "ada@example.com", "score": Decimal("1.5"), "tags": ["a", "b"]}
+    for changed in ({**base, "score": Decimal("1.51")}, {**base, "tags": ["b", "a"]}, {**base, "score": "1.5"},
+                    {**base, "extra": None}, {**base, "email": "Ada@example.com"}):
+        assert fingerprint(changed) != fingerprint(base)
+
+
+def test_fingerprint_is_stable_across_processes_and_releases() -> None:
+    """A changed fingerprint function would resend every record of every user once: pinned."""
+    payload = {"email": "ada@example.com", "score": Decimal("1.50"), "tags": ["a", "b"]}
+    script = ("from decimal import Decimal; from target_encharge.ledger import fingerprint; "
+              "print(fingerprint({'tags': ['a', 'b'], 'score': Decimal('1.5'), 'email': 'ada@example.com'}))")
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert other.stdout.strip() == fingerprint(payload) == "3dec1ddfa12e0f32bc31533f08a91151"
+
+
+# -- deliveries ----------------------------------------------------------------------------------------------
+
+
+def test_delivered_entries_come_back_as_written(ledger: SyncLedger) -> None:
+    before = datetime.datetime.now(datetime.timezone.utc)
+    ledger.mark_delivered(PEOPLE, [
+        Delivered("ada@example.com", "f1", encharge_id="enc-1", source_key={"id": 7}),
+        Delivered("bob@example.com", "f2", tags=frozenset({"vip", "beta"})),
+    ])
+    found = ledger.lookup(PEOPLE, ["ada@example.com", "bob@example.com", "unknown@example.com"])
+    assert set(found) == {"ada@example.com", "bob@example.com"}
+    ada = found["ada@example.com"]
+    assert (ada.fingerprint, ada.encharge_id, ada.source_key, ada.tags) == ("f1", "enc-1", {"id": 7}, None)
+    assert found["bob@example.com"].tags == frozenset({"vip", "beta"})
+    assert before - datetime.timedelta(seconds=1) <= ada.delivered_at <= datetime.datetime.now(datetime.timezone.utc)
+    assert ada.delivered_at.tzinfo == datetime.timezone.utc
+
+
+def test_a_new_delivery_replaces_the_fingerprint_and_keeps_what_it_does_not_say(ledger: SyncLedger) -> None:
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f1", encharge_id="enc-1", source_key={"id": 7})])
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f2")])
+    ada = ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"]
+    assert (ada.fingerprint, ada.encharge_id, ada.source_key) == ("f2", "enc-1", {"id": 7})
+
+
+def test_the_same_identity_twice_in_one_write_keeps_the_last(ledger: SyncLedger) -> None:
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "old"), Delivered("ada@example.com", "new")])
+    assert ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"].fingerprint == "new"
+
+
+def test_nothing_is_delivered_until_the_caller_says_so(ledger: SyncLedger) -> None:
+    ledger.mark_failed(PEOPLE, [Failure(identity="ada@example.com", payload={"email": "ada@example.com"},
+                                        reason="Encharge answered 503", status=503)])
+    assert ledger.lookup(PEOPLE, ["ada@example.com"]) == {}
+    assert ledger.known(PEOPLE) == {}
+
+
+def test_scopes_never_see_each_other(ledger: SyncLedger) -> None:
+    others = [Scope("account-2", PEOPLE.destination, PEOPLE.stream), Scope(PEOPLE.account, "add_tag", "people"),
+              Scope(PEOPLE.account, PEOPLE.destination, "customers")]
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "mine")])
+    for scope in others:
+        assert ledger.lookup(scope, ["ada@example.com"]) == {}
+        ledger.mark_delivered(scope, [Delivered("ada@example.com", scope.account + scope.destination + scope.stream)])
+    assert ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"].fingerprint == "mine"
+    assert ledger.forget(account="account-2") == 1
+    assert ledger.lookup(others[0], ["ada@example.com"]) == {}
+    assert all(ledger.lookup(scope, ["ada@example.com"]) for scope in [PEOPLE, *others[1:]])
+
+
+def test_mirror_finds_what_it_wrote_and_removes_it(ledger: SyncLedger) -> None:
+    ledger.mark_delivered(PEOPLE, [
+        Delivered("ada@example.com", "f1", source_key={"id": 1, "region": "eu"}),
+        Delivered("bob@example.com", "f2", source_key={"id": Decimal("2")}),
+    ])
+    assert set(ledger.known(PEOPLE)) == {"ada@example.com", "bob@example.com"}
+    # a log-based delete carries only the key properties, in any order, numbers as the tap sends them
+    assert ledger.by_source_key(PEOPLE, {"region": "eu", "id": 1}).identity == "ada@example.com"
+    assert ledger.by_source_key(PEOPLE, {"id": 2.0}).identity == "bob@example.com"
+    assert ledger.by_source_key(PEOPLE, {"id": 3}) is None
+    ledger.mark_failed(PEOPLE, [Failure(identity="bob@example.com", payload={}, reason="503", status=503)])
+    assert ledger.remove(PEOPLE, ["bob@example.com", "never@example.com"]) == 1
+    assert set(ledger.known(PEOPLE)) == {"ada@example.com"}
+    assert ledger.waiting_failures(PEOPLE.account) == []
+
+
+# -- failures ------------------------------------------------------------------------------------------------
+
+
+def test_failures_wait_with_their_payload_until_delivered(ledger: SyncLedger) -> None:
+    payload = {"email": "ada@example.com", "score": Decimal("12345678901234567890.50"), "city": "Zürich"}
+    failure = Failure(identity="ada@example.com", payload=payload, reason="Encharge answered 503", status=503)
+    ledger.mark_failed(PEOPLE, [failure])
+    ledger.mark_failed(PEOPLE, [Failure(identity="bob@example.com", payload={"email": "bob@example.com"},
+                                        reason="Encharge refused it: 400 invalid email", status=400,
+                                        retryable=False)])
+    ledger.mark_failed(PEOPLE, [Failure(identity="ada@example.com", payload=payload, reason="timed out")])
+    [waiting] = ledger.waiting_failures(PEOPLE.account)
+    assert (waiting.identity, waiting.payload, waiting.scope) == ("ada@example.com", payload, PEOPLE)
+    assert (waiting.reason, waiting.status, waiting.attempts) == ("timed out", None, 2)
+    assert waiting.first_failed_at <= waiting.last_failed_at
+    everything = ledger.waiting_failures(PEOPLE.account, retryable_only=False)
+    assert {f.identity for f in everything} == {"ada@example.com", "bob@example.com"}
+    assert ledger.waiting_failures(PEOPLE.account, stream="customers") == []
+    assert ledger.waiting_failures("account-2") == []
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", fingerprint(payload))])
+    assert ledger.waiting_failures(PEOPLE.account) == []
+    assert ledger.clear_failures(PEOPLE, ["bob@example.com"]) == 1
+    assert ledger.waiting_failures(PEOPLE.account, retryable_only=False) == []
+
+
+def test_failures_come_back_oldest_first_across_streams(ledger: SyncLedger) -> None:
+    tags = Scope(PEOPLE.account, "add_tag", "tags")
+    ledger.mark_failed(tags, [Failure(identity="t1", payload={"tag": "a"}, reason="person not there yet", status=404)])
+    ledger.mark_failed(PEOPLE, [Failure(identity="p1", payload={"email": "p1"}, reason="503", status=503)])
+    assert [(f.scope, f.identity) for f in ledger.waiting_failures(PEOPLE.account)] == [(tags, "t1"), (PEOPLE, "p1")]
+    assert [f.identity for f in ledger.waiting_failures(PEOPLE.account, destination="add_tag")] == ["t1"]
+
+
+# -- status and forget ---------------------------------------------------------------------------------------
+
+
+def test_status_counts_records_and_failures_per_stream(ledger: SyncLedger) -> None:
+    ledger.mark_delivered(PEOPLE, people(3))
+    ledger.mark_failed(PEOPLE, [Failure(identity=f"x{n}", payload={}, reason="Encharge answered 503", status=503)
+                                for n in range(2)])
+    ledger.mark_failed(PEOPLE, [Failure(identity="y", payload={}, reason="timed out")])
+    [row] = ledger.status()
+    assert (row.scope, row.records, row.failures_waiting) == (PEOPLE, 3, 3)
+    assert list(row.reasons.items()) == [("Encharge answered 503", 2), ("timed out", 1)]
+    assert row.last_delivery is not None
+    assert ledger.forget(stream="people") == 6
+    assert ledger.status() == []
+
+
+def test_forget_needs_something_to_forget(ledger: SyncLedger) -> None:
+    with pytest.raises(LedgerError, match="forget needs"):
+        ledger.forget()
+
+
+# -- concurrency ---------------------------------------------------------------------------------------------
+
+
+def test_threads_write_and_read_one_ledger_at_once(ledger: SyncLedger) -> None:
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        scope = Scope(PEOPLE.account, PEOPLE.destination, f"stream-{worker % 2}")
+        try:
+            for batch in range(20):
+                rows = [Delivered(f"p{worker}-{batch}-{n}", f"f{worker}") for n in range(25)]
+                ledger.mark_delivered(scope, rows)
+                assert len(ledger.lookup(scope, [row.identity for row in rows])) == 25
+                ledger.mark_failed(scope, [Failure(identity=f"shared-{batch}", payload={"w": worker}, reason="503")])
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(row.records for row in ledger.status()) == 6 * 20 * 25
+    assert sum(row.failures_waiting for row in ledger.status()) == 2 * 20  # one per shared identity and stream
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from target_encharge.ledger import Delivered, Failure, Scope, SyncLedger
+    url, account, stream = sys.argv[1:4]
+    scope, shared = Scope(account, "create_or_update_person", stream), Scope("shared", "create_or_update_person", "all")
+    with SyncLedger(url, timeout=60) as ledger:
+        for batch in range(40):
+            ledger.mark_delivered(scope, [Delivered(f"{stream}-{batch}-{n}", account) for n in range(50)])
+            ledger.mark_delivered(shared, [Delivered(f"same-{n}", account) for n in range(batch, batch + 50)])
+            ledger.mark_failed(shared, [Failure(identity=f"fail-{n}", payload={"by": account}, reason="503")
+                                        for n in range(10)])
+            assert len(ledger.lookup(scope, [f"{stream}-{batch}-{n}" for n in range(50)])) == 50
+""")
+
+
+def test_two_processes_share_one_ledger(ledger_url: str) -> None:
+    SyncLedger(ledger_url).close()  # created once, as the first pipeline would
+    runs = [subprocess.Popen([sys.executable, "-c", WRITER, ledger_url, account, stream], stderr=subprocess.PIPE,
+                             text=True) for account, stream in (("account-1", "people"), ("account-2", "customers"))]
+    for run in runs:
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 0, stderr
+    with SyncLedger(ledger_url) as ledger:
+        for account, stream in (("account-1", "people"), ("account-2", "customers")):
+            known = ledger.known(Scope(account, "create_or_update_person", stream))
+            assert len(known) == 40 * 50
+            assert {entry.fingerprint for entry in known.values()} == {account}
+        shared = Scope("shared", "create_or_update_person", "all")
+        assert len(ledger.known(shared)) == 40 + 49
+        [failures] = [row for row in ledger.status() if row.scope == shared]
+        assert failures.failures_waiting == 10
+        assert {f.attempts for f in ledger.waiting_failures("shared")} == {80}
+
+
+def test_many_lookups_and_writes_in_chunks(ledger: SyncLedger) -> None:
+    """100,000 identities looked up and written in chunks of 1,000, as an hourly run of 100,000 people does."""
+    total, chunk = 100_000, 1_000
+    for start in range(0, total, chunk):
+        rows = [Delivered(f"person-{n}@example.com", "f") for n in range(start, start + chunk)]
+        assert ledger.lookup(PEOPLE, [row.identity for row in rows]) == {}
+        ledger.mark_delivered(PEOPLE, rows)
+    found = ledger.lookup(PEOPLE, (f"person-{n}@example.com" for n in range(0, total, 7)))
+    assert len(found) == len(range(0, total, 7))
+    for start in range(0, total, chunk):  # the unchanged rerun: every fingerprint found
+        wanted = [f"person-{n}@example.com" for n in range(start, start + chunk)]
+        assert ledger.fingerprints(PEOPLE, wanted) == dict.fromkeys(wanted, "f")
+    assert ledger.status()[0].records == total
+
+
+# -- schema versions -----------------------------------------------------------------------------------------
+
+
+def _raw_engine(ledger_url: str) -> sa.Engine:
+    """The ledger's database opened directly, as an older or a newer target-encharge would have left it."""
+    return locate(ledger_url).engine(timeout=5)
+
+
+def test_a_ledger_from_a_newer_version_is_refused(ledger_url: str) -> None:
+    SyncLedger(ledger_url).close()
+    engine = _raw_engine(ledger_url)
+    with engine.begin() as connection:
+        connection.execute(schema.meta.update().values(value=str(schema.SCHEMA_VERSION + 1)))
+    engine.dispose()
+    with pytest.raises(LedgerError, match="newer target-encharge.*upgrade target-encharge"):
+        SyncLedger(ledger_url)
+    with pytest.raises(LedgerError, match="newer"):
+        SyncLedger(ledger_url, read_only=True)
+
+
+def test_a_ledger_from_an_older_version_is_migrated_keeping_its_entries(ledger_url: str) -> None:
+    engine = _raw_engine(ledger_url)
+    with engine.begin() as connection:
+        schema.migrate(connection, found=0, to=1)
+        connection.execute(schema.scopes.insert().values(id=1, account=PEOPLE.account,
+                                                         destination=PEOPLE.destination, stream=PEOPLE.stream))
+        connection.execute(schema.deliveries.insert().values(
+            scope_id=1, identity="ada@example.com", fingerprint="f1", source_key=canonical_json({"id": 1}),
+            delivered_at="2024-05-01T12:00:00.000000+00:00"))
+    assert not any(index["name"] == schema.source_key_index.name
+                   for index in sa.inspect(engine).get_indexes(schema.deliveries.name))
+    with SyncLedger(ledger_url) as ledger:
+        assert ledger.by_source_key(PEOPLE, {"id": 1}).fingerprint == "f1"
+    assert any(index["name"] == schema.source_key_index.name
+               for index in sa.inspect(engine).get_indexes(schema.deliveries.name))
+    with engine.connect() as connection:
+        assert schema.stored_version(connection) == schema.SCHEMA_VERSION
+    engine.dispose()
+
+
+def test_reading_an_absent_ledger_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with SyncLedger(str(path), read_only=True) as ledger:
+        assert ledger.status() == []
+        assert ledger.lookup(PEOPLE, ["ada@example.com"]) == {}
+        with pytest.raises(LedgerError, match="read-only"):
+            ledger.mark_delivered(PEOPLE, people(1))
+    assert not path.exists()
+
+
+# -- a ledger that cannot be used ----------------------------------------------------------------------------
+
+
+def assert_one_masked_line(error: LedgerError, url: str, password: str | None = None) -> str:
+    message = str(error)
+    assert isinstance(error, ConfigError)
+    assert "\n" not in message
+    assert message.startswith(f"ledger_url {mask_url(url)}")
+    if password:
+        assert password not in message
+        assert password not in repr(error.__cause__) + repr(error.__context__ if not error.__suppress_context__ else "")
+        assert ":***@" in message
+    return message
+
+
+def test_mask_url_hides_every_password() -> None:
+    assert mask_url("postgresql://user:s3cr@t/x@db.example:5432/ledger") == "postgresql://user:***@db.example:5432/ledger"
+    assert mask_url("postgresql://user:pw@host/db?sslmode=require") == "postgresql://user:***@host/db?sslmode=require"
+    assert mask_url("postgresql://host/db?user=u&password=pw&x=1") == "postgresql://host/db?user=u&password=***&x=1"
+    assert mask_url("postgresql://user@host/db") == "postgresql://user@host/db"
+    assert mask_url("/var/lib/ledger.db") == "/var/lib/ledger.db"
+
+
+def test_an_unreachable_server(unused_port: int) -> None:
+    url = f"postgresql://ledger:{PASSWORD}@127.0.0.1:{unused_port}/ledger"
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger(url, timeout=2)
+    assert "cannot reach the server" in assert_one_masked_line(caught.value, url, PASSWORD)
+
+
+def test_wrong_credentials(postgres_url: str) -> None:  # noqa: F811 (the fixture)
+    wrong = "wrong-" + PASSWORD
+    url = postgres_url.replace(PASSWORD, wrong)
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger(url)
+    message = assert_one_masked_line(caught.value, url, wrong)
+    assert "refused the user name or password" in message
+    assert PASSWORD not in message
+
+
+def test_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    path.write_bytes(b"this is not a database, whatever its name says\n" * 200)
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger(str(path))
+    assert "corrupt" in assert_one_masked_line(caught.value, str(path))
+    assert path.read_bytes().startswith(b"this is not a database")  # left as it was for the user to look at
+
+
+def test_a_file_locked_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    SyncLedger(str(path)).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys, time\n"
+         "c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE')\n"
+         "print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LedgerError) as caught:
+            SyncLedger(str(path), timeout=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "locked by another process" in assert_one_masked_line(caught.value, str(path))
+    SyncLedger(str(path), timeout=0.5).close()  # usable again once the other process is gone
+
+
+def test_an_unknown_scheme_and_a_missing_directory(tmp_path: Path) -> None:
+    url = f"mysql://ledger:{PASSWORD}@db.example/ledger"
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger(url)
+    assert "unknown scheme 'mysql'" in assert_one_masked_line(caught.value, url, PASSWORD)
+    missing = str(tmp_path / "no-such-dir" / "ledger.db")
+    with pytest.raises(LedgerError, match="does not exist"):
+        SyncLedger(missing)
+    with pytest.raises(LedgerError, match="in-memory"):
+        SyncLedger("sqlite://")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- the commands --------------------------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, ledger_url: str) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"api_key": "not-shown", "ledger_url": ledger_url}))
+    return str(path)
+
+
+def test_status_command_shows_a_table_without_the_password(ledger_url: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    with SyncLedger(ledger_url) as ledger:
+        ledger.mark_delivered(PEOPLE, people(3))
+        ledger.mark_failed(PEOPLE, [Failure(identity="x", payload={}, reason="Encharge answered 503", status=503)])
+    assert commands.main(["status", "--config", write_config(tmp_path, ledger_url)]) == 0
+    out = capsys.readouterr().out
+    assert PASSWORD not in out
+    assert mask_url(ledger_url) in out
+    lines = out.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("account "))
+    row = lines[header + 1].split()
+    assert row[:4] == ["account-1", "create_or_update_person", "people", "3"] and row[-1] == "1"
+    assert "1 x Encharge answered 503" in out
+
+
+def test_forget_command_removes_one_stream(ledger_url: str, capsys: pytest.CaptureFixture,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    customers = Scope(PEOPLE.account, PEOPLE.destination, "customers")
+    with SyncLedger(ledger_url) as ledger:
+        ledger.mark_delivered(PEOPLE, people(3))
+        ledger.mark_delivered(customers, people(2))
+    monkeypatch.setenv(commands.ENVIRONMENT_URL, ledger_url)  # as Meltano passes it
+    assert commands.main(["forget", "--stream", "people"]) == 0
+    assert "Forgot 3 entries (stream people)" in capsys.readouterr().out
+    with SyncLedger(ledger_url) as ledger:
+        assert ledger.known(PEOPLE) == {}
+        assert len(ledger.known(customers)) == 2
+
+
+def test_forget_command_without_a_choice_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert commands.main(["forget", "--config", write_config(tmp_path, str(tmp_path / "l.db"))]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "forget needs --stream, --destination or --account" in err
+
+
+def test_commands_name_a_bad_ledger_in_one_line(tmp_path: Path, unused_port: int,
+                                                capsys: pytest.CaptureFixture) -> None:
+    url = f"postgresql://ledger:{PASSWORD}@127.0.0.1:{unused_port}/ledger"
+    assert commands.main(["status", "--config", write_config(tmp_path, url)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ledger_url postgresql://ledger:***@" in err and PASSWORD not in err
+
+
+def dead_letter(stream: str, record: dict) -> str:
+    return json.dumps({"stream": stream, "identifiers": {"email": record.get("email")}, "reason": "400 invalid",
+                       "status": 400, "response": {"error": {"message": "invalid"}}, "record": record,
+                       "time": "2024-05-01T12:00:00Z"})
+
+
+def test_replay_prints_singer_messages_to_pipe_back(tmp_path: Path, capsysbinary: pytest.CaptureFixture) -> None:
+    letters = tmp_path / "dead.jsonl"
+    letters.write_text("\n".join([  # a number with more digits than a float holds, as the target writes it
+        dead_letter("people", {"email": "ada@example.com", "score": 0}).replace('"score": 0',
+                                                                              '"score": 12345678901234567890.123'),
+        dead_letter("tags", {"email": "ada@example.com", "tag": "vip"}),
+        dead_letter("people", {"email": "bob@example.com"}),
+    ]) + "\n")
+    assert commands.main(["replay", str(letters)]) == 0
+    out = capsysbinary.readouterr().out.decode()
+    messages = [json.loads(line, parse_float=Decimal) for line in out.split("\n") if line]
+    assert [(m["type"], m["stream"]) for m in messages] == [
+        ("SCHEMA", "people"), ("RECORD", "people"), ("SCHEMA", "tags"), ("RECORD", "tags"), ("RECORD", "people")]
+    assert messages[1]["record"] == {"email": "ada@example.com", "score": Decimal("12345678901234567890.123")}
+    assert messages[0]["key_properties"] == [] and messages[0]["schema"]["type"] == "object"
+
+
+def test_replay_refuses_a_bad_line_before_printing_anything(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    letters = tmp_path / "dead.jsonl"
+    letters.write_text(dead_letter("people", {"email": "ada@example.com"}) + "\n{not json\n")
+    assert commands.main(["replay", str(letters)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == f"target-encharge-ledger: error: {letters} line 2: not JSON"
+
+
+def test_the_console_script_reads_the_environment(tmp_path: Path) -> None:
+    url = str(tmp_path / "ledger.db")
+    with SyncLedger(url) as ledger:
+        ledger.mark_delivered(PEOPLE, people(2))
+    script = Path(sys.executable).parent / "target-encharge-ledger"
+    assert script.exists(), "reinstall the project (pip install -e .) to get the target-encharge-ledger command"
+    run = subprocess.run([str(script), "status"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                         env={**os.environ, commands.ENVIRONMENT_URL: url})
+    assert run.returncode == 0, run.stderr
+    assert "account-1" in run.stdout and "people" in run.stdout
