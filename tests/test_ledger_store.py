@@ -516,3 +516,11 @@ def test_the_console_script_reads_the_environment(tmp_path: Path) -> None:
                          env={**os.environ, commands.ENVIRONMENT_URL: url})
     assert run.returncode == 0, run.stderr
     assert "account-1" in run.stdout and "people" in run.stdout
+
+
+def test_a_key_is_known_by_its_digest_and_maps_to_its_account(ledger: SyncLedger) -> None:
+    assert ledger.account_for("digest-1") is None
+    ledger.remember_account("digest-1", "41@api.example")
+    ledger.remember_account("digest-1", "42@api.example")  # the key moved to another account
+    assert ledger.account_for("digest-1") == "42@api.example"
+    assert ledger.account_for("digest-2") is None

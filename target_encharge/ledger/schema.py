@@ -11,7 +11,7 @@ import typing as t
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
 metadata = sa.MetaData()
@@ -68,6 +68,15 @@ failures = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
 )
 
+# Version 3: which Encharge account a key belongs to (a digest of the key, never the key), as the last real run
+# learnt it from `GET /accounts/info`: a dry run, which calls nothing, finds its account's entries through it.
+accounts = sa.Table(
+    "encharge_ledger_accounts",
+    metadata,
+    sa.Column("key_digest", sa.String(64), primary_key=True),
+    sa.Column("account", sa.Text, nullable=False),
+)
+
 # Version 2: a log-based delete carries only the record's key properties; this finds its identity.
 source_key_index = sa.Index("encharge_ledger_deliveries_source_key", deliveries.c.scope_id, deliveries.c.source_key)
 
@@ -81,8 +90,12 @@ def _index_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.schema.CreateIndex(source_key_index, if_not_exists=True))
 
 
+def _create_accounts(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(accounts, if_not_exists=True))
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
-MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (_create_tables, _index_source_keys)
+MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (_create_tables, _index_source_keys, _create_accounts)
 
 
 def stored_version(connection: sa.Connection) -> int:

@@ -471,6 +471,24 @@ class SyncLedger:
         with self._writing() as connection:
             return sum(self._delete(connection, schema.failures, scope_id, chunk) for chunk in _chunks(wanted))
 
+    # -- accounts ----------------------------------------------------------------------------------------------
+
+    def remember_account(self, key_digest: str, account: str) -> None:
+        """The account a key (known by its digest) belongs to, as Encharge said in this run."""
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        statement = insert(schema.accounts).values(key_digest=key_digest, account=account)
+        with self._writing() as connection:
+            connection.execute(statement.on_conflict_do_update(index_elements=["key_digest"],
+                                                               set_={"account": account}))
+
+    def account_for(self, key_digest: str) -> str | None:
+        """The account a key belonged to in the last real run (None: never used with this ledger)."""
+        table = schema.accounts
+        with self._reading() as connection:
+            if connection is None or not sa.inspect(connection).has_table(table.name):  # read-only, older ledger
+                return None
+            return connection.execute(sa.select(table.c.account).where(table.c.key_digest == key_digest)).scalar()
+
     # -- looking inside ----------------------------------------------------------------------------------------
 
     @staticmethod
