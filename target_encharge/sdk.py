@@ -21,6 +21,8 @@ from singer_sdk.sinks import RecordSink
 from typing_extensions import override
 
 if t.TYPE_CHECKING:
+    from types import FrameType
+
     from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 
 __all__ = ["PRIVATE_NAMES", "SeamReader", "SeamSink", "SeamTarget", "get_datelike_property_type",
@@ -33,6 +35,9 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (Target, "_env_var_config"),
     (Target, "_env_var_prefix"),
     (Target, "_assert_line_requires"),
+    (Target, "_process_batch_message"),
+    (Target, "_process_record_message"),
+    (Target, "_handle_termination"),
     (RecordSink, "_parse_timestamps_in_record"),
     (MsgSpecReader, "_process_unknown_message"),
     (_ConfigInput, "config"),
@@ -46,6 +51,18 @@ class SeamTarget(Target):
     def on_state(self, state: dict) -> None:
         """A STATE message's value from the tap (ours decides when it goes out)."""
         raise NotImplementedError
+
+    def on_batch(self, message: dict) -> None:
+        """A BATCH message (its records are in the files its manifest names)."""
+        raise NotImplementedError
+
+    def on_signal(self, signum: int) -> None:
+        """SIGTERM or SIGINT arrived (called from the signal handler: set flags, never do I/O or take locks)."""
+        raise NotImplementedError
+
+    def process_record_message(self, message: dict) -> None:
+        """Handle one RECORD message as the SDK does (stream maps, validation, the sink's hooks)."""
+        self._process_record_message(message)
 
     @classmethod
     def config_from_environment(cls, schema: dict, prefix: str) -> dict[str, t.Any]:
@@ -62,6 +79,14 @@ class SeamTarget(Target):
     def _process_state_message(self, message_dict: dict) -> None:
         self._assert_line_requires(message_dict, requires={"value"})
         self.on_state(message_dict["value"])
+
+    @override
+    def _process_batch_message(self, message_dict: dict) -> None:
+        self.on_batch(message_dict)
+
+    @override
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        self.on_signal(signum)
 
     @override
     def _write_state_message(self, state: dict) -> None:
@@ -102,8 +127,16 @@ class SeamSink(RecordSink):
         for field, sub_schema in self._date_fields.items():
             if record.get(field) is not None:
                 one = {field: record[field]}
-                super()._parse_timestamps_in_record(one, sub_schema, treatment)
+                try:
+                    super()._parse_timestamps_in_record(one, sub_schema, treatment)
+                except (ValueError, TypeError, OverflowError) as exc:  # "", "0000-00-00", Feb 30, a number
+                    self.on_unparsable_date(record, field, exc)
+                    continue
                 record[field] = one[field]
+
+    def on_unparsable_date(self, record: dict, field: str, error: Exception) -> None:  # noqa: ARG002
+        """``record[field]`` is not a date its schema's format allows (left as it came)."""
+        raise error
 
 
 class SeamReader(MsgSpecReader):

@@ -6,6 +6,8 @@ retries or threads: they hand records to the run's outbox, which batches them an
 
 from __future__ import annotations
 
+import decimal
+import re
 import typing as t
 
 import fastjsonschema
@@ -13,6 +15,7 @@ from singer_sdk.exceptions import MissingKeyPropertiesError
 from singer_sdk.sinks.core import BaseJSONSchemaValidator
 from typing_extensions import override
 
+from target_encharge.errors import InputError
 from target_encharge.outbox import Route
 from target_encharge.sdk import SeamSink
 from target_encharge.settings import resolve
@@ -42,15 +45,45 @@ class RecordCheck(BaseJSONSchemaValidator):
             self._check = fastjsonschema.compile(schema, formats={"date-time": ".*", "date": ".*", "time": ".*"})
         except fastjsonschema.JsonSchemaDefinitionException:
             self._check = None
+        except re.error as exc:  # a `pattern` that is not a regular expression
+            msg = f"its SCHEMA has a `pattern` that is not a valid regular expression ({exc})"
+            raise InputError(msg) from None
 
     @override
     def validate(self, record: dict) -> None:
         if self._check is None:
             return
-        try:
-            self._check(record)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            self.report(f"does not match its stream's SCHEMA: {exc.message}")
+        for _ in range(MAX_INTEGER_REPAIRS):
+            try:
+                self._check(record)
+            except fastjsonschema.JsonSchemaValueException as exc:
+                if not _integral_decimal_made_int(record, exc):
+                    self.report(f"does not match its stream's SCHEMA: {exc.message}")
+                    return
+            else:
+                return
+
+
+MAX_INTEGER_REPAIRS = 100  # `5.0` values made integers in one record before it is refused
+
+
+def _integral_decimal_made_int(record: dict, exc: fastjsonschema.JsonSchemaValueException) -> bool:
+    """JSON Schema counts `5.0` as an integer; the reader reads it as Decimal, which fastjsonschema does not.
+    Make the value at the failing place an int when that is all that was wrong."""
+    value, definition = exc.value, exc.definition or {}
+    types = definition.get("type") if isinstance(definition, dict) else None
+    types = [types] if isinstance(types, str) else types or []
+    if exc.rule != "type" or "integer" not in types or not isinstance(value, decimal.Decimal) \
+            or not value.is_finite() or value != value.to_integral_value():
+        return False
+    path = [int(step) if step.isdigit() else step for step in (exc.path or [])[1:]]  # [0] is "data"
+    if not path:
+        return False
+    holder: t.Any = record
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = int(value)
+    return True
 
 
 class EnchargeSink(SeamSink):
@@ -86,7 +119,27 @@ class EnchargeSink(SeamSink):
 
     @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:
-        return RecordCheck(self.schema, self._report) if self.validate_schema else None
+        if not self.validate_schema:
+            return None
+        try:
+            return RecordCheck(self.schema, self._report)
+        except InputError as exc:
+            msg = f"input line {self._line}: stream '{self.stream_name}': {exc}; nothing after it was read"
+            raise InputError(msg) from None
+
+    @override
+    def on_unparsable_date(self, record: dict, field: str, error: Exception) -> None:
+        """A date the SDK cannot parse is refused naming the field, or kept as the text it is where the schema
+        also allows plain text (``anyOf`` with a string without a date format)."""
+        value = record[field]
+        if isinstance(value, str) and _allows_plain_text(self.schema["properties"][field]):
+            return
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        self._report(f"field '{field}': {shown} is not a valid {_date_format(self.schema['properties'][field])}")
+
+    @property
+    def _line(self) -> int | str:
+        return getattr(self.reader, "line_number", "?")
 
     def _report(self, problem: str) -> None:
         self.problem = self.problem or problem
@@ -96,9 +149,8 @@ class EnchargeSink(SeamSink):
         """A record without its key properties stops the run, as the SDK requires, saying which and where."""
         missing = [key for key in self.key_properties or () if key not in record]
         if missing:
-            line = getattr(self.reader, "line_number", "?")
             keys = ", ".join(map(repr, missing))
-            msg = (f"input line {line}: a record of stream '{self.stream_name}' has no {keys} "
+            msg = (f"input line {self._line}: a record of stream '{self.stream_name}' has no {keys} "
                    f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read")
             raise MissingKeyPropertiesError(msg)
         return record
@@ -121,3 +173,15 @@ class EnchargeSink(SeamSink):
             results.check_failures()
             return
         run.outbox.add(self.route, entry, self.template.url(record))
+
+
+def _allows_plain_text(spec: dict) -> bool:
+    """Whether a property's schema also takes any text (a string branch with no date format)."""
+    branches = spec.get("anyOf") or spec.get("oneOf") or []
+    return any(isinstance(b, dict) and "string" in (b.get("type") or ()) and
+               b.get("format") not in ("date-time", "date", "time") for b in branches)
+
+
+def _date_format(spec: dict) -> str:
+    formats = [b.get("format") for b in [spec, *(spec.get("anyOf") or ())] if isinstance(b, dict)]
+    return next((f for f in formats if f in ("date-time", "date", "time")), "date")

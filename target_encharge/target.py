@@ -8,13 +8,14 @@ import sys
 import typing as t
 
 import click
-from singer_sdk.exceptions import ConfigValidationError, FatalSyncError
+from singer_sdk.exceptions import ConfigValidationError, FatalSyncError, MapExpressionError
 from singer_sdk.singerlib.exceptions import SingerReadError
 from typing_extensions import override
 
 from target_encharge import redaction
+from target_encharge.batches import batch_records
 from target_encharge.errors import AuthError, EnchargeTargetError, InputError
-from target_encharge.reader import Reader
+from target_encharge.reader import Interrupted, Reader
 from target_encharge.redaction import Redactor
 from target_encharge.run import Run
 from target_encharge.sdk import SeamTarget
@@ -36,6 +37,8 @@ class TargetEncharge(SeamTarget):
     config_jsonschema = SETTINGS_SCHEMA
     default_sink_class = EnchargeSink
     message_reader_class = Reader
+    message_reader: Reader
+    stop_signal: int | None = None  # SIGTERM or SIGINT came: read no further line
 
     def __init__(self, *, config: t.Any = None, **kwargs: t.Any) -> None:  # noqa: ANN401
         super().__init__(config=numbers_from_text(config) if isinstance(config, dict) else config, **kwargs)
@@ -70,7 +73,31 @@ class TargetEncharge(SeamTarget):
 
     @override
     def on_state(self, state: dict) -> None:
+        if self.run.settings.response_output == "state" and not isinstance(state, dict):
+            msg = (f"input line {self.message_reader.line_number}: a STATE value that is not an object cannot carry "
+                   "the summary of response_output 'state'; nothing after it was read")
+            raise InputError(msg)
         self.run.on_state(state)
+
+    @override
+    def on_batch(self, message: dict) -> None:
+        """A BATCH message: each record of its files handled exactly as a RECORD message would be."""
+        stream = message.get("stream")
+        for row in batch_records(message, self.message_reader.line_number):
+            if self.stop_signal is not None:
+                raise Interrupted(self.stop_signal)
+            self.process_record_message({"type": "RECORD", "stream": stream, "record": row})
+
+    @override
+    def on_signal(self, signum: int) -> None:
+        """SIGTERM or SIGINT: read no further line and finish what was read within shutdown_grace_period. Only
+        flags are set here (no I/O, no lock); a wait for input or for delivery is interrupted by raising."""
+        if self.stop_signal is not None:
+            return
+        self.stop_signal = signum
+        self.message_reader.stop(signum)  # raises when blocked waiting for the next line
+        if self.run.waiting:
+            raise Interrupted(signum)
 
     @override
     def process_endofpipe(self) -> None:
@@ -86,9 +113,10 @@ class TargetEncharge(SeamTarget):
             self._uninstall_redaction()
 
     def deliver_what_was_read(self) -> None:
-        """Bad input, too many failures or a stream that cannot be sent stop reading; the records read before
-        are still delivered (and their STATE), never cut off mid-call."""
-        self.run.deliver_all()
+        """Bad input, too many failures, a signal or a stream that cannot be sent stop reading; the records read
+        before are still delivered (and their STATE), never cut off mid-call; after a signal, within the grace
+        period."""
+        self.run.deliver_all(self.run.settings.shutdown_grace_period if self.stop_signal is not None else None)
         self.finish()
 
     @override
@@ -100,6 +128,8 @@ class TargetEncharge(SeamTarget):
             try:
                 target = cls(config=config, validate_config=True, parse_env_config=parse_env_config)
                 target.listen(file_input)
+                if target.stop_signal is not None:  # came after the last line was read
+                    raise Interrupted(target.stop_signal)
             except UnicodeDecodeError:
                 msg = "input is not UTF-8 text; nothing after the bad bytes was read"
                 raise InputError(msg) from None
@@ -110,6 +140,14 @@ class TargetEncharge(SeamTarget):
                     with contextlib.suppress(*STOPS):  # the first reason is the one told
                         target.deliver_what_was_read()
                 raise
+            except Exception as exc:  # last resort: one line, and what was read before is delivered
+                if target is None:
+                    raise
+                with contextlib.suppress(*STOPS):
+                    target.deliver_what_was_read()
+                raise InputError(target.unexpected(exc)) from exc
+        except Interrupted as exc:
+            _fail(str(exc), code=128 + exc.signum)
         except STOPS as exc:
             _fail(target.redact(str(exc)) if target is not None else str(exc))
         except ConfigValidationError as exc:
@@ -117,6 +155,26 @@ class TargetEncharge(SeamTarget):
         finally:
             if target is not None:
                 target.finish_quietly()
+
+    def unexpected(self, exc: BaseException) -> str:
+        """One line for an exception nobody foresaw, naming the input line it came at."""
+        line = self.message_reader.line_number
+        if isinstance(exc, RecursionError):
+            return f"input line {line} is nested too deeply to be handled; nothing after it was read"
+        if isinstance(exc, MapExpressionError):
+            return f"input line {line}: {self._map_failure(exc)}; nothing after it was read"
+        text = self.redact(str(exc)).splitlines()[0] if str(exc) else ""
+        return (f"input line {line}: unexpected {type(exc).__name__}{': ' + text if text else ''}; nothing after "
+                "it was read (please report it)")
+
+    def _map_failure(self, exc: MapExpressionError) -> str:
+        """Which stream map failed on which stream, and why (the SDK names only the expression)."""
+        stream = self.message_reader.stream
+        maps = (self.config.get("stream_maps") or {}).get(stream) or {}
+        named = [f"'{name}' ({expr})" for name, expr in maps.items() if isinstance(expr, str) and expr in str(exc)]
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        return (f"stream_maps of stream '{stream}' failed on a record, at property {', '.join(named) or '?'}"
+                f"{self.redact(str(cause)).splitlines()[0] if cause else ''}")
 
     def finish_quietly(self) -> None:
         """Whatever happened, nothing of this run is left running or attached (threads, files, log filters)."""
@@ -141,6 +199,6 @@ def _masked(error: str) -> str:
     return error
 
 
-def _fail(message: str) -> t.NoReturn:
+def _fail(message: str, code: int = 1) -> t.NoReturn:
     click.echo(f"target-encharge: error: {message.splitlines()[0] if message else 'failed'}", err=True)
-    sys.exit(1)
+    sys.exit(code)

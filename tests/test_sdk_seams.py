@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import logging
+import signal
 
 import pytest
 from singer_sdk import Target
@@ -50,6 +51,9 @@ def test_the_overridden_hooks_keep_their_signatures():
         (Target, "_write_state_message"): ["self", "state"],
         (RecordSink, "_parse_timestamps_in_record"): ["self", "record", "schema", "treatment"],
         (MsgSpecReader, "_process_unknown_message"): ["self", "message_dict"],
+        (Target, "_process_batch_message"): ["self", "message_dict"],
+        (Target, "_process_record_message"): ["self", "message_dict"],
+        (Target, "_handle_termination"): ["self", "signum", "frame"],
     }
     for (owner, name), params in expected.items():
         assert list(inspect.signature(getattr(owner, name)).parameters) == params, f"{owner.__name__}.{name}"
@@ -75,7 +79,7 @@ def test_a_state_message_reaches_our_hook_and_waits_for_the_records_before_it(mo
     assert out.count("bookmarks") == 1  # the SDK's own STATE writer (at its drain) wrote nothing
 
 
-def test_dates_are_parsed_by_our_narrowed_hook(monkeypatch):
+def test_dates_are_parsed_by_our_narrowed_hook(monkeypatch, tmp_path):
     calls = []
     original = SeamSink._parse_timestamps_in_record
 
@@ -87,11 +91,13 @@ def test_dates_are_parsed_by_our_narrowed_hook(monkeypatch):
     monkeypatch.setattr(SeamSink, "_parse_timestamps_in_record", spy)
     schema = {"type": "object", "properties": {"email": {"type": "string"},
                                                "createdAt": {"type": "string", "format": "date-time"}}}
-    _, out = _run(DRY, {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": []},
-                  {"type": "RECORD", "stream": "people",
-                   "record": {"email": "a@example.com", "createdAt": "2024-01-02T03:04:05+00:00"}})
+    previews = tmp_path / "previews.jsonl"  # previews never go to stdout
+    _run({**DRY, "preview_path": str(previews)},
+         {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": []},
+         {"type": "RECORD", "stream": "people",
+          "record": {"email": "a@example.com", "createdAt": "2024-01-02T03:04:05+00:00"}})
     assert calls, "the SDK no longer calls _parse_timestamps_in_record"
-    (preview,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    (preview,) = [json.loads(line) for line in previews.read_text().splitlines() if line.strip()]
     assert preview["body"] == [{"email": "a@example.com", "createdAt": "2024-01-02T03:04:05Z"}]  # ISO 8601 again
 
 
@@ -121,3 +127,29 @@ def test_the_command_run_builds_the_target_in_our_run_command(monkeypatch, tmp_p
     with contextlib.redirect_stdout(io.StringIO()):
         TargetEncharge.invoke(config=_ConfigInput(config=DRY), file_input=_lines())
     assert built == [DRY]
+
+
+def test_a_batch_message_reaches_our_hook_and_its_records_go_as_records(tmp_path):
+    rows = tmp_path / "people.jsonl"
+    rows.write_text('{"email": "a@example.com"}\n{"email": "b@example.com"}\n')
+    previews = tmp_path / "previews.jsonl"
+    schema = {"type": "object", "properties": {"email": {"type": "string"}}}
+    _run({**DRY, "preview_path": str(previews), "batch_records": False},
+         {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": ["email"]},
+         {"type": "BATCH", "stream": "people", "encoding": {"format": "jsonl", "compression": "none"},
+          "manifest": [rows.as_uri()]})
+    bodies = [json.loads(line)["body"] for line in previews.read_text().splitlines()]
+    assert bodies == [[{"email": "a@example.com"}], [{"email": "b@example.com"}]], "BATCH records vanished"
+
+
+def test_a_termination_signal_reaches_our_hook(monkeypatch):
+    seen = []
+    monkeypatch.setattr(TargetEncharge, "on_signal", lambda self, signum: seen.append(signum))
+    target = TargetEncharge(config=DRY, validate_config=True)
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)  # what the SDK installed for SIGTERM
+        assert seen == [signal.SIGTERM], "the SDK's signal handler no longer calls _handle_termination"
+    finally:
+        target.finish_quietly()
