@@ -193,6 +193,13 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     th.Property("request_timeout", th.NumberType, default=30, description="Seconds per call."),
     th.Property("max_concurrency", th.IntegerType, default=4, description="Calls in flight at once."),
     th.Property(
+        "shutdown_grace_period",
+        th.NumberType,
+        default=30,
+        description="On SIGTERM or SIGINT: seconds to finish the calls for what was read before the run stops "
+        "(what is not done by then keeps its STATE back, so the tap sends it again).",
+    ),
+    th.Property(
         "max_requests_per_second",
         th.NumberType,
         description="Cap on calls per second, all streams together.",
@@ -354,6 +361,7 @@ class RunSettings:
     request_timeout: float
     max_concurrency: int
     max_requests_per_second: float | None
+    shutdown_grace_period: float = 30.0
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> RunSettings:
@@ -380,6 +388,7 @@ class RunSettings:
             request_timeout=float(_setting(config, "request_timeout")),
             max_concurrency=max(1, int(_setting(config, "max_concurrency"))),
             max_requests_per_second=float(rate) if rate else None,
+            shutdown_grace_period=max(0.0, float(_setting(config, "shutdown_grace_period"))),
         )
 
     @property
