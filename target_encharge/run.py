@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 
+from target_encharge.casing import CaseMerges
 from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.delivery import Delivery
@@ -36,6 +37,7 @@ class Run:
     progress: Progress
     logger: logging.Logger  # where the end-of-run summary goes
     finished: bool = False
+    case_merges: CaseMerges = dataclasses.field(default_factory=CaseMerges)
     waiting: bool = False  # waiting in deliver_all for every call to be answered
 
     @classmethod
@@ -99,6 +101,8 @@ class Run:
             self.finished = True
             self.delivery.close()
             self.progress.stop()
+            if warning := self.case_merges.warning():
+                self.logger.warning("%s", warning)
             self.results.final_state()
             self.results.failure_log.close()
             counts = self.results.counts

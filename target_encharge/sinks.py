@@ -26,6 +26,8 @@ if t.TYPE_CHECKING:
 
     from target_encharge.run import Run
 
+PEOPLE = ("create_or_update_person", "add_tag", "remove_tag", "track_event")  # templates whose records are people
+
 
 class HasRun(t.Protocol):
     """What a sink needs of its target: the run it belongs to."""
@@ -107,6 +109,11 @@ class EnchargeSink(SeamSink):
             group_by=self.settings.group_by if self.settings.grouping_algorithm == "by_field" else None,
         )
         self.exclude = self.settings.exclude_attributes
+        self.person = self.template.name in PEOPLE  # its email names a person (case merges are told)
+        own = stream_name in (target.config.get("streams") or {})
+        self.logger.info("Stream '%s' goes to %s (mode: upsert; %s)%s", stream_name, self.template.name,
+                         f"batches of up to {self.route.batch_size}" if batched else "one record per call",
+                         "" if own else " (default: not listed in `streams`)")
 
     @override
     def setup(self) -> None:
@@ -166,6 +173,8 @@ class EnchargeSink(SeamSink):
         if self.exclude:
             record = {k: v for k, v in record.items() if k not in self.exclude}
         entry = results.entry(self.stream_name, record, self.template.identifiers(record))
+        if self.person:
+            run.case_merges.saw(entry.ids.get("email"))
         problem, self.problem = self.problem, None
         problem = problem or self.template.needs(record)
         if problem:

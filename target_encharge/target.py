@@ -39,8 +39,10 @@ class TargetEncharge(SeamTarget):
     message_reader_class = Reader
     message_reader: Reader
     stop_signal: int | None = None  # SIGTERM or SIGINT came: read no further line
+    streams_seen: set[str]
 
     def __init__(self, *, config: t.Any = None, **kwargs: t.Any) -> None:  # noqa: ANN401
+        self.streams_seen = set()
         super().__init__(config=numbers_from_text(config) if isinstance(config, dict) else config, **kwargs)
         settings = RunSettings.from_config(self.config)
         self.redact = Redactor(settings.secrets)
@@ -69,6 +71,7 @@ class TargetEncharge(SeamTarget):
 
     @override
     def get_sink_class(self, stream_name: str) -> type[Sink]:
+        self.streams_seen.add(stream_name)
         return EnchargeSink
 
     @override
@@ -108,9 +111,18 @@ class TargetEncharge(SeamTarget):
     def finish(self) -> None:
         """The run's ending, once whichever way it ends (then stop if too many records failed)."""
         try:
+            self._warn_unmatched_streams()
             self.run.finish()
         finally:
             self._uninstall_redaction()
+
+    def _warn_unmatched_streams(self) -> None:
+        """Every `streams` key no stream of this run matched (a typo routes a stream to the default endpoint)."""
+        if self.run.finished:
+            return
+        came = ", ".join(f"'{s}'" for s in sorted(self.streams_seen)) or "none"
+        for name in sorted(set(self.config.get("streams") or {}) - self.streams_seen):
+            self.logger.warning("streams.%s matched no stream of this run (streams that came: %s)", name, came)
 
     def deliver_what_was_read(self) -> None:
         """Bad input, too many failures, a signal or a stream that cannot be sent stop reading; the records read

@@ -1,0 +1,36 @@
+"""Emails that differ only in case are one person in Encharge: a run that meets several spellings of one email
+merges their records into that person (later fields overwrite earlier ones). Said once per run, with a count and
+an example, so it is never silent."""
+
+from __future__ import annotations
+
+import threading
+
+
+class CaseMerges:
+    """The spellings of each email met in a run, and how many records were merged because of case alone."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}  # email, lower-cased -> its first spelling
+        self.merged = 0
+        self.example: tuple[str, str] | None = None
+        self._lock = threading.Lock()
+
+    def saw(self, email: object) -> None:
+        """A record for ``email`` (anything not text is ignored)."""
+        if not isinstance(email, str):
+            return
+        folded = email.lower()
+        with self._lock:
+            first = self._first.setdefault(folded, email)
+            if first != email:
+                self.merged += 1
+                self.example = self.example or (first, email)
+
+    def warning(self) -> str | None:
+        """The run's one warning, if any record was merged by case."""
+        if not self.merged or self.example is None:
+            return None
+        first, other = self.example
+        return (f"{self.merged:,} record(s) had an email differing only in case from an earlier one (e.g. {first!r} "
+                f"and {other!r}): Encharge treats them as one person, so their fields were merged (later ones win)")
