@@ -1,8 +1,9 @@
-"""The run's sync: what the sync ledger says of each record before it is sent (send it, skip it as unchanged,
-update the custom object that exists), and what the ledger is told once Encharge answered.
+"""The run's sync: what the sync ledger says of each record before it is sent (send it, skip it as unchanged or
+by the stream's sync mode, update the custom object that exists), what `mirror` removes, and what the ledger is
+told once Encharge answered.
 
-It knows the ledger and the templates, nothing of HTTP: the results tell it which entries were delivered
-(after a 2xx) and which failed, and whether sending them again can pass.
+It knows the ledger and the templates, nothing of HTTP: asking Encharge what exists is a function it is given,
+and the results tell it which entries were delivered (after a 2xx) and which failed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typing as t
 import urllib.parse
 
 from target_encharge.ledger import Delivered, Failure, Scope, SyncLedger, WaitingFailure, fingerprint
+from target_encharge.templates import Removal, encharge_ids
 
 if t.TYPE_CHECKING:
     from target_encharge.request import Entry
@@ -21,80 +23,148 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("target_encharge.sync")
 
+EXISTS = ""  # the fingerprint of an entry known to exist in Encharge that this target did not write
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Mark:
-    """What the ledger knows one record by, and the fingerprint of what is sent."""
+    """What the ledger knows one record by, what Encharge knows it by, and the fingerprint of what is sent."""
 
     identity: str
+    target: str | None  # the template's own identity (email, externalId, person and tag): what a removal names
     fingerprint: str
     source_key: dict | None
+    known: bool = False  # the ledger knew it before this run sent it (an update, not a create)
+
+
+@dataclasses.dataclass(slots=True)
+class Sifted:
+    """A batch's records after the ledger was asked: to send as they are, to update (custom objects that exist),
+    unchanged since their last delivery, and skipped by the stream's sync mode."""
+
+    send: list[Entry] = dataclasses.field(default_factory=list)
+    update: list[Entry] = dataclasses.field(default_factory=list)
+    unchanged: list[Entry] = dataclasses.field(default_factory=list)
+    skipped: list[Entry] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Sifted:
-    """A batch's records after the ledger was asked: to send as they are, to update (custom objects that
-    exist), and unchanged since their last delivery (not sent)."""
+class Planned:
+    """One removal `mirror` is to make: who, the request, and why."""
 
-    send: list[Entry]
-    update: list[Entry]
-    unchanged: list[Entry]
+    identity: str
+    ids: dict
+    removal: Removal
+    why: str
+
+
+class DeleteGuard(Exception):
+    """More removals than `max_delete_share` allows: none of them is sent."""
+
+
+Exists = t.Callable[[t.Sequence["Entry"]], list[bool]]  # whether each entry's person or object is in Encharge
 
 
 class StreamSync:
-    """One stream's sync: its scope in the ledger, its identity rule, and the ledger's answers for its records.
+    """One stream's sync: its scope in the ledger, its identity rule, its mode, and the ledger's answers.
 
-    ``writes`` is off in dry runs and test sends: they read the ledger and never write it."""
+    ``writes`` is off in dry runs and test sends: they read the ledger and never write it. ``exists`` is None
+    when Encharge cannot be asked (a dry run): then what the ledger does not know is taken as not there."""
 
     def __init__(self, ledger: SyncLedger, scope: Scope, template: Template, key_properties: t.Sequence[str], *,
-                 skip_unchanged: bool, resync: bool, writes: bool) -> None:
+                 mode: str = "upsert", delete_action: str = "archive", skip_unchanged: bool = True,
+                 resync: bool = False, writes: bool = True, exists: Exists | None = None) -> None:
         self.ledger, self.scope, self.template = ledger, scope, template
         self.key_properties = tuple(key_properties)
-        self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
+        self.mode, self.delete_action = mode, delete_action
+        self.skip_unchanged, self.resync, self.writes, self.exists = skip_unchanged, resync, writes, exists
         self.events = template.name == "track_event"  # an event with an id is sent once, changed or not
+        self.seen: dict[str, str | None] = {}  # mirror: identity -> its template identity, since the last version
         self._marks: dict[int, Mark] = {}  # by entry seq, from sifting until the answer
         self._lock = threading.Lock()
 
-    def mark(self, entry: Entry) -> Mark | None:
-        """The entry's identity and fingerprint (None: nothing to know it by, it is always sent)."""
+    # before sending
+
+    def mark(self, entry: Entry, *, known: bool = False) -> Mark | None:
+        """The entry's identities and fingerprint (None: nothing to know it by, it is always sent)."""
         identity = self.template.identity(entry.record, self.key_properties)
         if identity is None:
             return None
+        target = self.template.identity(entry.record) if self.key_properties else identity
         key = {k: entry.record.get(k) for k in self.key_properties} if self.key_properties else None
-        return Mark(identity, fingerprint(entry.record), key)
+        return Mark(identity, target, fingerprint(entry.record), key, known)
+
+    def saw(self, record: dict) -> None:
+        """A record of the stream came (sent, unchanged or refused, it is in the source): mirror keeps it."""
+        if self.mode == "mirror":
+            identity = self.template.identity(record, self.key_properties)
+            if identity is not None:
+                self.seen[identity] = self.template.identity(record) if self.key_properties else identity
 
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
-        """Ask the ledger about ``entries`` (one lookup for all of them)."""
+        """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
+        to know exist."""
         marks = {e.seq: self.mark(e) for e in entries}
-        with self._lock:
-            self._marks.update({seq: m for seq, m in marks.items() if m is not None})
         known = self.ledger.fingerprints(self.scope, [m.identity for m in marks.values() if m is not None])
-        send: list[Entry] = []
-        update: list[Entry] = []
-        unchanged: list[Entry] = []
+        sifted = Sifted()
+        unsure: list[Entry] = []  # update/create: not in the ledger, so Encharge is asked
         for entry in entries:
             mark = marks[entry.seq]
             last = known.get(mark.identity) if mark is not None else None
+            if mark is not None and last is not None:
+                marks[entry.seq] = dataclasses.replace(mark, known=True)
             if last is None:
-                send.append(entry)
-            elif not self.resync and (self.events or (self.skip_unchanged and last == mark.fingerprint)):
-                unchanged.append(entry)
-            elif self.template.upsert is not None:
-                update.append(entry)
+                (unsure if mark is not None and self.mode in ("update", "create") else sifted.send).append(entry)
+            elif self.mode == "create":
+                sifted.skipped.append(entry)  # it exists: create leaves it as it is
+            elif last != EXISTS and not self.resync and (self.events or (self.skip_unchanged and
+                                                                         last == mark.fingerprint)):  # type: ignore[union-attr]
+                sifted.unchanged.append(entry)
             else:
-                send.append(entry)
+                (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
+        if unsure:
+            self._ask_encharge(unsure, marks, sifted)
         with self._lock:
-            for entry in unchanged:
-                self._marks.pop(entry.seq, None)
-        return Sifted(send, update, unchanged)
+            for entry in [*sifted.send, *sifted.update]:
+                mark = marks[entry.seq]
+                if mark is not None:
+                    self._marks[entry.seq] = mark
+        return sifted
 
-    def delivered(self, entries: t.Iterable[Entry]) -> None:
-        """Encharge answered 2xx for ``entries``: the ledger says so at once (not only at the next STATE)."""
+    def _ask_encharge(self, entries: list[Entry], marks: dict[int, Mark | None], sifted: Sifted) -> None:
+        there = self.exists(entries) if self.exists is not None else [False] * len(entries)
+        remembered = []
+        for entry, exists in zip(entries, there):
+            mark = marks[entry.seq]
+            if self.mode == "update":
+                if not exists:
+                    sifted.skipped.append(entry)  # update never creates
+                elif self.template.upsert is not None:
+                    sifted.update.append(entry)
+                else:
+                    sifted.send.append(entry)
+            elif exists:  # create: it is there already; remembered so it is not asked again
+                sifted.skipped.append(entry)
+                if mark is not None:
+                    remembered.append(Delivered(mark.identity, EXISTS, encharge_id=mark.target,
+                                                source_key=mark.source_key))
+            else:
+                sifted.send.append(entry)
+        if self.writes and remembered:
+            self.ledger.mark_delivered(self.scope, remembered)
+
+    # after the answer
+
+    def delivered(self, entries: t.Iterable[Entry]) -> list[Mark | None]:
+        """Encharge answered 2xx for ``entries``: the ledger says so at once (not only at the next STATE).
+        Returns each entry's mark (its ``known`` tells an update from a create)."""
         with self._lock:
-            marks = [m for m in (self._marks.pop(e.seq, None) for e in entries) if m is not None]
-        if self.writes and marks:
-            self.ledger.mark_delivered(self.scope, [Delivered(m.identity, m.fingerprint, source_key=m.source_key)
-                                                    for m in marks])
+            marks = [self._marks.pop(e.seq, None) for e in entries]
+        rows = [Delivered(m.identity, m.fingerprint, encharge_id=m.target, source_key=m.source_key)
+                for m in marks if m is not None]
+        if self.writes and rows:
+            self.ledger.mark_delivered(self.scope, rows)
+        return marks
 
     def failed(self, entries: t.Iterable[Entry], reason: str, status: int | None, *, retryable: bool) -> None:
         """``entries`` failed for good in this run: they wait in the ledger, to be sent again at the start of
@@ -102,7 +172,7 @@ class StreamSync:
         rows = []
         with self._lock:
             for entry in entries:
-                mark = self._marks.pop(entry.seq, None)
+                mark = self._marks.pop(entry.seq, None) or self.mark(entry)
                 identity = mark.identity if mark is not None else f"payload:{fingerprint(entry.record)}"
                 rows.append(Failure(identity=identity, payload=entry.record, reason=reason, status=status,
                                     retryable=retryable))
@@ -119,6 +189,68 @@ class StreamSync:
         if self.writes:
             self.ledger.clear_failures(self.scope, [f.identity for f in failures])
 
+    # mirror
+
+    def deleted(self, record: dict) -> Planned | None:
+        """The removal a record marked deleted (`_sdc_deleted_at`) asks for: only of what this target wrote
+        (the ledger maps a record carrying only its key properties to the person or object it was sent as)."""
+        identity = self.template.identity(record, self.key_properties)
+        if identity is None:
+            return None
+        self.seen.pop(identity, None)
+        entry = self.ledger.lookup(self.scope, [identity]).get(identity)
+        if entry is None or entry.fingerprint == EXISTS:
+            return None
+        return self._plan(identity, entry.encharge_id, "the source marked it deleted (_sdc_deleted_at)")
+
+    def left_the_source(self, max_share: float) -> list[Planned]:
+        """At the tap's ACTIVATE_VERSION: what the ledger knows this target wrote for the stream and that did
+        not come in this version. Nothing when nothing came (a first sync's ACTIVATE_VERSION before any record,
+        or an empty snapshot); :class:`DeleteGuard` when more than ``max_share`` of what is known would go."""
+        seen, self.seen = self.seen, {}
+        if not seen:
+            return []
+        known = {i: d for i, d in self.ledger.known(self.scope).items() if d.fingerprint != EXISTS}
+        gone = [i for i in known if i not in seen]
+        if known and len(gone) > max_share * len(known):
+            msg = (f"stream '{self.scope.stream}': mirror would remove {len(gone):,} of the {len(known):,} records "
+                   f"it wrote ({len(gone) / len(known):.0%}), more than max_delete_share={max_share:g} allows; "
+                   f"nothing was removed (raise max_delete_share if the source really lost them)")
+            raise DeleteGuard(msg)
+        live_tags = self._live_tags(seen.values())
+        plans = [self._plan(i, known[i].encharge_id, "not in the source's latest full version (ACTIVATE_VERSION)",
+                            live_tags) for i in sorted(gone)]
+        return [p for p in plans if p is not None]
+
+    def _plan(self, identity: str, target: str | None, why: str,
+              live_tags: dict[str, set[str]] | None = None) -> Planned | None:
+        removal = self.template.removal
+        ids = encharge_ids(target or identity)
+        if removal is None or not ids:
+            return None
+        if "tag" in ids:  # a tag still added by another record of the stream stays
+            person = target.partition(" tag:")[0] if target else identity
+            keep = (live_tags or {}).get(person, set())
+            tags = [tag for tag in ids["tag"].split(",") if tag and tag not in keep]
+            if not tags:
+                return None
+            ids = {**ids, "tag": ",".join(tags)}
+        return Planned(identity, ids, removal(ids, self.delete_action), why)
+
+    @staticmethod
+    def _live_tags(targets: t.Iterable[str | None]) -> dict[str, set[str]]:
+        live: dict[str, set[str]] = {}
+        for target in targets:
+            if target and " tag:" in target:
+                person, _, tags = target.partition(" tag:")
+                live.setdefault(person, set()).update(tags.split(","))
+        return live
+
+    def removed(self, identities: t.Iterable[str]) -> None:
+        """Encharge removed these (2xx, or 404: already gone): the ledger forgets them."""
+        if self.writes:
+            self.ledger.remove(self.scope, identities)
+
 
 class Sync:
     """The sync ledger as one run uses it: one :class:`StreamSync` per stream, in one Encharge account."""
@@ -128,11 +260,12 @@ class Sync:
         self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
         self.streams: dict[str, StreamSync] = {}
 
-    def stream(self, stream: str, template: Template, key_properties: t.Sequence[str], account: str) -> StreamSync:
-        """The sync of ``stream`` (made anew when its SCHEMA changes its template or key properties)."""
+    def stream(self, stream: str, template: Template, key_properties: t.Sequence[str], account: str, *,
+               mode: str = "upsert", delete_action: str = "archive", exists: Exists | None = None) -> StreamSync:
+        """The sync of ``stream`` (made anew when its SCHEMA comes again)."""
         scope = Scope(account, template.destination or template.name, stream)
-        sync = StreamSync(self.ledger, scope, template, key_properties, skip_unchanged=self.skip_unchanged,
-                          resync=self.resync, writes=self.writes)
+        sync = StreamSync(self.ledger, scope, template, key_properties, mode=mode, delete_action=delete_action,
+                          skip_unchanged=self.skip_unchanged, resync=self.resync, writes=self.writes, exists=exists)
         self.streams[stream] = sync
         return sync
 
@@ -143,8 +276,7 @@ class Sync:
         self.ledger.close()
 
 
-def account_name(account_id: t.Any, api_url: str) -> str:  # noqa: ANN401
-    """The ledger's name for an Encharge account: its id at the REST host it was reached on (so the sandbox,
-    or another account, starts from nothing)."""
-    host = urllib.parse.urlsplit(api_url).netloc.lower()
-    return f"{account_id}@{host}"
+def account_name(account_id: t.Any, url: str) -> str:  # noqa: ANN401
+    """The ledger's name for an Encharge account: its id at the host it was reached on (so the sandbox, or
+    another account, starts from nothing)."""
+    return f"{account_id}@{urllib.parse.urlsplit(url).netloc.lower()}"

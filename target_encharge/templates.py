@@ -39,6 +39,8 @@ class Template:
     fixed_url: bool = True  # every record goes to the same URL
     upsert: Template | None = None  # the same records sent to update what exists (custom objects: PUT, one per call)
     destination: str = ""  # where its records land, for the sync ledger: the template and its object name or URL
+    removal: t.Callable[[dict, str], Removal] | None = None  # how `mirror` removes what left the source
+    modes: tuple[str, ...] = ("upsert",)  # the sync modes it takes
 
     def identity(self, record: dict, key_properties: t.Sequence[str] = ()) -> str | None:
         """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
@@ -56,6 +58,51 @@ class Template:
         if person is None or self.name == "create_or_update_person":
             return person
         return f"{person} tag:{_joined_tags(record.get('tag'))}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Removal:
+    """The request that removes one person, object or tag from Encharge."""
+
+    method: str
+    url: str
+    body: bytes | None = None
+
+
+def encharge_ids(identity: str) -> dict:
+    """The Encharge identifiers a template identity names (``email:a@x tag:b`` -> email and tag); {} for a key."""
+    head, _, tag = identity.partition(" tag:")
+    name, sep, value = head.partition(":")
+    if not sep or name not in (*PERSON_IDS, "externalId"):
+        return {}
+    return {name: value, **({"tag": tag} if tag else {})}
+
+
+def _person_removal(api: str) -> t.Callable[[dict, str], Removal]:
+    """`DELETE /people?people[0][email]=...`: archive, Encharge's preferred way; `delete_action: delete` adds
+    `force=true` (the person and their data, for GDPR). One person per call: a 404 then means that one is gone."""
+
+    def removal(ids: dict, action: str) -> Removal:
+        name = next(k for k in PERSON_IDS if k in ids)
+        query = {f"people[0][{name}]": str(ids[name]), **({"force": "true"} if action == "delete" else {})}
+        return Removal("DELETE", f"{api}/people?{urllib.parse.urlencode(query)}")
+
+    return removal
+
+
+def _object_removal(base: str) -> t.Callable[[dict, str], Removal]:
+    def removal(ids: dict, _action: str) -> Removal:
+        return Removal("DELETE", f"{base}/externalId/{urllib.parse.quote(str(ids['externalId']), safe='')}")
+
+    return removal
+
+
+def _tag_removal(api: str) -> t.Callable[[dict, str], Removal]:
+    def removal(ids: dict, _action: str) -> Removal:
+        person = {k: ids[k] for k in PERSON_IDS if k in ids}
+        return Removal("DELETE", f"{api}/tags", encoding.dumps({"tag": ids["tag"], **person}))
+
+    return removal
 
 
 def person_key(ids: t.Mapping[str, t.Any]) -> str | None:
@@ -245,15 +292,18 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
         msg = f"stream '{settings.stream}': endpoint 'create_custom_object' needs object_name"
         raise ConfigError(msg)
     api = api_url.rstrip("/")
+    objects = f"{api}/objects/{urllib.parse.quote(settings.object_name or '', safe='')}"
     tags = {"url": f"{api}/tags", "body": _tag_body, "needs": _needs_tag, "identifiers": person_identifiers}
+    all_modes = ("upsert", "update", "create", "mirror")
     templates: dict[str, dict[str, t.Any]] = {
         "create_or_update_person": {"url": f"{api}/people", "body": encoding.dumps, "needs": _needs_person,
-                                    "identifiers": person_identifiers, "batchable": True},
-        "add_tag": tags,
+                                    "identifiers": person_identifiers, "batchable": True,
+                                    "removal": _person_removal(api), "modes": all_modes},
+        "add_tag": {**tags, "removal": _tag_removal(api), "modes": ("upsert", "mirror")},
         "remove_tag": {**tags, "method": "DELETE"},
         "create_custom_object": {
-            "url": f"{api}/objects/{urllib.parse.quote(settings.object_name or '', safe='')}",
-            "body": encoding.dumps, "needs": _nothing_needed, "identifiers": _object_identifiers, "batchable": True,
+            "url": objects, "body": encoding.dumps, "needs": _nothing_needed, "identifiers": _object_identifiers,
+            "batchable": True, "removal": _object_removal(objects), "modes": all_modes,
         },
         "track_event": {"url": ingest_url, "body": _event_body, "needs": _needs_event,
                         "identifiers": event_identifiers},
