@@ -39,12 +39,17 @@ class StateGate:
             return seq
 
     def add_state(self, state: dict) -> None:
-        """A STATE from the tap: it waits for every record that came before it (a repeat of the last is ignored)."""
+        """A STATE from the tap: it waits for every record that came before it (a repeat of the last is ignored).
+        A STATE waiting for the same records as the one before it replaces it: only the latest is kept, so a
+        backlog of STATEs behind one slow call holds one STATE, not all of them."""
         with self._lock:
             if self._last_state == state:
                 return
             self._last_state = state
-            self._states.append((self._next_seq, state))
+            if self._states and self._states[-1][0] == self._next_seq:
+                self._states[-1] = (self._next_seq, state)
+            else:
+                self._states.append((self._next_seq, state))
             self._release_states()
 
     def done(self, *seqs: int) -> None:

@@ -7,29 +7,40 @@ its retries and reports an :class:`~target_encharge.request.Outcome`. What an ou
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
 import typing as t
+import urllib.parse
 
 import requests
 import requests.adapters
+import urllib3
 from typing_extensions import override
 
 from target_encharge import encoding
-from target_encharge.errors import AuthError
+from target_encharge.errors import AuthError, EnchargeUnavailable
 from target_encharge.redaction import MASK, Redactor
 from target_encharge.request import Outcome, Request, Verdict, verdict
-from target_encharge.urls import TOKEN_HEADER, Credentials, origin, url_path
+from target_encharge.urls import TOKEN_HEADER, Credentials, is_loopback, origin, url_path
 
 if t.TYPE_CHECKING:
     from target_encharge.retry import RetryPolicy
 
 USER_AGENT = "target-encharge"
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
+MAX_READ_BYTES = 4 * MAX_BODY_CHARS + 1024  # of an answer read (decoded): what is kept, plus a little; never more
+READ_CHUNK = 4096  # bytes per read of an answer; the call's deadline is checked between reads
 MIN_POOL = 4  # keep-alive connections per host, at the least
 
 logger = logging.getLogger("target_encharge.client")
+
+# No answer, and why: the connection dropped (also mid-body, or the body could not be decoded), or it timed out.
+DROPPED = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+           requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
+           urllib3.exceptions.DecodeError, http.client.HTTPException, ConnectionError)
+TIMED_OUT = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
 
 
 class RateLimiter:
@@ -51,8 +62,25 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
+class RefusedRedirect(requests.RequestException):
+    """A redirect to plain http on another machine: refused before connecting (the body is personal data)."""
+
+
 class _Session(requests.Session):
-    """A session that drops the Encharge token when a redirect leaves the host it was meant for."""
+    """A session that refuses redirects to plain http (except to loopback) and drops the Encharge token when a
+    redirect leaves the host it was meant for."""
+
+    @override
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        location = super().get_redirect_target(resp)
+        if location:
+            target = urllib.parse.urljoin(resp.url, location)
+            scheme, host, port = origin(target)
+            if scheme != "https" and not (scheme == "http" and is_loopback(host)):
+                shown = f"{scheme}://{host}{f':{port}' if port else ''}{url_path(target)}"
+                msg = f"refused a redirect to {shown}: only https, or plain http to this machine, is followed"
+                raise RefusedRedirect(msg)
+        return location
 
     @override
     def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
@@ -61,16 +89,31 @@ class _Session(requests.Session):
             prepared_request.headers.pop(TOKEN_HEADER, None)
 
 
-def parse_body(response: requests.Response) -> t.Any:  # noqa: ANN401
+def read_answer(response: requests.Response, deadline: float) -> bytes:
+    """An answer's body, decoded, read up to MAX_READ_BYTES and before ``deadline`` (a server dripping bytes
+    cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound)."""
+    chunks, size = [], 0
+    while size < MAX_READ_BYTES:
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        chunk = response.raw.read1(min(READ_CHUNK, MAX_READ_BYTES - size), decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes) -> t.Any:  # noqa: ANN401
     """An answer's body: parsed JSON, else text, else None (201 and 204 have none); truncated when large."""
-    raw = response.content
     if not raw:
         return None
     try:
         body = encoding.loads(raw)
-    except Exception:  # noqa: BLE001 - anything that is not JSON is kept as text
-        text = raw.decode("utf-8", "replace")
-        return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS] + "...(truncated)"
+    except Exception:  # noqa: BLE001 - anything that is not JSON (or JSON cut off at the read bound) is kept as text
+        if len(raw) > MAX_BODY_CHARS:
+            return {"truncated": True, "preview": raw[:MAX_BODY_CHARS].decode("utf-8", "replace")}
+        return raw.decode("utf-8", "replace")
     if len(raw) > MAX_BODY_CHARS:
         return {"truncated": True, "preview": raw[:MAX_BODY_CHARS].decode("utf-8", "replace")}
     return body
@@ -115,20 +158,29 @@ class Client:
             headers[TOKEN_HEADER] = MASK if mask else credential.key
         return headers
 
-    def _attempt(self, request: Request, headers: dict[str, str], attempt: int, started: float,
-                 credentialed: bool) -> tuple[Outcome, str | None]:  # noqa: FBT001
-        """One try: its outcome (so far) and the Retry-After it was told."""
+    def _attempt(self, request: Request, headers: dict[str, str], attempt: int, started: float, *,
+                 credentialed: bool) -> tuple[Outcome, str | None]:
+        """One try, bounded by the timeout as a whole: its outcome (so far) and the Retry-After it was told."""
+        deadline = time.monotonic() + self.timeout
         try:
             response = self.session.request(request.method, request.url, data=request.body, headers=headers,
-                                            timeout=self.timeout)
-        except requests.Timeout:
+                                            timeout=self.timeout, stream=True)
+            try:
+                if response.history:  # redirected: a refusal blames our key only if the key went along
+                    credentialed = TOKEN_HEADER in response.request.headers
+                raw = read_answer(response, deadline)
+            finally:
+                response.close()
+        except RefusedRedirect as exc:
+            error, failure = str(exc), "request"
+        except TIMED_OUT:
             error, failure = f"timed out after {self.timeout:g}s", "timeout"
-        except requests.ConnectionError as exc:
+        except DROPPED as exc:
             error, failure = f"connection failed: {type(exc).__name__}", "connection"
         except requests.RequestException as exc:
             error, failure = f"request failed: {type(exc).__name__}", "request"
         else:
-            status, body = response.status_code, parse_body(response)
+            status, body = response.status_code, parse_body(raw)
             refusal = None if 200 <= status < 300 else self.redact(f"HTTP {status}: {_error_message(body)}")
             return (Outcome(status, body, refusal, attempt, time.monotonic() - started, dict(response.headers),
                             credentialed), response.headers.get("Retry-After"))
@@ -136,7 +188,8 @@ class Client:
                        credentialed=credentialed, failure=failure), None
 
     def send(self, request: Request) -> Outcome:
-        """Send ``request``, retrying what the policy says is worth it; raise AuthError when a key is refused."""
+        """Send ``request``, retrying what the policy says is worth it; raise AuthError when a key is refused,
+        EnchargeUnavailable when Encharge asks to wait longer than any call should."""
         started = time.monotonic()
         headers = self.headers(request)
         credential = self.credentials.for_url(request.url)
@@ -144,12 +197,21 @@ class Client:
         while True:
             attempt += 1
             self.rate.wait()
-            outcome, retry_after = self._attempt(request, headers, attempt, started, credential is not None)
+            outcome, retry_after = self._attempt(request, headers, attempt, started,
+                                                 credentialed=credential is not None)
             if verdict(outcome) is Verdict.AUTH_FAILURE and credential is not None:
                 msg = (f"Encharge refused the {credential.setting} (HTTP {outcome.status} from {request.method} "
                        f"{url_path(request.url)}): check that `{credential.setting}` is the right key for this account")
                 raise AuthError(msg)
-            if not self.retry.is_retry(outcome) or self.retry.is_exhausted(attempt):
+            if not self.retry.is_retry(outcome):
+                return outcome
+            if self.retry.is_beyond_reason(retry_after):
+                msg = (f"Encharge is unavailable: it asked to wait {retry_after} s (Retry-After, HTTP "
+                       f"{outcome.status} from {request.method} {url_path(request.url)}), more than "
+                       f"{self.retry.retry_after_max:g} s; run again later: the tap resumes from the last STATE "
+                       "written, so what was not delivered is sent then")
+                raise EnchargeUnavailable(msg)
+            if self.retry.is_exhausted(attempt):
                 return outcome
             wait = self.retry.get_backoff_time(attempt, retry_after)
             logger.info("Retrying %s %s in %.2fs (attempt %d): %s", request.method, url_path(request.url), wait,

@@ -3,6 +3,10 @@
 Requests that share an ordering key (the same person, the same object) are sent one after the other in the
 order they were submitted; the others go out up to ``max_concurrency`` at a time. Which request waits on which
 is the scheduler's bookkeeping, kept here, not in the requests.
+
+A call that failed after its retries (5xx, 429, a timeout, a dropped connection) is held back until another call
+goes through: when too many fail in a row, Encharge is unavailable and the run stops without failing their
+records (they are sent again when the tap resumes from the last STATE written).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import threading
 import typing as t
 
+from target_encharge.errors import EnchargeUnavailable
 from target_encharge.request import Outcome, Request, Verdict, verdict
 
 if t.TYPE_CHECKING:
@@ -44,6 +49,8 @@ class Delivery:
         self._waiting_on: dict[Request, int] = {}  # how many earlier requests each one still waits for
         self._waiters: dict[Request, list[Request]] = {}  # who waits for each request
         self._unfinished = 0
+        self._in_flight = 0
+        self._failing: list[tuple[Request, Outcome]] = []  # calls in a row that failed after their retries, held
         self._closing = False
         self._threads: list[threading.Thread] = []
 
@@ -81,12 +88,20 @@ class Delivery:
                 self._ready.append(request)
                 self._cond.notify_all()
 
+    @property
+    def calls_in_flight(self) -> int:
+        """Requests being sent right now (the others wait in the queue or in the outbox)."""
+        with self._cond:
+            return self._in_flight
+
     def wait(self) -> None:
-        """Until every submitted request is finished (or the run has stopped)."""
+        """Until every submitted request is finished (or the run has stopped); calls that failed after their
+        retries and are still held back then fail for good (too few in a row to mean an outage)."""
         with self._cond:
             while self._unfinished and self.fatal is None:
                 self._cond.wait(0.5)
         self.raise_if_fatal()
+        self._release_failing()
 
     def close(self) -> None:
         with self._cond:
@@ -104,6 +119,7 @@ class Delivery:
                 if self._closing and not self._ready:
                     return
                 request = self._ready.popleft()
+                self._in_flight += 1
             try:
                 if self.fatal is None:
                     self._deliver(request)
@@ -114,6 +130,10 @@ class Delivery:
 
     def _deliver(self, request: Request) -> None:
         outcome = self.client.send(request)
+        if verdict(outcome) is Verdict.RETRY:  # retries used up: held until we know whether Encharge is down
+            self._hold(request, outcome)
+            return
+        self._release_failing()
         if verdict(outcome) is Verdict.REFUSED and request.splittable:
             logger.info("Encharge refused a batch of %d (%s); splitting it to find the records at fault",
                         len(request.entries), outcome.error)
@@ -123,8 +143,30 @@ class Delivery:
             return
         self.on_result(request, outcome)
 
+    def _hold(self, request: Request, outcome: Outcome) -> None:
+        with self._cond:
+            self._failing.append((request, outcome))
+            in_a_row = len(self._failing)
+        if self.client.retry.is_outage(in_a_row):
+            with self._cond:
+                failing, self._failing = self._failing, []
+            for call, answer in failing:  # shown (responses, counts), never failed: the tap sends them again
+                self.on_result(call, answer, settle=False)
+            msg = (f"Encharge is unavailable: {in_a_row} calls in a row failed after "
+                   f"{self.client.retry.max_retries} retries each (last: {outcome.error}); stopped early, nothing "
+                   "was dead-lettered for it: run again later, the tap resumes from the last STATE written")
+            raise EnchargeUnavailable(msg)
+
+    def _release_failing(self) -> None:
+        """A call went through (or the input is done): the calls held back failed for good after all."""
+        with self._cond:
+            failing, self._failing = self._failing, []
+        for request, outcome in failing:
+            self.on_result(request, outcome)
+
     def _finish(self, request: Request) -> None:
         with self._cond:
+            self._in_flight -= 1
             for key in request.keys:
                 if self._tails.get(key) is request:
                     del self._tails[key]

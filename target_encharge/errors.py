@@ -21,3 +21,12 @@ class TooManyFailures(EnchargeTargetError):  # noqa: N818 - says what happened, 
 
 class InputError(EnchargeTargetError):
     """A line of input that is not a Singer message, or not UTF-8."""
+
+
+class EnchargeUnavailable(EnchargeTargetError):  # noqa: N818 - says what happened, as the others do
+    """Encharge keeps failing (calls in a row failing after their retries, or a Retry-After beyond reason):
+    the run stops early; nothing is dead-lettered for it, the tap resumes from the last STATE written."""
+
+
+class OutputError(EnchargeTargetError):
+    """An output cannot be written (a full disk for dead letters, stdout closed by the reader)."""

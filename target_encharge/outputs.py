@@ -5,16 +5,22 @@ each live here in one small class.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
+import json
 import logging
+import os
+import re
 import sys
 import threading
 import time
 import typing as t
 
 from target_encharge import encoding
-from target_encharge.errors import ConfigError, TooManyFailures
+from target_encharge.errors import OutputError, TooManyFailures
+from target_encharge.settings import DEFAULT_DEAD_LETTER_PATH
 
 if t.TYPE_CHECKING:
     from target_encharge.checkpoint import RunCounts, StateGate
@@ -47,6 +53,9 @@ RESPONSE_SCHEMA = {
     },
 }
 _SECRET_HEADERS = frozenset(("set-cookie", "authorization", "x-encharge-token"))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+STANDARD_STREAMS = ("stdout", "stderr")
+MAX_REASONS_COUNTED = 1000  # distinct failure reasons logged once with a count; beyond, each is logged
 
 
 def now() -> str:
@@ -62,31 +71,96 @@ def describe(ids: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in ids.items()) + ")" if ids else "(no identifiers)"
 
 
-class Lines:
-    """A JSONL destination shared by threads: a file (appended to), or stdout for ``-``; every line passes
-    redaction. ``setting`` names the setting the path came from, for the error when it cannot be opened."""
+def ascii_json(text: str) -> str:
+    """JSON text with every non-ASCII character written as a JSON escape: the same value, for a stdout whose
+    encoding cannot carry UTF-8 (``PYTHONIOENCODING=ascii``). Outside strings JSON has no such characters."""
+    return _NON_ASCII.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
-    def __init__(self, path: str | None, redact: Redactor, setting: str = "") -> None:
-        self.redact = redact
+
+class Lines:
+    """A JSONL destination shared by threads: a file (appended to), or ``stdout``/``stderr``; every value is
+    masked before it is serialised. ``setting`` names the setting the path came from, for errors; ``lazy``
+    files are created when a first line is written (the default dead-letter file)."""
+
+    def __init__(self, path: str, redact: Redactor, setting: str = "", *, lazy: bool = False) -> None:
+        self.path, self.redact, self.setting = path, redact, setting
+        self.written = 0
         self._lock = threading.Lock()
-        self._file: t.IO[str] | None = None
-        if path not in (None, "-"):
+        self._file: t.BinaryIO | None = None
+        if path not in STANDARD_STREAMS and not lazy:
+            self._open()
+
+    @property
+    def shown_path(self) -> str:
+        return self.path if self.path in STANDARD_STREAMS else os.path.abspath(self.path)
+
+    def _open(self) -> t.BinaryIO:
+        if self._file is None:
             try:
-                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - closed by close()
+                if self._file.seek(0, os.SEEK_END) and _ends_mid_line(self.path):
+                    self._file.write(b"\n")  # an earlier run stopped mid-line: start on a clean one
             except OSError as exc:
-                msg = f"{setting}: cannot write to {path!r} ({exc.strerror})"
-                raise ConfigError(msg) from None
+                msg = f"{self.setting}: cannot write to {self.shown_path!r} ({exc.strerror})"
+                raise OutputError(msg) from None
+        return self._file
 
     def write(self, obj: t.Any) -> None:  # noqa: ANN401
-        line = self.redact(encoding.dumps(obj).decode())
-        out = self._file or sys.stdout  # looked up at each write: whoever captures stdout gets the lines
+        line = self.redact(encoding.dumps(self.redact.value(obj)).decode()) + "\n"
         with self._lock:
-            out.write(line + "\n")
-            out.flush()
+            if self.path == "stdout":
+                _write_stdout(line)
+            elif self.path == "stderr":
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            else:
+                self._append(line.encode())
+            self.written += 1
+
+    def _append(self, data: bytes) -> None:
+        """One whole line or nothing: a write cut short (a full disk) is taken back."""
+        file = self._open()
+        start = file.seek(0, os.SEEK_END)
+        try:
+            if file.write(data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                file.truncate(start)
+            msg = (f"{self.setting}: cannot write to {self.shown_path!r} ({exc.strerror}); the record is not "
+                   "settled, so its STATE was not written")
+            raise OutputError(msg) from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+
+def _ends_mid_line(path: str) -> bool:
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) != b"\n"
+
+
+def _write_stdout(line: str) -> None:
+    """A line on stdout (looked up at each write: whoever captures stdout gets it); escaped to ASCII when its
+    encoding cannot carry the text; a reader that closed stdout is a reason to stop, told in one line."""
+    out = sys.stdout
+    try:
+        try:
+            out.write(line)
+        except UnicodeEncodeError:  # nothing was written: the text is encoded whole first
+            out.write(ascii_json(line))
+        out.flush()
+    except (BrokenPipeError, ValueError, OSError) as exc:
+        if isinstance(exc, ValueError) and not out.closed:
+            raise
+        with contextlib.suppress(OSError, ValueError):  # Python's flush at exit must not complain again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        msg = "stdout was closed by the reader (a `| head`, or the next step of the pipeline stopped); STATE " \
+              "written so far is safe, the rest of the input was not handled"
+        raise OutputError(msg) from None
 
 
 @dataclasses.dataclass
@@ -102,27 +176,32 @@ class Outputs:
 
     @classmethod
     def for_run(cls, settings: RunSettings, redact: Redactor) -> Outputs:
-        """The outputs a run's settings ask for; whatever goes to stdout shares one writer."""
-        stdout = Lines("-", redact)
+        """The outputs a run's settings ask for; whatever goes to stdout shares one writer. Previews never go to
+        stdout (it carries only Singer messages); dead letters always go to a file, the default one if unset."""
+        stdout = Lines("stdout", redact)
 
-        def lines(path: str | None, setting: str) -> Lines:
-            return stdout if path in (None, "-") else Lines(path, redact, setting)
+        def lines(path: str | None, setting: str, standard: str) -> Lines:
+            return Lines(standard, redact) if path in (None, "-") else Lines(path, redact, setting)
 
         looking = settings.dry_run or settings.test_send  # nothing is loaded for good: no STATE, no responses
         mode = settings.response_output
-        responses = lines(settings.response_stream_path, "response_stream_path") \
-            if mode == "stream" and not looking else None
+        responses = None
+        if mode == "stream" and not looking:
+            responses = stdout if settings.response_stream_path in (None, "-") else \
+                Lines(settings.response_stream_path, redact, "response_stream_path")
         as_messages = responses is stdout  # stdout carries a Singer stream: the tap's state goes as STATE messages
 
         def emit_state(state: dict) -> None:
             stdout.write({"type": "STATE", "value": state} if as_messages else state)
 
+        dead_letters = Lines(settings.dead_letter_path or DEFAULT_DEAD_LETTER_PATH, redact, "dead_letter_path",
+                             lazy=settings.dead_letter_path is None)
         outputs = cls(
             state=None if looking else emit_state,
             summary_in_state=mode == "state",
             responses=responses,
-            dead_letters=lines(settings.dead_letter_path, "dead_letter_path") if settings.dead_letter_path else None,
-            previews=lines(settings.preview_path, "preview_path") if looking else None,
+            dead_letters=dead_letters,
+            previews=lines(settings.preview_path, "preview_path", "stderr") if looking else None,
             sample_only=settings.test_send,
         )
         if outputs.responses is not None:
@@ -195,21 +274,50 @@ class FailureLimit:
     """`max_failures`: how many records may fail for good before the run stops (-1: no limit)."""
 
     max_failures: int
-    dead_letters: bool = False  # whether the stop can point at a dead-letter file
+    dead_letter_path: str | None = None  # the file the reason to stop points at
 
     def check(self, failures: int) -> None:
         """Stop the run once more records failed for good than ``max_failures`` allows."""
         if self.max_failures >= 0 and failures > self.max_failures:
-            where = "; see the dead-letter file" if self.dead_letters else ""
+            where = f"; see the dead-letter file {self.dead_letter_path}" if self.dead_letter_path else ""
             msg = f"{failures} record(s) failed for good, more than max_failures={self.max_failures} allows{where}"
             raise TooManyFailures(msg)
 
 
-class Progress:
-    """A log line every ``interval`` seconds on long runs: records handled, records per second, failures."""
+class FailureLog:
+    """Failed records in the log: the first of each reason (per stream) in full, the others like it counted and
+    told once at the end ("and 4,990 more like this"), not one line each."""
 
-    def __init__(self, counts: RunCounts, gate: StateGate, interval: float) -> None:
-        self.counts, self.gate, self.interval = counts, gate, interval
+    def __init__(self) -> None:
+        self._repeats: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, stream: str, ids: dict, reason: str) -> None:
+        with self._lock:
+            repeats = self._repeats.get((stream, reason))
+            if repeats is not None:
+                self._repeats[stream, reason] = repeats + 1
+                return
+            if len(self._repeats) < MAX_REASONS_COUNTED:
+                self._repeats[stream, reason] = 0
+        logger.error("Record of stream '%s' %s failed: %s", stream, describe(ids), reason)
+
+    def close(self) -> None:
+        """The count of each repeated failure, once."""
+        with self._lock:
+            repeats, self._repeats = self._repeats, {}
+        for (stream, reason), count in repeats.items():
+            if count:
+                logger.error("... and %s more record(s) of stream '%s' like this: %s", f"{count:,}", stream, reason)
+
+
+class Progress:
+    """A log line every ``interval`` seconds on long runs: records handled, records per second, failures, records
+    waiting (read, not yet done) and calls in flight."""
+
+    def __init__(self, counts: RunCounts, gate: StateGate, interval: float,
+                 calls_in_flight: t.Callable[[], int] = lambda: 0) -> None:
+        self.counts, self.gate, self.interval, self.calls_in_flight = counts, gate, interval, calls_in_flight
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -229,8 +337,9 @@ class Progress:
             done, failed = self.counts.handled()
             now_ = time.monotonic()
             rate = (done - last_done) / max(now_ - last_time, 1e-9)
-            logger.info("Progress: %s records handled (%s/s), %s failed, %s in flight",
-                        f"{done:,}", f"{rate:,.0f}", f"{failed:,}", f"{self.gate.pending:,}")
+            logger.info("Progress: %s records handled (%s/s), %s failed, %s records waiting, %s calls in flight",
+                        f"{done:,}", f"{rate:,.0f}", f"{failed:,}", f"{self.gate.pending:,}",
+                        f"{self.calls_in_flight():,}")
             last_done, last_time = done, now_
 
 
@@ -243,3 +352,10 @@ def summary_title(counts: RunCounts, *, dry_run: bool, test_send: bool) -> str:
         kind = f" (test send: the first record of each stream; {counts.skipped:,} other records not sent)"
     return (f"Summary{kind}: {done:,} records handled in {seconds:.1f}s ({done / max(seconds, 1e-9):,.0f}/s), "
             f"{failed:,} failed")
+
+
+def dead_letter_line(dead_letters: Lines | None) -> str | None:
+    """The summary's pointer to the dead-letter file, when records went there."""
+    if dead_letters is None or not dead_letters.written:
+        return None
+    return f"{dead_letters.written:,} failed record(s) kept in the dead-letter file {dead_letters.shown_path}"

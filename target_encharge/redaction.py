@@ -1,21 +1,38 @@
-"""Redaction: the keys masked wherever text may carry them (every output, every log line, the reason to stop)."""
+"""Redaction: the keys masked wherever text may carry them (every output, every log line, every traceback, the
+reason to stop), in every encoding a key can take on its way there."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import threading
+import traceback
 import typing as t
+import urllib.parse
 
 from typing_extensions import override
 
 MASK = "***"
-MIN_SECRET_CHARS = 4  # shorter values would mask ordinary text
+MIN_SECRET_CHARS = 4  # never masked: shorter text is ordinary text (settings refuse keys under 8 characters)
+
+
+def encodings(secret: str) -> set[str]:
+    """Every form a key takes in our outputs: as is, JSON-escaped (ASCII or not), percent-encoded (with and
+    without '/' kept, '+' for spaces, and urllib3's lower-case re-quoting)."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             urllib.parse.quote(secret), urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+             urllib.parse.quote_plus(secret, safe="/")}
+    forms |= {urllib.parse.quote(form, safe="") for form in set(forms)}  # a key quoted twice (a URL in a URL)
+    return {form for form in forms if form}
 
 
 class Redactor:
-    """Masks the keys in text: one place for all outputs."""
+    """Masks the keys in text and in values: one place for all outputs."""
 
     def __init__(self, secrets: t.Iterable[str | None]) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        keys = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
+        self.secrets = sorted({form for key in keys for form in encodings(key)}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -23,9 +40,22 @@ class Redactor:
                 text = text.replace(secret, MASK)
         return text
 
+    def value(self, obj: t.Any) -> t.Any:  # noqa: ANN401
+        """``obj`` with the keys masked in every string it holds (keys of objects too), before it is serialised:
+        masking JSON text afterwards could cut an escape in two and leave invalid JSON."""
+        if not self.secrets:
+            return obj
+        if isinstance(obj, str):
+            return self(obj)
+        if isinstance(obj, dict):
+            return {self.value(k): self.value(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.value(v) for v in obj]
+        return obj
+
 
 class RedactingFilter(logging.Filter):
-    """A log filter that masks the keys in every message, whoever logs it."""
+    """A log filter that masks the keys in every message and traceback, whoever logs it."""
 
     def __init__(self, redact: Redactor) -> None:
         super().__init__()
@@ -34,22 +64,37 @@ class RedactingFilter(logging.Filter):
     @override
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if record.exc_info or record.exc_text or record.stack_info:  # a traceback is text too: masked with the rest
+            extra = record.exc_text or ("".join(traceback.format_exception(*record.exc_info))
+                                        if record.exc_info else "")
+            message = "\n".join(part.rstrip("\n") for part in (message, extra, record.stack_info or "") if part)
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
         clean = self.redact(message)
-        if clean != message:
+        if clean != record.msg or record.args:
             record.msg, record.args = clean, None
         return True
 
 
 def install(redact: Redactor, *loggers: logging.Logger) -> t.Callable[[], None]:
-    """Mask the keys on every handler of ``loggers`` (and the root logger); returns what takes the filter off
-    again, so that runs in one process do not pile filters up."""
+    """Mask the keys on every handler of ``loggers`` (and the root logger), and in tracebacks nobody catches;
+    returns what takes it all off again, so that runs in one process do not pile filters up."""
     redacting = RedactingFilter(redact)
     handlers = {h for log in (logging.getLogger(), *loggers) for h in log.handlers}
     for handler in handlers:
         handler.addFilter(redacting)
+    previous_hook, previous_thread_hook = sys.excepthook, threading.excepthook
+
+    def masked_hook(kind: type[BaseException], exc: BaseException, tb: t.Any) -> None:  # noqa: ANN401
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb))))
+
+    def masked_thread_hook(args: threading.ExceptHookArgs) -> None:
+        masked_hook(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+
+    sys.excepthook, threading.excepthook = masked_hook, masked_thread_hook
 
     def uninstall() -> None:
         for handler in handlers:
             handler.removeFilter(redacting)
+        sys.excepthook, threading.excepthook = previous_hook, previous_thread_hook
 
     return uninstall

@@ -92,14 +92,14 @@ class Verdict(enum.Enum):
 
     DELIVERED = "delivered"  # 2xx: the records are done
     DRY_RUN = "dry run"  # not sent: done as far as this run goes
-    RETRY = "retry"  # 429, 5xx, a timeout or a dropped connection: worth another try
+    RETRY = "retry"  # 408, 429, 5xx, a timeout or a dropped connection: worth another try
     REFUSED = "refused"  # any other answer: the records (or some of a batch) fail
     FAILED = "failed"  # no answer, and none would come of trying again (the request could not be made)
     AUTH_FAILURE = "auth failure"  # 401/403 on one of our keys: every further call would fail the same way
 
 
 TRANSIENT_FAILURES = frozenset(("timeout", "connection"))
-TOO_MANY_REQUESTS = 429
+RETRIED_STATUSES = frozenset((408, 429))  # request timeout, too many requests: like a 5xx, worth another try
 
 
 def verdict(outcome: Outcome) -> Verdict:
@@ -113,6 +113,6 @@ def verdict(outcome: Outcome) -> Verdict:
         return Verdict.RETRY if outcome.failure in TRANSIENT_FAILURES else Verdict.FAILED
     if status in (401, 403) and outcome.credentialed:  # from another host, a refusal is the record's, not our key's
         return Verdict.AUTH_FAILURE
-    if status == TOO_MANY_REQUESTS or status >= 500:
+    if status in RETRIED_STATUSES or status >= 500:
         return Verdict.RETRY
     return Verdict.REFUSED

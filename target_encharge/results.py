@@ -11,7 +11,7 @@ import logging
 import typing as t
 
 from target_encharge.checkpoint import RunCounts, StateGate
-from target_encharge.outputs import SUMMARY_KEY, FailureLimit, Outputs, TestSendSample, describe, preview
+from target_encharge.outputs import SUMMARY_KEY, FailureLimit, FailureLog, Outputs, TestSendSample, preview
 from target_encharge.request import Entry, Outcome, Request, Verdict, verdict
 
 logger = logging.getLogger("target_encharge")
@@ -25,6 +25,7 @@ class Results:
         self.counts = RunCounts()
         self.gate = StateGate(self._emit)
         self.sample = TestSendSample(on=outputs.sample_only)
+        self.failure_log = FailureLog()
         self._last_payload: dict | None = None  # what went out with the last STATE
 
     # records in
@@ -65,6 +66,7 @@ class Results:
             return
         for entry in request.entries:
             self.fail(entry, outcome.error or f"HTTP {outcome.status}", outcome.status, outcome.body, sent=True)
+        self.check_failures()  # as they happen: sending stops once Encharge refused more than allowed
 
     def fail(
         self,
@@ -77,8 +79,8 @@ class Results:
     ) -> None:
         """A record that failed for good (or, unless ``sent``, was refused before sending): dead-lettered,
         logged by its identifiers, counted, settled."""
-        logger.error("Record of stream '%s' %s failed: %s", entry.stream, describe(entry.ids), reason)
         self.out.dead_letter(entry, reason, status, response)
+        self.failure_log.failed(entry.stream, entry.ids, reason)
         if self.out.previews is not None and not sent:  # refused before sending: say so beside the requests
             self.out.previews.write({"stream": entry.stream, "identifiers": entry.ids, "refused": reason})
         self.counts.failed(entry.stream, entry.ids, reason)

@@ -19,12 +19,14 @@ class RetryPolicy:
     DEFAULT_MAX_RETRIES: t.ClassVar[int] = int(default("max_retries"))
     DEFAULT_BACKOFF: t.ClassVar[float] = float(default("retry_backoff"))
     DEFAULT_BACKOFF_MAX: t.ClassVar[float] = 30.0  # seconds: the longest wait of our own choosing
-    DEFAULT_RETRY_AFTER_MAX: t.ClassVar[float] = 300.0  # seconds: the longest Retry-After we honour
+    DEFAULT_RETRY_AFTER_MAX: t.ClassVar[float] = 120.0  # seconds: a longer Retry-After means Encharge is unavailable
+    DEFAULT_OUTAGE_CALLS: t.ClassVar[int] = 5  # calls in a row failing after their retries: Encharge is unavailable
 
     max_retries: int = DEFAULT_MAX_RETRIES
     backoff: float = DEFAULT_BACKOFF
     backoff_max: float = DEFAULT_BACKOFF_MAX
     retry_after_max: float = DEFAULT_RETRY_AFTER_MAX
+    outage_calls: int = DEFAULT_OUTAGE_CALLS
 
     @staticmethod
     def is_retry(outcome: Outcome) -> bool:
@@ -34,6 +36,15 @@ class RetryPolicy:
     def is_exhausted(self, attempt: int) -> bool:
         """Whether ``attempt`` tries (1-based) used up the retries."""
         return attempt > self.max_retries
+
+    def is_beyond_reason(self, retry_after: str | None) -> bool:
+        """Whether Encharge asked to wait longer than any call should (then the run stops: it is unavailable)."""
+        told = parse_retry_after(retry_after)
+        return told is not None and told > self.retry_after_max
+
+    def is_outage(self, failed_in_a_row: int) -> bool:
+        """Whether this many calls in a row, each failing after its retries, mean that Encharge is unavailable."""
+        return failed_in_a_row >= self.outage_calls
 
     def get_backoff_time(self, retry: int, retry_after: str | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1-based): Retry-After when told, else backoff."""

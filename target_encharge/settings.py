@@ -28,6 +28,10 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CONTENT_TYPES = ("application/json", "application/x-ndjson", "application/x-www-form-urlencoded")
 GROUPING_ALGORITHMS = ("sequential", "by_field")
 RESPONSE_OUTPUTS = ("none", "state", "stream")
+DEFAULT_DEAD_LETTER_PATH = "target-encharge-dead-letters.jsonl"
+BATCHED_BY_DEFAULT = ("create_or_update_person", "create_custom_object")  # their API takes arrays
+MAX_CONCURRENCY = 64  # calls in flight at once, at the most
+MIN_KEY_CHARS = 8  # a shorter key could not be masked in outputs without masking ordinary text
 
 
 def _stream_properties() -> list[th.Property]:
@@ -77,9 +81,9 @@ def _stream_properties() -> list[th.Property]:
         th.Property(
             "batch_records",
             th.BooleanType,
-            default=False,
             description="Send several records per call (`manual`, `create_or_update_person`, "
-            "`create_custom_object`).",
+            "`create_custom_object`). Unset: on for " + " and ".join(f"`{e}`" for e in BATCHED_BY_DEFAULT)
+            + " (their API takes an array), off otherwise.",
         ),
         th.Property("batch_size", th.IntegerType, default=100, description="Most records per call."),
         th.Property(
@@ -141,7 +145,9 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     th.Property(
         "dead_letter_path",
         th.StringType,
-        description="JSONL file receiving every record that failed for good, with its stream, reason and response.",
+        description="JSONL file receiving every record that failed for good, with its stream, reason and response; "
+        f"unset: `{DEFAULT_DEAD_LETTER_PATH}` in the working directory, created when a first record fails. "
+        "Never stdout (`-` is refused: under Meltano stdout is state).",
     ),
     th.Property(
         "max_failures",
@@ -167,8 +173,8 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     th.Property(
         "preview_path",
         th.StringType,
-        description="`dry_run` and `test_send`: file to write their JSON lines to; `-` or unset means stdout "
-        "(under Meltano, where stdout is read as state, set a file).",
+        description="`dry_run` and `test_send`: file to write their JSON lines to; `-` or unset means stderr "
+        "(never stdout, which carries only Singer messages: under Meltano it is read as state).",
     ),
     th.Property(
         "progress_interval",
@@ -190,8 +196,18 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         description="Seconds before the first retry when Encharge gives no Retry-After; doubles on each retry "
         "(with jitter, at most 30 s).",
     ),
-    th.Property("request_timeout", th.NumberType, default=30, description="Seconds per call."),
-    th.Property("max_concurrency", th.IntegerType, default=4, description="Calls in flight at once."),
+    th.Property(
+        "request_timeout",
+        th.NumberType,
+        default=30,
+        description="Seconds per call, the whole call (connecting, sending, reading the answer); more than 0.",
+    ),
+    th.Property(
+        "max_concurrency",
+        th.IntegerType,
+        default=4,
+        description=f"Calls in flight at once, 1 to {MAX_CONCURRENCY}.",
+    ),
     th.Property(
         "shutdown_grace_period",
         th.NumberType,
@@ -281,8 +297,20 @@ def parse_headers(value: str | dict | None) -> dict[str, str]:
         if not name or line_break or any(c in name for c in " :"):
             msg = f"request_headers: header {name!r} has an invalid name or a line break in its value"
             raise ConfigError(msg)
+        if not name.isascii() or not _latin1(val):
+            msg = (f"request_headers: header {name!r} cannot travel in HTTP (names are ASCII, values Latin-1); "
+                   "percent-encode the value")
+            raise ConfigError(msg)
         headers[name] = val
     return headers
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +361,8 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         content_type=get("content_type"),
         request_headers=parse_headers(get("request_headers")),
         exclude_attributes=frozenset(get("exclude_attributes") or ()),
-        batch_records=bool(get("batch_records")),
+        batch_records=bool(get("endpoint") in BATCHED_BY_DEFAULT if get("batch_records") is None
+                           else get("batch_records")),
         batch_size=batch_size,
         grouping_algorithm=grouping,
         group_by=get("group_by"),
@@ -370,7 +399,7 @@ class RunSettings:
             return None if value is None else str(value)
 
         rate = _setting(config, "max_requests_per_second")
-        return cls(
+        settings = cls(
             api_url=str(_setting(config, "api_url")).rstrip("/"),
             ingest_url=str(_setting(config, "ingest_url")).rstrip("/"),
             api_key=text("api_key"),
@@ -386,10 +415,33 @@ class RunSettings:
             max_retries=int(_setting(config, "max_retries")),
             retry_backoff=float(_setting(config, "retry_backoff")),
             request_timeout=float(_setting(config, "request_timeout")),
-            max_concurrency=max(1, int(_setting(config, "max_concurrency"))),
+            max_concurrency=int(_setting(config, "max_concurrency")),
             max_requests_per_second=float(rate) if rate else None,
             shutdown_grace_period=max(0.0, float(_setting(config, "shutdown_grace_period"))),
         )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Values out of range, refused at start-up in one line naming the setting (before anything is sent)."""
+        problems = {
+            "request_timeout": ("must be more than 0 seconds", self.request_timeout <= 0),
+            "retry_backoff": ("must be 0 or more seconds", self.retry_backoff < 0),
+            "max_retries": ("must be 0 or more", self.max_retries < 0),
+            "max_concurrency": (f"must be between 1 and {MAX_CONCURRENCY}",
+                                not 1 <= self.max_concurrency <= MAX_CONCURRENCY),
+            "dead_letter_path": ("cannot be stdout ('-'): under Meltano stdout is state; name a file",
+                                 self.dead_letter_path == "-"),
+        }
+        for name, (problem, wrong) in problems.items():
+            if wrong:
+                msg = f"{name} {problem}"
+                raise ConfigError(msg)
+        for name, key in (("api_key", self.api_key), ("write_key", self.write_key)):
+            if key is not None and len(key) < MIN_KEY_CHARS:
+                msg = (f"{name} is too short to be an Encharge key (fewer than {MIN_KEY_CHARS} characters; "
+                       "its value is not shown: it is a secret)")
+                raise ConfigError(msg)
 
     @property
     def secrets(self) -> tuple[str, ...]:
