@@ -26,7 +26,7 @@ def people_calls(sandbox) -> list[dict]:
 
 def test_500s_and_dropped_connections_are_retried_until_delivered(sandbox):
     sandbox.set_faults(error_rate=0.3, drop_rate=0.1)
-    run = run_target(sandbox_config(sandbox, max_retries=10, max_concurrency=4), people(60))
+    run = run_target(sandbox_config(sandbox, max_retries=10, max_concurrency=4, batch_records=False), people(60))
     assert run.returncode == 0, run.stderr
     assert len(sandbox.people()) == 60
     faults = [r["fault"] for r in people_calls(sandbox)]
@@ -224,7 +224,7 @@ def test_state_is_relayed_only_after_the_records_before_it_are_delivered(sandbox
 
 def test_the_end_of_run_summary_counts_each_stream(sandbox):
     sandbox.set_faults(error_rate=0.3)
-    run = run_target(sandbox_config(sandbox, max_retries=10), people(20))
+    run = run_target(sandbox_config(sandbox, max_retries=10, batch_records=False), people(20))
     assert run.returncode == 0
     summary = run.stderr[run.stderr.index("Summary:"):]
     row = next(line for line in summary.splitlines() if line.startswith("people"))

@@ -6,6 +6,7 @@ Its request log records every request (unknown paths answer 404) with `auth` say
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import Iterator
 
@@ -411,7 +412,8 @@ def test_dry_run_shows_the_manual_request_without_the_token(sandbox, foreign):
         [schema("s", COMPANY), record("s", {"externalId": "a b", "name": "Acme"})],
     )
     assert run.returncode == 0, run.stderr
-    (preview,) = run.lines
+    assert run.stdout == ""  # previews go to stderr: stdout carries only Singer messages
+    (preview,) = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
     assert preview["method"] == "PATCH" and preview["url"] == sandbox.api_url + "/objects/company/externalId/a%20b"
     assert preview["headers"]["X-Encharge-Token"] == "***" and preview["headers"]["X-Source"] == "crm"
     assert preview["body"] == {"externalId": "a b", "name": "Acme"}

@@ -17,8 +17,14 @@ from target_encharge.sandbox import Sandbox
 
 TAG_PROPS = {"email": {"type": ["string", "null"]}, "tag": {"type": ["string", "null"]}}
 EVENT_PROPS = {"name": {"type": "string"}, "email": {"type": "string"}, "plan": {"type": "string"}}
-STREAMS = {"tags": {"endpoint": "add_tag"}, "events": {"endpoint": "track_event"}}
+# people one call each (batching is on by default for them): each call's response is looked at on its own
+STREAMS = {"people": {"batch_records": False}, "tags": {"endpoint": "add_tag"}, "events": {"endpoint": "track_event"}}
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON lines among the log lines of stderr (previews, test-send answers)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def mixed_input() -> list[dict]:
@@ -194,9 +200,8 @@ def test_a_dry_run_sends_nothing_and_shows_every_request(sandbox, preview_path):
                                     max_failures=1, response_output="state", **settings), messages)
     assert run.returncode == 0, run.stderr
     assert sandbox.requests() == []  # nothing written to Encharge, and no start-up check either
-    previews = run.file_lines("previews.jsonl") if preview_path else run.lines
-    if preview_path:
-        assert run.stdout == ""  # under Meltano, stdout stays free of anything that is not state
+    previews = run.file_lines("previews.jsonl") if preview_path else json_lines(run.stderr)
+    assert run.stdout == ""  # under Meltano, stdout stays free of anything that is not state (previews on stderr)
     assert all("bookmarks" not in p for p in previews)  # no STATE in a dry run
     requests = [p for p in previews if "refused" not in p]
     assert [(p["stream"], p["method"]) for p in requests] == [("people", "POST")] * 3 + [("tags", "POST")] * 2 + [
@@ -224,8 +229,9 @@ def test_a_test_send_sends_the_first_record_of_each_stream_and_shows_the_full_an
     calls = {c["path"]: c for c in sent(sandbox)}
     assert sorted(calls) == ["/ingest/v1", "/v1/people", "/v1/tags"]  # one call per stream
     assert [p["email"] for p in calls["/v1/people"]["body"]] == ["p0@example.com"]
-    shown = {s["stream"]: s for s in run.lines}  # one line per call; no STATE
-    assert len(run.lines) == 3 and sorted(shown) == ["events", "people", "tags"]
+    assert run.stdout == ""  # answers on stderr: stdout carries only Singer messages, and a test send has no STATE
+    shown = {s["stream"]: s for s in json_lines(run.stderr)}  # one line per call
+    assert len(json_lines(run.stderr)) == 3 and sorted(shown) == ["events", "people", "tags"]
     person = shown["people"]
     assert person["headers"]["X-Encharge-Token"] == "***"
     assert person["body"] == [{"email": "p0@example.com", "firstName": "Person 0", "plan": "pro", "score": 0.5}]
@@ -246,8 +252,8 @@ def test_long_runs_log_progress_and_end_with_a_summary_table(sandbox):
     run = run_target(sandbox_config(sandbox, progress_interval=0.2, max_concurrency=2, streams=STREAMS,
                                     max_failures=1), [*people(40), *mixed_input()[4:]])
     assert run.returncode == 0, run.stderr
-    progress = re.findall(r"Progress: ([\d,]+) records handled \(([\d,]+)/s\), ([\d,]+) failed, ([\d,]+) in flight",
-                          run.stderr)
+    progress = re.findall(r"Progress: ([\d,]+) records handled \(([\d,]+)/s\), ([\d,]+) failed, ([\d,]+) records "
+                          r"waiting, ([\d,]+) calls in flight", run.stderr)
     assert len(progress) >= 2
     handled = [int(p[0].replace(",", "")) for p in progress]
     assert handled == sorted(handled) and handled[-1] <= 43
