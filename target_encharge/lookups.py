@@ -18,7 +18,7 @@ PEOPLE_PER_LOOKUP = 50  # people named in one GET (the URL stays well under comm
 NOT_FOUND = 404
 
 
-class LookupFailed(EnchargeTargetError):
+class EnchargeLookupError(EnchargeTargetError):
     """Encharge could not say whether a person or an object exists."""
 
 
@@ -61,4 +61,4 @@ class Lookups:
         if outcome.status == NOT_FOUND:
             return None
         msg = f"could not ask Encharge which {what} exist (GET {urllib.parse.urlsplit(url).path}): {outcome.error}"
-        raise LookupFailed(msg)
+        raise EnchargeLookupError(msg)

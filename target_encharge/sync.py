@@ -58,7 +58,7 @@ class Planned:
     why: str
 
 
-class DeleteGuard(Exception):
+class DeleteGuardError(Exception):
     """More removals than `max_delete_share` allows: none of them is sent."""
 
 
@@ -134,7 +134,7 @@ class StreamSync:
     def _ask_encharge(self, entries: list[Entry], marks: dict[int, Mark | None], sifted: Sifted) -> None:
         there = self.exists(entries) if self.exists is not None else [False] * len(entries)
         remembered = []
-        for entry, exists in zip(entries, there):
+        for entry, exists in zip(entries, there, strict=True):
             mark = marks[entry.seq]
             if self.mode == "update":
                 if not exists:
@@ -206,7 +206,7 @@ class StreamSync:
     def left_the_source(self, max_share: float) -> list[Planned]:
         """At the tap's ACTIVATE_VERSION: what the ledger knows this target wrote for the stream and that did
         not come in this version. Nothing when nothing came (a first sync's ACTIVATE_VERSION before any record,
-        or an empty snapshot); :class:`DeleteGuard` when more than ``max_share`` of what is known would go."""
+        or an empty snapshot); :class:`DeleteGuardError` when more than ``max_share`` of what is known would go."""
         seen, self.seen = self.seen, {}
         if not seen:
             return []
@@ -216,7 +216,7 @@ class StreamSync:
             msg = (f"stream '{self.scope.stream}': mirror would remove {len(gone):,} of the {len(known):,} records "
                    f"it wrote ({len(gone) / len(known):.0%}), more than max_delete_share={max_share:g} allows; "
                    f"nothing was removed (raise max_delete_share if the source really lost them)")
-            raise DeleteGuard(msg)
+            raise DeleteGuardError(msg)
         live_tags = self._live_tags(seen.values())
         plans = [self._plan(i, known[i].encharge_id, "not in the source's latest full version (ACTIVATE_VERSION)",
                             live_tags) for i in sorted(gone)]

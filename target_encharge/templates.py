@@ -163,7 +163,7 @@ def _nothing_needed(record: dict) -> str | None:  # noqa: ARG001
 
 def _tag_body(records: list[dict]) -> bytes:
     (record,) = records
-    return encoding.dumps({"tag": _joined_tags(record["tag"]), **{k: record[k] for k in PERSON_IDS if record.get(k) not in (None, "")}})
+    return encoding.dumps({"tag": _joined_tags(record["tag"]), **person_identifiers(record)})
 
 
 def _event_body(records: list[dict]) -> bytes:

@@ -102,6 +102,10 @@ def _moment(stamp: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(stamp) if stamp is not None else None
 
 
+def _when(stamp: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(stamp)
+
+
 def _chunks(items: t.Sequence, size: int = CHUNK) -> t.Iterator[t.Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -244,7 +248,7 @@ class SyncLedger:
                     .on_conflict_do_nothing()
                 )
         with self._reading() as connection:
-            found = self._find_scope(connection, scope)
+            found = self._find_scope(connection, scope) if connection is not None else None
         if found is None:  # inserted just above, or by another process: never gone, forget keeps scopes
             raise self.location.error(f"the stream {scope.stream!r} could not be recorded; run again")
         return found
@@ -299,7 +303,9 @@ class SyncLedger:
         found: dict[str, Delivered] = {}
         table = schema.deliveries
         with self._reading() as connection:
-            scope_id = self._find_scope(connection, scope) if connection is not None and wanted else None
+            if connection is None or not wanted:
+                return found
+            scope_id = self._find_scope(connection, scope)
             if scope_id is None:
                 return found
             for chunk in _chunks(wanted):
@@ -315,7 +321,9 @@ class SyncLedger:
         found: dict[str, str] = {}
         table = schema.deliveries
         with self._reading() as connection:
-            scope_id = self._find_scope(connection, scope) if connection is not None and wanted else None
+            if connection is None or not wanted:
+                return found
+            scope_id = self._find_scope(connection, scope)
             if scope_id is None:
                 return found
             for chunk in _chunks(wanted):
@@ -354,7 +362,7 @@ class SyncLedger:
         table = schema.deliveries
         with self._reading() as connection:
             scope_id = self._find_scope(connection, scope) if connection is not None else None
-            if scope_id is None:
+            if connection is None or scope_id is None:
                 return {}
             rows = connection.execute(sa.select(table).where(table.c.scope_id == scope_id))
             return {row.identity: self._delivered(row) for row in rows}
@@ -364,7 +372,7 @@ class SyncLedger:
         table = schema.deliveries
         with self._reading() as connection:
             scope_id = self._find_scope(connection, scope) if connection is not None else None
-            if scope_id is None:
+            if connection is None or scope_id is None:
                 return None
             row = connection.execute(
                 sa.select(table)
@@ -454,8 +462,8 @@ class SyncLedger:
                     status=row.status,
                     retryable=row.retryable,
                     scope=Scope(row.account, row.destination, row.stream),
-                    first_failed_at=_moment(row.first_failed_at),
-                    last_failed_at=_moment(row.last_failed_at),
+                    first_failed_at=_when(row.first_failed_at),
+                    last_failed_at=_when(row.last_failed_at),
                     attempts=row.attempts,
                 )
                 for row in connection.execute(query)
@@ -528,11 +536,11 @@ class SyncLedger:
             }
             waiting: dict[int, dict[str, int]] = {}
             for row in connection.execute(
-                sa.select(failures.c.scope_id, failures.c.reason, sa.func.count().label("count"))
+                sa.select(failures.c.scope_id, failures.c.reason, sa.func.count().label("waiting"))
                 .group_by(failures.c.scope_id, failures.c.reason)
                 .order_by(sa.func.count().desc(), failures.c.reason)
             ):
-                waiting.setdefault(row.scope_id, {})[row.reason] = row.count
+                waiting.setdefault(row.scope_id, {})[row.reason] = row.waiting
             rows = connection.execute(
                 sa.select(scopes).order_by(scopes.c.account, scopes.c.destination, scopes.c.stream)
             ).all()
