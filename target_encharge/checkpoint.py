@@ -86,13 +86,28 @@ class StateGate:
 
 @dataclasses.dataclass
 class StreamCounts:
-    """Per stream: records seen, calls made, records succeeded and failed, calls retried."""
+    """Per stream: records seen, calls made, records succeeded (of which created and updated, as far as the sync
+    ledger knew), unchanged since their last delivery, skipped by the sync mode, removed by mirror, failed, calls
+    retried, and records sent again from earlier runs' failures."""
 
     records: int = 0
     calls: int = 0
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    removed: int = 0
+    retried_from_earlier_runs: int = 0
+
+    def shown(self, sync_fields: t.Collection[str]) -> dict[str, int]:
+        """The counts every run shows, and those of the sync that are not all zero in this run."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in ALWAYS_SHOWN or k in sync_fields}
+
+
+ALWAYS_SHOWN = ("records", "calls", "succeeded", "failed", "retried")
 
 
 def _short(ids: dict) -> dict:
@@ -124,6 +139,12 @@ class RunCounts:
         with self._lock:
             self.streams[stream].succeeded += records
 
+    def add(self, stream: str, what: str, records: int = 1) -> None:
+        """``records`` more of ``what`` (a :class:`StreamCounts` field: created, unchanged, removed...)."""
+        with self._lock:
+            counts = self.streams[stream]
+            setattr(counts, what, getattr(counts, what) + records)
+
     def failed(self, stream: str, ids: dict, reason: str) -> None:
         with self._lock:
             self.streams[stream].failed += 1
@@ -140,13 +161,20 @@ class RunCounts:
     def handled(self) -> tuple[int, int]:
         """(records done, of which failed) so far."""
         with self._lock:
-            return sum(c.succeeded + c.failed for c in self.streams.values()), self.failures
+            return (sum(c.succeeded + c.failed + c.unchanged + c.skipped for c in self.streams.values()),
+                    self.failures)
+
+    def _sync_fields(self) -> set[str]:
+        """The sync's counts that are not zero for some stream (the others are not shown)."""
+        return {k for c in self.streams.values() for k, v in dataclasses.asdict(c).items()
+                if v and k not in ALWAYS_SHOWN}
 
     def summary(self) -> dict:
         """Counts for at most MAX_STREAMS_IN_STATE streams (the others together), the last few errors."""
         with self._lock:
             names = sorted(self.streams)
-            shown = {s: dataclasses.asdict(self.streams[s]) for s in names[:MAX_STREAMS_IN_STATE]}
+            fields = self._sync_fields()
+            shown = {s: self.streams[s].shown(fields) for s in names[:MAX_STREAMS_IN_STATE]}
             summary: dict[str, t.Any] = {"streams": shown, "last_errors": list(self.errors)}
             if len(names) > MAX_STREAMS_IN_STATE:
                 others = StreamCounts()
@@ -154,17 +182,20 @@ class RunCounts:
                     for field, value in dataclasses.asdict(self.streams[s]).items():
                         setattr(others, field, getattr(others, field) + value)
                 summary["other_streams"] = {"streams": len(names) - MAX_STREAMS_IN_STATE,
-                                            **dataclasses.asdict(others)}
+                                            **others.shown(fields)}
             return summary
 
     def table(self) -> str:
         """The end-of-run summary, one line per stream (and their total)."""
-        rows: list[tuple[str, ...]] = [("stream", "records", "calls", "succeeded", "failed", "retried")]
         with self._lock:
-            counts = sorted(self.streams.items())
-        rows += [(s, *(f"{n:,}" for n in dataclasses.astuple(c))) for s, c in counts]
+            fields = self._sync_fields()
+            counts = [(s, tuple(c.shown(fields).values())) for s, c in sorted(self.streams.items())]
+        names = [f.name.replace("retried_from_earlier_runs", "from_earlier_runs")
+                 for f in dataclasses.fields(StreamCounts) if f.name in ALWAYS_SHOWN or f.name in fields]
+        rows: list[tuple[str, ...]] = [("stream", *names)]
+        rows += [(s, *(f"{n:,}" for n in values)) for s, values in counts]
         if len(counts) > 1:
-            columns = zip(*(dataclasses.astuple(c) for _, c in counts), strict=True)
+            columns = zip(*(values for _, values in counts), strict=True)
             rows.append(("total", *(f"{sum(col):,}" for col in columns)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)

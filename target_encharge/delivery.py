@@ -23,6 +23,7 @@ if t.TYPE_CHECKING:
     from target_encharge.client import Client
 
 logger = logging.getLogger("target_encharge.delivery")
+CONFLICT = 409  # a create of what exists
 QUEUED_PER_WORKER = 4  # requests waiting per worker before submit blocks (bounded memory)
 
 
@@ -140,6 +141,12 @@ class Delivery:
             self.on_result(request, outcome, settle=False)
             for half in request.halves():
                 self._deliver(half)
+            return
+        if verdict(outcome) is Verdict.REFUSED and outcome.status == CONFLICT and request.upserts_on_conflict:
+            logger.info("Encharge answered 409 to the create of a record that exists: updating it instead")
+            self.on_result(request, outcome, settle=False)
+            for upsert in request.as_upserts():
+                self._deliver(upsert)
             return
         self.on_result(request, outcome)
 

@@ -15,6 +15,9 @@ import typing as t
 from target_encharge.request import Entry, Request
 from target_encharge.templates import Template, ordering_keys
 
+if t.TYPE_CHECKING:
+    from target_encharge.sync import StreamSync
+
 STATE_FLUSH_AGE = 1.0  # seconds: at a STATE, open batches older than this go out so the STATE can follow
 
 
@@ -28,6 +31,7 @@ class Route:
     batched: bool = False  # several records per request (else one request per record, sent at once)
     batch_size: int = 1  # most records per request
     group_by: str | None = None  # `by_field`: a batch holds one value of this field
+    sync: StreamSync | None = None  # what the sync ledger says of its records before they go
 
     def request(self, entries: t.Sequence[Entry], url: str, keys: t.Iterable[str]) -> Request:
         return Request.for_entries(self.template, self.headers, entries, url, keys)
@@ -49,8 +53,10 @@ class Outbox:
     """Every open batch of the run, and which person or object each one holds; hands finished requests to
     ``submit``. Used from the reading thread only."""
 
-    def __init__(self, submit: t.Callable[[Request], None]) -> None:
+    def __init__(self, submit: t.Callable[[Request], None],
+                 unsent: t.Callable[[str, t.Sequence[Entry], str], None] | None = None) -> None:
         self.submit = submit
+        self.unsent = unsent  # (stream, entries, why): records the sync ledger says not to send
         self._open: dict[Route, dict[tuple[str, t.Any], Batch]] = {}
         self._holding: dict[str, Batch] = {}  # ordering key -> the open batch holding it
 
@@ -61,7 +67,7 @@ class Outbox:
         batches = self._open.setdefault(route, {})
         self._flush_holding(keys, batches.get((url, group)))
         if not route.batched:
-            self.submit(route.request([entry], url, keys))
+            self._send(route, [entry], url, keys)
             return
         if not route.group_by and batches and (url, None) not in batches:
             self.flush_route(route)  # sequential: a record for another URL closes the open batch (arrival order)
@@ -84,7 +90,7 @@ class Outbox:
             if self._holding.get(key) is batch:
                 del self._holding[key]
         if batch.entries:
-            self.submit(batch.route.request(batch.entries, batch.url, batch.keys))
+            self._send(batch.route, batch.entries, batch.url, batch.keys)
 
     def flush_route(self, route: Route) -> None:
         """Send one route's open batches."""
@@ -99,10 +105,30 @@ class Outbox:
                 if older_than is None or now - batch.opened >= older_than:
                     self.flush(batch)
 
+    def _send(self, route: Route, entries: t.Sequence[Entry], url: str, keys: t.Iterable[str]) -> None:
+        """Hand the request for ``entries`` to delivery, less what the sync ledger says not to send; custom
+        objects that exist go one per call as updates."""
+        if route.sync is not None:
+            sifted = route.sync.sift(entries)
+            if self.unsent is not None:
+                for why, unsent in (("unchanged", sifted.unchanged), ("skipped", sifted.skipped)):
+                    if unsent:
+                        self.unsent(route.stream, unsent, why)
+            for entry in sifted.update:
+                self.submit(Request.upsert(route.template, route.headers, entry,
+                                           ordering_keys(route.template, entry.ids, url)))
+            entries = sifted.send
+        if entries:
+            self.submit(route.request(entries, url, keys))
+
     @property
     def open_records(self) -> int:
         """Records waiting in open batches."""
         return sum(len(b.entries) for batches in self._open.values() for b in batches.values())
+
+    def flush_holding_of(self, keys: t.Iterable[str]) -> None:
+        """Send the open batches holding any of ``keys`` (a request for that person goes next, in order)."""
+        self._flush_holding(keys, None)
 
     def _flush_holding(self, keys: t.Iterable[str], joining: Batch | None) -> None:
         """A record for a person waiting in another open batch (another stream, URL or group) sends that batch

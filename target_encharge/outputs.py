@@ -232,6 +232,8 @@ def preview(request: Request, headers: dict[str, str], outcome: Outcome | None =
         body = encoding.loads(request.body) if json_body else request.body.decode("utf-8", "replace")
     shown = {"stream": request.stream, "endpoint": request.endpoint, "method": request.method, "url": request.url,
              "headers": headers, "body": body}
+    if request.note:
+        shown["why"] = request.note
     if outcome is not None:
         answer_headers = {k: "***" if k.lower() in _SECRET_HEADERS else v for k, v in outcome.headers.items()}
         shown["response"] = {"status": outcome.status, "success": outcome.ok, "headers": answer_headers,

@@ -35,6 +35,8 @@ class Request:
     entries: tuple[Entry, ...] = ()
     keys: tuple[str, ...] = ()  # ordering keys: requests sharing one go out in input order
     template: Template | None = None  # what the body was built with; a batch is split through it
+    removal: bool = False  # mirror removing what left the source: a 404 means it is already gone
+    note: str | None = None  # why it is sent, shown in previews (a removal's reason)
 
     @classmethod
     def for_entries(cls, template: Template, headers: t.Mapping[str, str], entries: t.Sequence[Entry], url: str,
@@ -44,6 +46,24 @@ class Request:
                    content_type=template.content_type, headers=headers,
                    body=template.body([e.record for e in entries]), entries=tuple(entries), keys=tuple(keys),
                    template=template)
+
+    @classmethod
+    def upsert(cls, template: Template, headers: t.Mapping[str, str], entry: Entry, keys: t.Iterable[str]) -> Request:
+        """The request that updates ``entry``'s record where it exists (a custom object: PUT, one per call)."""
+        upsert = template.upsert or template
+        return cls.for_entries(upsert, headers, [entry], upsert.url(entry.record), keys)
+
+    @property
+    def upserts_on_conflict(self) -> bool:
+        """A create that Encharge refused with 409 (it exists) is sent again as an update."""
+        upsert = self.template.upsert if self.template is not None else None
+        return upsert is not None and self.method != upsert.method
+
+    def as_upserts(self) -> tuple[Request, ...]:
+        """Each record of this create, as an update (one per call)."""
+        if self.template is None:
+            return ()
+        return tuple(Request.upsert(self.template, self.headers, entry, self.keys) for entry in self.entries)
 
     @classmethod
     def check(cls, url: str) -> Request:

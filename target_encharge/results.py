@@ -14,6 +14,12 @@ from target_encharge.checkpoint import RunCounts, StateGate
 from target_encharge.outputs import SUMMARY_KEY, FailureLimit, FailureLog, Outputs, TestSendSample, preview
 from target_encharge.request import Entry, Outcome, Request, Verdict, verdict
 
+if t.TYPE_CHECKING:
+    from target_encharge.sync import Sync
+
+NOT_FOUND = 404
+TAGGING = ("add_tag", "remove_tag")  # a tag's person may come later in the run (another stream)
+
 logger = logging.getLogger("target_encharge")
 
 
@@ -26,6 +32,9 @@ class Results:
         self.gate = StateGate(self._emit)
         self.sample = TestSendSample(on=outputs.sample_only)
         self.failure_log = FailureLog()
+        self.sync: Sync | None = None  # the sync ledger, told what was delivered and what failed
+        self.later: list[Request] = []  # tags whose person was not there yet: tried again at the end
+        self._retried_later: set[int] = set()  # entries already tried again once
         self._last_payload: dict | None = None  # what went out with the last STATE
 
     # records in
@@ -37,10 +46,16 @@ class Results:
         self.counts.record_skipped()
         return False
 
-    def entry(self, stream: str, record: dict, ids: dict) -> Entry:
-        """A record numbered in input order and counted."""
-        self.counts.record_seen(stream)
+    def entry(self, stream: str, record: dict, ids: dict, *, counted: bool = True) -> Entry:
+        """A record numbered in input order and (unless it is a removal mirror makes) counted."""
+        if counted:
+            self.counts.record_seen(stream)
         return Entry(self.gate.number(), stream, record, ids)
+
+    def unsent(self, stream: str, entries: t.Sequence[Entry], why: str) -> None:
+        """Records the sync ledger says not to send (``why``: unchanged, or skipped by the sync mode): done."""
+        self.counts.add(stream, why, len(entries))
+        self.gate.done(*(e.seq for e in entries))
 
     def add_state(self, state: dict) -> None:
         """A STATE from the tap: out once every record before it is done."""
@@ -60,12 +75,31 @@ class Results:
             self.out.response(request, outcome)
         if not settle:
             return
-        if judged in (Verdict.DELIVERED, Verdict.DRY_RUN):
-            self.counts.succeeded(request.stream, len(request.entries))
+        sync = self.sync.of(request.stream) if self.sync is not None else None
+        if request.removal and (judged is Verdict.DELIVERED or outcome.status == NOT_FOUND):  # 404: already gone
+            if sync is not None:
+                sync.removed_entries(request.entries)
+            self.counts.add(request.stream, "removed", len(request.entries))
             self.gate.done(*(e.seq for e in request.entries))
             return
+        if judged in (Verdict.DELIVERED, Verdict.DRY_RUN):
+            self.counts.succeeded(request.stream, len(request.entries))
+            if judged is Verdict.DELIVERED and sync is not None:
+                for mark in sync.delivered(request.entries):
+                    if mark is not None:
+                        self.counts.add(request.stream, "updated" if mark.known else "created")
+            self.gate.done(*(e.seq for e in request.entries))
+            return
+        if request.endpoint in TAGGING and outcome.status == NOT_FOUND and not request.removal \
+                and not self._retried_later.intersection(e.seq for e in request.entries):
+            self.later.append(request)  # its person may be created by a stream later in the run
+            return
+        reason = outcome.error or f"HTTP {outcome.status}"
+        retryable = judged is Verdict.RETRY or (request.endpoint in TAGGING and outcome.status == NOT_FOUND)
+        if sync is not None and not request.removal:
+            sync.failed(request.entries, reason, outcome.status, retryable=retryable)
         for entry in request.entries:
-            self.fail(entry, outcome.error or f"HTTP {outcome.status}", outcome.status, outcome.body, sent=True)
+            self.fail(entry, reason, outcome.status, outcome.body, sent=True)
         self.check_failures()  # as they happen: sending stops once Encharge refused more than allowed
 
     def fail(
@@ -85,6 +119,13 @@ class Results:
             self.out.previews.write({"stream": entry.stream, "identifiers": entry.ids, "refused": reason})
         self.counts.failed(entry.stream, entry.ids, reason)
         self.gate.done(entry.seq)
+
+    def take_later(self) -> list[Request]:
+        """The tag requests whose person was not there: once more, now that every stream was delivered."""
+        later, self.later = self.later, []
+        for request in later:
+            self._retried_later.update(e.seq for e in request.entries)
+        return later
 
     def check_failures(self) -> None:
         """Stop the run once more records failed for good than ``max_failures`` allows."""

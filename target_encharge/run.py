@@ -5,20 +5,37 @@ line, and the run's ending."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
+import typing as t
 
 from target_encharge.casing import CaseMerges
 from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.delivery import Delivery
+from target_encharge.errors import EnchargeTargetError
+from target_encharge.ledger import SyncLedger
+from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import FailureLimit, Outputs, Progress, dead_letter_line, summary_title
 from target_encharge.redaction import Redactor
+from target_encharge.request import Request
 from target_encharge.results import Results
 from target_encharge.retry import RetryPolicy
-from target_encharge.settings import RunSettings
+from target_encharge.settings import RunSettings, StreamSettings
+from target_encharge.sync import DeleteGuardError, Planned, StreamSync, Sync, account_name
+from target_encharge.templates import ordering_keys
 from target_encharge.urls import Credentials
+
+if t.TYPE_CHECKING:
+    from target_encharge.outbox import Route
+    from target_encharge.templates import Template
+
+def _digest(key: str) -> str:
+    """A key's digest: what the ledger knows a key by (never the key)."""
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
 
 GRACE_POLL = 0.05  # seconds between looks at what is still undone during a shutdown's grace period
 
@@ -39,6 +56,10 @@ class Run:
     finished: bool = False
     case_merges: CaseMerges = dataclasses.field(default_factory=CaseMerges)
     waiting: bool = False  # waiting in deliver_all for every call to be answered
+    sync: Sync | None = None  # the sync ledger (None only when the run could not open it)
+    lookups: Lookups | None = None  # asks Encharge what exists (`update`, `create`; not in a dry run)
+    refusals: list[str] = dataclasses.field(default_factory=list)  # mirror's guard: told at the end, exit 1
+    _account: str | None = None
 
     @classmethod
     def start(cls, settings: RunSettings, logger: logging.Logger) -> Run:
@@ -55,18 +76,99 @@ class Run:
                              outputs.dead_letters.shown_path if outputs.dead_letters is not None else None)
         results = Results(outputs, limit, masked_headers=lambda request: client.headers(request, mask=True))
         delivery = Delivery(client, results.on_result, settings.max_concurrency, dry_run=settings.dry_run)
+        looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
+        ledger = SyncLedger(settings.ledger_url, read_only=looking)
+        results.sync = Sync(ledger, skip_unchanged=settings.skip_unchanged, resync=settings.resync,
+                            writes=not looking)
         return cls(
             settings=settings,
             redact=client.redact,
             client=client,
             delivery=delivery,
             results=results,
-            outbox=Outbox(delivery.submit),
+            outbox=Outbox(delivery.submit, results.unsent),
             checks=StartupChecks(client, settings.api_url),
             progress=Progress(results.counts, results.gate, settings.progress_interval,
                               lambda: delivery.calls_in_flight),
             logger=logger,
+            sync=results.sync,
+            lookups=None if settings.dry_run else Lookups(client, settings.api_url),
         )
+
+    # the sync ledger
+
+    def account(self) -> str:
+        """The ledger's name for the Encharge account of this run: its id from `GET /accounts/info` at the REST
+        host (a dry run, which calls nothing, finds it through the key's digest in the ledger); with only a
+        write key, the key's digest at the Ingest host."""
+        if self._account is not None:
+            return self._account
+        settings, sync = self.settings, self.sync
+        if not settings.api_key:
+            digest = _digest(settings.write_key or "")
+            self._account = account_name(f"write key {digest}", settings.ingest_url)
+            return self._account
+        digest = _digest(settings.api_key)
+        if settings.dry_run:
+            known = sync.ledger.account_for(digest) if sync is not None else None
+            self._account = known or account_name(f"api key {digest}", settings.api_url)
+            return self._account
+        info = self.checks.account()
+        self._account = account_name(info.get("accountId") if isinstance(info, dict) else None, settings.api_url)
+        if sync is not None and sync.writes:
+            sync.ledger.remember_account(digest, self._account)
+        return self._account
+
+    def stream_sync(self, stream: str, template: Template, settings: StreamSettings,
+                    key_properties: t.Sequence[str]) -> StreamSync | None:
+        """The sync of one stream, in this run's account."""
+        if self.sync is None:
+            return None
+        return self.sync.stream(stream, template, key_properties, self.account(), mode=settings.sync_mode,
+                                delete_action=settings.delete_action, exists=self._exists(template, settings))
+
+    def _exists(self, template: Template, settings: StreamSettings) -> t.Callable[..., list[bool]] | None:
+        lookups = self.lookups
+        if lookups is None or settings.sync_mode not in ("update", "create"):
+            return None
+        if template.name == "create_custom_object":
+            objects_url = template.url({})
+            return lambda entries: lookups.objects(objects_url, [e.ids.get("externalId") for e in entries])
+        return lambda entries: lookups.people([e.ids for e in entries])
+
+    def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None:
+        """A record the tap marks deleted (`_sdc_deleted_at`): `mirror` removes what it wrote for it; other modes
+        never upsert it back (skipped, counted)."""
+        plan = sync.deleted(record) if sync is not None and mode == "mirror" else None
+        if plan is None:
+            self.results.counts.record_seen(route.stream)
+            self.results.counts.add(route.stream, "skipped")
+            return
+        self._remove(route, sync, plan)  # type: ignore[arg-type]
+
+    def mirror(self, route: Route, sync: StreamSync) -> None:
+        """The tap's ACTIVATE_VERSION for a `mirror` stream: what left the source is removed, unless the guard
+        says it is too much (then nothing is, and the run ends with exit 1 after delivering the rest)."""
+        try:
+            plans = sync.left_the_source(self.settings.max_delete_share)
+        except DeleteGuardError as exc:
+            self.logger.error("%s", exc)
+            self.refusals.append(str(exc))
+            return
+        if plans:
+            self.logger.info("Stream '%s': removing %d record(s) that left the source (%s)", route.stream,
+                             len(plans), sync.delete_action)
+        for plan in plans:
+            self._remove(route, sync, plan)
+
+    def _remove(self, route: Route, sync: StreamSync, plan: Planned) -> None:
+        entry = self.results.entry(route.stream, plan.ids, plan.ids, counted=False)
+        sync.removing(entry.seq, plan)
+        self.outbox.flush_holding_of(ordering_keys(route.template, plan.ids, plan.removal.url))
+        self.delivery.submit(Request(
+            stream=route.stream, endpoint=route.template.name, method=plan.removal.method, url=plan.removal.url,
+            content_type="application/json", headers=route.headers, body=plan.removal.body, entries=(entry,),
+            keys=ordering_keys(route.template, plan.ids, plan.removal.url), removal=True, note=plan.why))
 
     def on_state(self, state: dict) -> None:
         """A STATE from the tap: batches open a while go first, and the STATE waits for what came before it."""
@@ -82,6 +184,12 @@ class Run:
             self.waiting = True  # a signal now interrupts the wait (see TargetEncharge.on_signal)
             try:
                 self.delivery.wait()
+                later = self.results.take_later()  # tags whose person was not there: every stream is in now
+                if later:
+                    self.logger.info("Tagging again %d request(s) whose person did not exist yet", len(later))
+                    for request in later:
+                        self.delivery.submit(request)
+                    self.delivery.wait()
             finally:
                 self.waiting = False
             return
@@ -112,5 +220,22 @@ class Run:
             where = dead_letter_line(self.results.out.dead_letters)
             if where:
                 self.logger.info("%s", where)
+            self._tell_waiting()
             self.results.out.close()
+            if self.sync is not None:
+                self.sync.close()
         self.results.check_failures()
+        if self.refusals:
+            raise EnchargeTargetError(self.refusals[0])
+
+    def _tell_waiting(self) -> None:
+        """How many failed records wait in the ledger to be sent again when their stream next comes."""
+        if self.sync is None or not self.sync.streams:
+            return
+        try:
+            waiting = sum(len(s.waiting()) for s in self.sync.streams.values())
+        except EnchargeTargetError:  # the ledger went away: the run's own reason to stop is told
+            return
+        if waiting:
+            self.logger.info("%d failed record(s) wait in the sync ledger, to be sent again when their stream "
+                             "next comes", waiting)

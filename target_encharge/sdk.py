@@ -39,6 +39,7 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (Target, "_process_record_message"),
     (Target, "_handle_termination"),
     (RecordSink, "_parse_timestamps_in_record"),
+    (RecordSink, "_remove_sdc_metadata_from_record"),
     (MsgSpecReader, "_process_unknown_message"),
     (_ConfigInput, "config"),
     (_ConfigInput, "parse_env"),
@@ -137,6 +138,13 @@ class SeamSink(RecordSink):
     def on_unparsable_date(self, record: dict, field: str, error: Exception) -> None:  # noqa: ARG002
         """``record[field]`` is not a date its schema's format allows (left as it came)."""
         raise error
+
+    deleted_at: t.Any = None  # the `_sdc_deleted_at` of the record being processed, seen before the SDK strips it
+
+    @override
+    def _remove_sdc_metadata_from_record(self, record: dict) -> None:
+        self.deleted_at = record.get("_sdc_deleted_at")
+        super()._remove_sdc_metadata_from_record(record)
 
 
 class SeamReader(MsgSpecReader):

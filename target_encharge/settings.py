@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing as t
+import urllib.parse
 
 from singer_sdk import typing as th
 
@@ -28,6 +29,8 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CONTENT_TYPES = ("application/json", "application/x-ndjson", "application/x-www-form-urlencoded")
 GROUPING_ALGORITHMS = ("sequential", "by_field")
 RESPONSE_OUTPUTS = ("none", "state", "stream")
+SYNC_MODES = ("upsert", "update", "create", "mirror")
+DELETE_ACTIONS = ("archive", "delete")
 DEFAULT_DEAD_LETTER_PATH = "target-encharge-dead-letters.jsonl"
 BATCHED_BY_DEFAULT = ("create_or_update_person", "create_custom_object")  # their API takes arrays
 MAX_CONCURRENCY = 64  # calls in flight at once, at the most
@@ -94,6 +97,22 @@ def _stream_properties() -> list[th.Property]:
             "the same value of `group_by`.",
         ),
         th.Property("group_by", th.StringType, description="The field `by_field` groups on."),
+        th.Property(
+            "sync_mode",
+            th.StringType(allowed_values=list(SYNC_MODES)),
+            default="upsert",
+            description="`upsert`: create or update; `update`: only people or custom objects already in Encharge "
+            "(nobody is created); `create`: only those not yet in Encharge; `mirror`: upsert, and remove from "
+            "Encharge what left the source (on the tap's ACTIVATE_VERSION, or a record with `_sdc_deleted_at`). "
+            "People and custom objects take all four, `add_tag` `upsert` and `mirror`, the others `upsert`.",
+        ),
+        th.Property(
+            "delete_action",
+            th.StringType(allowed_values=list(DELETE_ACTIONS)),
+            default="archive",
+            description="How `mirror` removes a person: `archive` (Encharge's preferred way) or `delete` (the "
+            "person and their data, for GDPR).",
+        ),
     ]
 
 
@@ -128,6 +147,40 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         th.ObjectType(additional_properties=th.ObjectType(*_stream_properties())),
         default={},
         description="Per stream name, any of the per-stream settings, overriding the top-level ones.",
+    ),
+    th.Property(
+        "ledger_url",
+        th.StringType,
+        secret=True,
+        description="Where the sync ledger (what was delivered, remembered between runs) lives: a file path, "
+        "`sqlite:///path`, or `postgresql://user:password@host:port/db` (extra `target-encharge[postgres]`). "
+        "Unset: `.target-encharge-ledger.db` in the working directory.",
+    ),
+    th.Property(
+        "skip_unchanged",
+        th.BooleanType,
+        default=True,
+        description="A record whose payload equals what was last delivered for the same identity is not sent.",
+    ),
+    th.Property(
+        "resync",
+        th.BooleanType,
+        default=False,
+        description="Send every record as if never sent (the ledger is refreshed).",
+    ),
+    th.Property(
+        "retry_failed",
+        th.BooleanType,
+        default=True,
+        description="Records that failed in an earlier run for a reason that can pass (429, 5xx, timeout, dropped "
+        "connection, a tag whose person was not there yet) are sent again when their stream next comes.",
+    ),
+    th.Property(
+        "max_delete_share",
+        th.NumberType,
+        default=0.2,
+        description="`mirror` refuses a stream's removals, all of them, when they would remove more than this "
+        "share of what the ledger knows for it.",
     ),
     th.Property(
         "response_output",
@@ -329,6 +382,8 @@ class StreamSettings:
     batch_size: int
     grouping_algorithm: str
     group_by: str | None
+    sync_mode: str = "upsert"
+    delete_action: str = "archive"
 
 
 def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
@@ -366,7 +421,18 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         batch_size=batch_size,
         grouping_algorithm=grouping,
         group_by=get("group_by"),
+        sync_mode=get("sync_mode"),
+        delete_action=get("delete_action"),
     )
+
+
+def ledger_password(ledger_url: str | None) -> str | None:
+    """The password in a `postgresql://user:password@host/db` ledger_url (a secret like the keys)."""
+    if not ledger_url or "://" not in ledger_url:
+        return None
+    userinfo = ledger_url.split("://", 1)[1].rpartition("@")[0]
+    password = userinfo.partition(":")[2] if "@" in ledger_url.split("://", 1)[1] else ""
+    return urllib.parse.unquote(password) or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,6 +457,11 @@ class RunSettings:
     max_concurrency: int
     max_requests_per_second: float | None
     shutdown_grace_period: float = 30.0
+    ledger_url: str | None = None
+    skip_unchanged: bool = True
+    resync: bool = False
+    retry_failed: bool = True
+    max_delete_share: float = 0.2
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> RunSettings:
@@ -418,6 +489,11 @@ class RunSettings:
             max_concurrency=int(_setting(config, "max_concurrency")),
             max_requests_per_second=float(rate) if rate else None,
             shutdown_grace_period=max(0.0, float(_setting(config, "shutdown_grace_period"))),
+            ledger_url=text("ledger_url"),
+            skip_unchanged=bool(_setting(config, "skip_unchanged")),
+            resync=bool(_setting(config, "resync")),
+            retry_failed=bool(_setting(config, "retry_failed")),
+            max_delete_share=float(_setting(config, "max_delete_share")),
         )
         settings.check()
         return settings
@@ -432,6 +508,7 @@ class RunSettings:
                                 not 1 <= self.max_concurrency <= MAX_CONCURRENCY),
             "dead_letter_path": ("cannot be stdout ('-'): under Meltano stdout is state; name a file",
                                  self.dead_letter_path == "-"),
+            "max_delete_share": ("must be between 0 and 1", not 0 <= self.max_delete_share <= 1),
         }
         for name, (problem, wrong) in problems.items():
             if wrong:
@@ -445,5 +522,5 @@ class RunSettings:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        """The keys, which no output may show."""
-        return tuple(k for k in (self.api_key, self.write_key) if k)
+        """The keys and the ledger's password, which no output may show."""
+        return tuple(k for k in (self.api_key, self.write_key, ledger_password(self.ledger_url)) if k)

@@ -6,6 +6,7 @@ retries or threads: they hand records to the run's outbox, which batches them an
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import re
 import typing as t
@@ -25,6 +26,7 @@ if t.TYPE_CHECKING:
     from singer_sdk import Target
 
     from target_encharge.run import Run
+    from target_encharge.sync import StreamSync
 
 PEOPLE = ("create_or_update_person", "add_tag", "remove_tag", "track_event")  # templates whose records are people
 
@@ -111,7 +113,9 @@ class EnchargeSink(SeamSink):
         self.exclude = self.settings.exclude_attributes
         self.person = self.template.name in PEOPLE  # its email names a person (case merges are told)
         own = stream_name in (target.config.get("streams") or {})
-        self.logger.info("Stream '%s' goes to %s (mode: upsert; %s)%s", stream_name, self.template.name,
+        self.sync: StreamSync | None = None  # set up before the first record (it needs the account)
+        self.logger.info("Stream '%s' goes to %s (mode: %s; %s)%s", stream_name, self.template.name,
+                         self.settings.sync_mode,
                          f"batches of up to {self.route.batch_size}" if batched else "one record per call",
                          "" if own else " (default: not listed in `streams`)")
 
@@ -120,9 +124,34 @@ class EnchargeSink(SeamSink):
         """Before any record: the stream's key is there and accepted, its custom object schema exists (not in a
         dry run, which sends nothing)."""
         super().setup()
-        if not self.run.settings.dry_run:
-            self.run.checks.before_sending(self.stream_name, self.template, self.settings)
-        self.run.progress.start()
+        run = self.run
+        if not run.settings.dry_run:
+            run.checks.before_sending(self.stream_name, self.template, self.settings)
+        self.sync = run.stream_sync(self.stream_name, self.template, self.settings, self.key_properties or ())
+        if self.sync is not None:
+            self.route = dataclasses.replace(self.route, sync=self.sync)
+            if run.settings.retry_failed:
+                self._send_again(self.sync)
+        run.progress.start()
+
+    def _send_again(self, sync: StreamSync) -> None:
+        """Records of this stream that failed in earlier runs for a reason that can pass go first."""
+        waiting = sync.waiting()
+        if not waiting:
+            return
+        self.logger.info("Stream '%s': sending again %d record(s) that failed in earlier runs (oldest: %s)",
+                         self.stream_name, len(waiting), waiting[0].reason)
+        for failure in waiting:
+            record = dict(failure.payload)
+            entry = self.run.results.entry(self.stream_name, record, self.template.identifiers(record))
+            self.run.results.counts.add(self.stream_name, "retried_from_earlier_runs")
+            self.run.outbox.add(self.route, entry, self.template.url(record))
+
+    @override
+    def activate_version(self, new_version: int) -> None:
+        """The tap's ACTIVATE_VERSION: the stream's complete set has come; `mirror` removes what left it."""
+        if self.sync is not None and self.settings.sync_mode == "mirror":
+            self.run.mirror(self.route, self.sync)
 
     @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -170,14 +199,23 @@ class EnchargeSink(SeamSink):
         if not results.admit(self.stream_name):
             self.problem = None
             return  # a test send: only the first record of each stream
+        deleted, self.deleted_at = self.deleted_at or record.get("_sdc_deleted_at"), None
         if self.exclude:
             record = {k: v for k, v in record.items() if k not in self.exclude}
+        if deleted:
+            self.problem = None
+            run.removed_at_source(self.route, self.sync, record, self.settings.sync_mode)
+            return
+        if self.sync is not None:
+            self.sync.saw(record)
         entry = results.entry(self.stream_name, record, self.template.identifiers(record))
         if self.person:
             run.case_merges.saw(entry.ids.get("email"))
         problem, self.problem = self.problem, None
         problem = problem or self.template.needs(record)
         if problem:
+            if self.sync is not None:
+                self.sync.failed([entry], f"refused before sending: {problem}", None, retryable=False)
             results.fail(entry, f"refused before sending: {problem}")
             results.check_failures()
             return

@@ -81,6 +81,7 @@ class StreamSync:
         self.events = template.name == "track_event"  # an event with an id is sent once, changed or not
         self.seen: dict[str, str | None] = {}  # mirror: identity -> its template identity, since the last version
         self._marks: dict[int, Mark] = {}  # by entry seq, from sifting until the answer
+        self._removing: dict[int, str] = {}  # by entry seq: the identity a removal request removes
         self._lock = threading.Lock()
 
     # before sending
@@ -246,9 +247,16 @@ class StreamSync:
                 live.setdefault(person, set()).update(tags.split(","))
         return live
 
-    def removed(self, identities: t.Iterable[str]) -> None:
+    def removing(self, seq: int, plan: Planned) -> None:
+        """The entry numbered ``seq`` carries ``plan``'s removal."""
+        with self._lock:
+            self._removing[seq] = plan.identity
+
+    def removed_entries(self, entries: t.Iterable[Entry]) -> None:
         """Encharge removed these (2xx, or 404: already gone): the ledger forgets them."""
-        if self.writes:
+        with self._lock:
+            identities = [i for i in (self._removing.pop(e.seq, None) for e in entries) if i is not None]
+        if self.writes and identities:
             self.ledger.remove(self.scope, identities)
 
 

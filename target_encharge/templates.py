@@ -284,7 +284,16 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
 
 
 def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Template:
-    """The template a stream is routed to, bound to its settings."""
+    """The template a stream is routed to, bound to its settings (refused when it cannot take its sync mode)."""
+    template = _template_for(settings, api_url, ingest_url)
+    if settings.sync_mode not in template.modes:
+        msg = (f"stream '{settings.stream}': sync_mode '{settings.sync_mode}' is not possible with "
+               f"{template.name} (it takes {', '.join(template.modes)})")
+        raise ConfigError(msg)
+    return template
+
+
+def _template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Template:
     endpoint = settings.endpoint
     if endpoint == "manual":
         return _manual(settings, api_url)

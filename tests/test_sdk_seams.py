@@ -50,6 +50,7 @@ def test_the_overridden_hooks_keep_their_signatures():
         (Target, "_process_state_message"): ["self", "message_dict"],
         (Target, "_write_state_message"): ["self", "state"],
         (RecordSink, "_parse_timestamps_in_record"): ["self", "record", "schema", "treatment"],
+        (RecordSink, "_remove_sdc_metadata_from_record"): ["self", "record"],
         (MsgSpecReader, "_process_unknown_message"): ["self", "message_dict"],
         (Target, "_process_batch_message"): ["self", "message_dict"],
         (Target, "_process_record_message"): ["self", "message_dict"],

@@ -35,7 +35,7 @@ def synced(sandbox: Sandbox, ledger_url: str, **settings: t.Any) -> dict:
 
 
 def summary(run: t.Any, stream: str) -> dict:
-    return run.states[-1]["target_encharge"]["streams"][stream]
+    return run.states[-1]["target_encharge"]["streams"].get(stream, {})
 
 
 def changed_people(n: int, changed: t.Iterable[int]) -> list[dict]:
