@@ -1,8 +1,9 @@
 """The holes an adversarial review found (issue 12): records lost with exit 0, crashes instead of refusals,
 signals, Encharge misbehaving, secrets in every encoding. Each test failed before its fix.
 
-These run the real command in a process of its own: they send signals, close its stdout, measure its memory,
-or change the SDK's timing before it starts."""
+Those that send signals, close its stdout, measure its memory, change the SDK's timing before it starts or the
+process's encoding run the real command in a process of its own (marked `subprocess`); the others run its entry
+point in-process (tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ import pytest
 from helpers import API_KEY, PERSON_PROPS, people, record, run_target, sandbox_config, schema, state, target_command
 
 from target_encharge.sandbox import Sandbox
-
-pytestmark = pytest.mark.subprocess
 
 DEFAULT_DEAD_LETTERS = "target-encharge-dead-letters.jsonl"
 REFUSED = {"email": "refused@example.com", "score": "high"}  # refused by its SCHEMA (a number): dead-lettered
@@ -215,6 +214,7 @@ def test_a_parquet_batch_without_pyarrow_is_a_one_line_error_naming_the_format(s
     assert run.states == []
 
 
+@pytest.mark.subprocess
 def test_an_open_batch_survives_a_schema_change_and_the_sdks_record_age_drain(sandbox, tmp_path):
     """The SDK drains sinks replaced by a new SCHEMA when records get old (5 minutes), without clean_up: the old
     sink's open batch must still be sent. The age limit is set to 0 so that the drain happens at once."""
@@ -331,6 +331,7 @@ def test_a_setting_out_of_range_is_refused_at_start_before_anything_is_sent(sand
     assert sandbox.people() == [] and [r for r in sandbox.requests() if r["method"] != "GET"] == []
 
 
+@pytest.mark.subprocess
 def test_a_stdout_that_cannot_carry_utf8_is_a_one_line_reason(sandbox):
     messages = [*people(2), state({"name": "Zo\u00eb \u2615"})]
     run = run_target(sandbox_config(sandbox), messages, env={"PYTHONIOENCODING": "ascii"})
@@ -358,6 +359,7 @@ def test_a_full_disk_for_dead_letters_is_one_line_and_never_a_partial_line(sandb
     assert json.loads(last)["record"] == REFUSED
 
 
+@pytest.mark.subprocess
 def test_stdout_closed_by_the_reader_is_said_in_one_line(sandbox):
     proc, _ = popen(sandbox_config(sandbox, response_output="stream", max_failures=-1))
     proc.stdout.close()  # type: ignore[union-attr]  # `| head -0`
@@ -369,6 +371,7 @@ def test_stdout_closed_by_the_reader_is_said_in_one_line(sandbox):
 # --- signals ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_reading_finishes_what_was_read_and_exits_non_zero(sandbox, sig, code):
     sandbox.set_faults(latency_ms=200)
@@ -386,6 +389,7 @@ def test_a_signal_stops_reading_finishes_what_was_read_and_exits_non_zero(sandbo
     assert "Summary" in err.decode()
 
 
+@pytest.mark.subprocess
 def test_a_signal_during_a_back_pressured_dry_run_never_hangs(sandbox, tmp_path):
     feed = tmp_path / "input.jsonl"
     feed.write_bytes(lines_of(people(20000)))
@@ -476,12 +480,12 @@ def test_request_timeout_bounds_the_whole_call_not_each_read(sandbox, scripted):
     assert "timed out" in run.stderr
 
 
+@pytest.mark.subprocess
 def test_a_huge_compressed_answer_is_never_inflated_whole(sandbox, scripted):
     # built a megabyte at a time: a 1 GB buffer here would be counted in the child's peak (forked from this process)
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     zeros = b"0" * 1_000_000
     bomb = b"".join(packer.compress(zeros) for _ in range(1000)) + packer.flush()
-
 
     def answer(handler: BaseHTTPRequestHandler, n: int) -> None:  # noqa: ARG001
         reply(handler, 200, bomb, {"Content-Encoding": "gzip"})
@@ -562,6 +566,7 @@ def test_a_key_too_short_to_mask_safely_is_refused_at_start(sandbox):
 # --- smaller ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_state_backlog_keeps_only_the_latest_state(sandbox):
     sandbox.set_faults(latency_ms=8000)  # one call in flight while every STATE arrives

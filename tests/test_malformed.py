@@ -65,6 +65,7 @@ def test_bad_input_stops_with_one_clear_line_after_delivering_what_came_before(s
     assert run.states == [{"read": 2}]
 
 
+@pytest.mark.subprocess  # the locale is the process's
 @pytest.mark.parametrize("io_encoding", ["utf-8", "utf-8:strict", "latin-1"])
 def test_bytes_that_are_not_utf8_are_found_by_line_whatever_the_locale(sandbox, io_encoding):
     # a strict UTF-8 locale decodes stdin in chunks: the lines before the bad one must not be lost with it

@@ -37,6 +37,7 @@ def sandbox_env(sandbox: t.Any, **settings: str) -> dict[str, str]:  # noqa: ANN
 TAG_PROPS = {"email": {"type": "string"}, "tag": {"type": "string"}}
 
 
+@pytest.mark.subprocess  # --config ENV
 def test_every_kind_of_setting_comes_from_environment_variables(sandbox):
     env = sandbox_env(
         sandbox,
@@ -67,6 +68,7 @@ def test_every_kind_of_setting_comes_from_environment_variables(sandbox):
     assert API_KEY not in run.stderr and WRITE_KEY not in run.stderr
 
 
+@pytest.mark.subprocess  # --config ENV
 def test_headers_as_text_from_an_environment_variable(sandbox):
     run = run_with_env(sandbox_env(sandbox, request_headers="X-Source:warehouse,X-Team:growth"),
                        [schema("people", PERSON_PROPS, ["email"]), record("people", {"email": "ann@example.com"})])
@@ -75,6 +77,7 @@ def test_headers_as_text_from_an_environment_variable(sandbox):
     assert (headers["x-source"], headers["x-team"]) == ("warehouse", "growth")
 
 
+@pytest.mark.subprocess  # --config ENV
 def test_a_bad_number_or_json_in_an_environment_variable_is_one_clear_line(sandbox):
     for name, value, says in (("request_timeout", "soon", "request_timeout: 'soon' is not a number"),
                               ("streams", "{tags: add_tag}", "is not valid JSON")):
@@ -130,6 +133,7 @@ def test_validation_checks_the_mapped_record_and_dead_letters_what_fails(sandbox
 
 # The plugin definitions: every setting of `target-encharge --about`, as Meltano should offer it.
 
+@pytest.mark.subprocess  # --about, as Meltano runs it
 def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind():
     about = json.loads(subprocess.run([*target_command(), "--about", "--format=json"], capture_output=True,
                                       text=True, check=True).stdout)
@@ -204,6 +208,11 @@ class MeltanoProject:
         return states[-1]
 
 
+def slow_with_meltano(test: t.Callable) -> t.Callable:
+    """Slow, and on the same pytest-xdist worker as the others using Meltano: `meltano install` runs once."""
+    return pytest.mark.slow(pytest.mark.xdist_group("meltano")(test))
+
+
 @pytest.fixture(scope="module")
 def meltano(tmp_path_factory: pytest.TempPathFactory) -> MeltanoProject:
     root = tmp_path_factory.mktemp("meltano") / "project"
@@ -225,7 +234,7 @@ def keys_env(sandbox: t.Any) -> dict[str, str]:  # noqa: ANN401
     return sandbox_env(sandbox, retry_backoff="0.01")
 
 
-@pytest.mark.slow
+@slow_with_meltano
 def test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state(meltano, sandbox):
     done = meltano.run("run", *ALL_DEMO_STREAMS, "--state-id-suffix=all", env=keys_env(sandbox))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -246,7 +255,7 @@ def test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state
     assert API_KEY not in done.stdout + done.stderr and WRITE_KEY not in done.stdout + done.stderr
 
 
-@pytest.mark.slow
+@slow_with_meltano
 def test_with_response_output_state_meltano_saves_the_taps_state_plus_one_bounded_summary(meltano, sandbox):
     env = {**keys_env(sandbox), "TARGET_ENCHARGE_RESPONSE_OUTPUT": "state"}
     state_id = "dev:tap-jsonl-people-to-target-encharge:summary"
@@ -264,7 +273,7 @@ def test_with_response_output_state_meltano_saves_the_taps_state_plus_one_bounde
     assert {p["email"] for p in sandbox.people()} == {p["email"] for p in jsonl("people")}
 
 
-@pytest.mark.slow
+@slow_with_meltano
 def test_a_stream_map_set_through_meltano_changes_what_encharge_receives(meltano, sandbox):
     maps = {"people": {"first_name": "firstName", "firstName": "__NULL__", "company": "__NULL__"}}
     env = {**keys_env(sandbox), "TARGET_ENCHARGE_STREAM_MAPS": json.dumps(maps)}
@@ -275,7 +284,7 @@ def test_a_stream_map_set_through_meltano_changes_what_encharge_receives(meltano
     assert not any("firstName" in p or "company" in p for p in sent)
 
 
-@pytest.mark.slow
+@slow_with_meltano
 def test_meltano_install_gives_each_plugin_its_own_venv(meltano):
     """From the package registry alone (no Meltano Hub); the time it took is printed, not asserted."""
     print(f"meltano install: {meltano.install_seconds:.1f} s")

@@ -4,6 +4,8 @@ Whatever a tap sends (any field names, unicode, nesting, nulls, huge strings, th
 SDK makes of them), building the request never crashes: a record is either refused with a reason or becomes a
 request that carries it faithfully, keeps its identifiers, never carries an excluded field, and whose URL keeps
 its structure whatever the placeholder values are.
+
+How many examples each property tries is the hypothesis profile's (tests/conftest.py: few in development, more in CI).
 """
 
 from __future__ import annotations
@@ -135,14 +137,14 @@ def check_request(name: str, record: dict):
 # --- the properties ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=records)
 @pytest.mark.parametrize("name", list(TEMPLATES))
 def test_any_record_is_refused_with_a_reason_or_becomes_a_request(name, record):
     check_request(name, record)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=records)
 @pytest.mark.parametrize("name", ["person", "person, batched", "custom object"])
 def test_people_and_objects_are_sent_whole_with_their_identifiers(name, record):
@@ -160,7 +162,7 @@ def test_people_and_objects_are_sent_whole_with_their_identifiers(name, record):
         assert same(sent[key], value)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=records)
 @pytest.mark.parametrize("name", ["add tag", "remove tag"])
 def test_tags_carry_the_tag_and_the_persons_identifiers(name, record):
@@ -175,7 +177,7 @@ def test_tags_carry_the_tag_and_the_persons_identifiers(name, record):
     assert sent.keys() == tpl.identifiers(record).keys()
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=records)
 def test_events_carry_every_field_in_user_or_properties_and_the_identifiers_in_user(record):
     built = check_request("event", record)
@@ -208,7 +210,7 @@ def test_events_carry_every_field_in_user_or_properties_and_the_identifiers_in_u
                 assert same(user[key], value)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.lists(records, min_size=1, max_size=4))
 @pytest.mark.parametrize("name", ["manual JSON", "manual JSON, batched", "manual NDJSON", "manual form"])
 def test_the_manual_body_is_the_record_in_the_configured_encoding(name, batch):
@@ -252,7 +254,7 @@ placeholder_values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(thing=placeholder_values, email=placeholder_values)
 def test_placeholder_values_never_change_the_url_structure(thing, email):
     tpl = template("manual JSON")  # PUT /things/{id}?email={email}
@@ -326,7 +328,7 @@ json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**
                            max_leaves=6)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(list(TEMPLATES)),
     excluded=st.lists(st.one_of(st.sampled_from(SPECIAL_KEYS), st.text(min_size=1, max_size=8)), min_size=1,

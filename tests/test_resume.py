@@ -20,6 +20,8 @@ from helpers import PERSON_PROPS, record, sandbox_config, schema, state, target_
 
 from target_encharge.sandbox import Sandbox
 
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]  # kill -9 and resume: a process of its own
+
 TAP_FIELDS = ["_sdc_last_modified", "_sdc_filename", "_sdc_stream"]
 REPO = Path(__file__).resolve().parent.parent
 

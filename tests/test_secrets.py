@@ -289,6 +289,7 @@ def test_a_redirect_from_encharge_to_another_host_drops_the_token(redirector, fo
     assert leaks(run.stdout + run.stderr, SANDBOX_KEYS) == []
 
 
+@pytest.mark.subprocess  # --config ENV
 def test_keys_given_as_environment_variables_do_not_show_either(sandbox, tmp_path):
     env = {**os.environ, **DEBUG, "TARGET_ENCHARGE_API_KEY": SANDBOX_KEYS[0],
            "TARGET_ENCHARGE_WRITE_KEY": SANDBOX_KEYS[1], "TARGET_ENCHARGE_API_URL": sandbox.api_url,
