@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 
+import pytest
 from helpers import (
     PERSON_PROPS,
     people,
@@ -194,6 +195,7 @@ def test_calls_for_the_same_person_keep_input_order_under_concurrency(sandbox):
     assert delivered == [1, 2, 3, 4]
 
 
+@pytest.mark.subprocess  # watches STATE come out of a live process while the sandbox holds the calls
 def test_state_is_relayed_only_after_the_records_before_it_are_delivered(sandbox):
     sandbox.set_faults(latency_ms=150, error_rate=0.2)
     messages = [schema("people", PERSON_PROPS, ["email"])]

@@ -55,6 +55,7 @@ def target_csv() -> str:
 # response_output: stream
 
 
+@pytest.mark.subprocess  # the process's whole stdout, byte for byte, is a Singer stream
 def test_the_response_stream_on_stdout_loads_into_a_real_downstream_target(sandbox, tmp_path):
     run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="-",
                                     streams=STREAMS, max_failures=1), mixed_input())
