@@ -10,35 +10,43 @@ PIP_QUIET := --quiet --disable-pip-version-check
 
 .PHONY: install demo test lint bench sandbox docs clean
 
+# The venv is made once; a changed pyproject.toml only reinstalls the project into it.
 $(BIN)/target-encharge: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
 	touch $@
 
+# A tool's venv, made whole or not at all (a half-made one is removed, so the next `make` starts it again).
+tool_venv = $(PYTHON) -m venv $(TOOLS)/$(1) && $(TOOLS)/$(1)/bin/pip install $(PIP_QUIET) $(2) \
+	|| { rm -rf $(TOOLS)/$(1); exit 1; }
+
 # Singer taps and targets live in venvs of their own, as Meltano keeps them (their singer-sdk pins differ from ours).
 $(TAP_JSONL):
-	$(PYTHON) -m venv $(TOOLS)/tap-jsonl
-	$(TOOLS)/tap-jsonl/bin/pip install $(PIP_QUIET) tap-jsonl==0.3.1
+	$(call tool_venv,tap-jsonl,tap-jsonl==0.3.1)
 
 # A downstream target: the tests pipe the response stream into it.
 $(TARGET_CSV):
-	$(PYTHON) -m venv $(TOOLS)/target-csv
-	$(TOOLS)/target-csv/bin/pip install $(PIP_QUIET) meltanolabs-target-csv==0.5.0
+	$(call tool_venv,target-csv,meltanolabs-target-csv==0.5.0)
 
 # Meltano, pinned, in a venv of its own: tests/test_meltano.py runs `meltano install` and `meltano run` with it.
 $(MELTANO):
-	$(PYTHON) -m venv $(TOOLS)/meltano
-	$(TOOLS)/meltano/bin/pip install $(PIP_QUIET) meltano==4.4.1
+	$(call tool_venv,meltano,meltano==4.4.1)
 
-install: $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO)
+# What is missing is built in parallel; what is there is left alone.
+install:
+	@$(MAKE) --no-print-directory -j4 $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO)
 
 # The demo needs only the project and tap-jsonl (not Meltano nor target-csv).
 demo: $(BIN)/target-encharge $(TAP_JSONL)
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
+# Every test, on TEST_WORKERS pytest-xdist workers (the Meltano tests share one: one `meltano install`). Fails when
+# a test fails and when none ran (pytest's exit 5). The quick tier: make test PYTEST_ARGS='-m "not slow"'.
+TEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
-		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest
+		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
 $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
