@@ -79,7 +79,7 @@ class Run:
         looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
         ledger = SyncLedger(settings.ledger_url, read_only=looking)
         results.sync = Sync(ledger, skip_unchanged=settings.skip_unchanged, resync=settings.resync,
-                            writes=not looking)
+                            writes=not looking, redact=client.redact.value)
         return cls(
             settings=settings,
             redact=client.redact,
@@ -97,26 +97,28 @@ class Run:
 
     # the sync ledger
 
-    def account(self) -> str:
-        """The ledger's name for the Encharge account of this run: its id from `GET /accounts/info` at the REST
-        host (a dry run, which calls nothing, finds it through the key's digest in the ledger); with only a
-        write key, the key's digest at the Ingest host."""
-        if self._account is not None:
-            return self._account
+    def account(self, template: Template) -> str:
+        """The ledger's name for the Encharge account a stream's records go to: for the REST API, the account's
+        id from `GET /accounts/info` at the REST host (a dry run, which calls nothing, finds it through the key's
+        digest in the ledger); for Ingest, the write key's digest at the Ingest host; elsewhere, the host."""
         settings, sync = self.settings, self.sync
-        if not settings.api_key:
-            digest = _digest(settings.write_key or "")
-            self._account = account_name(f"write key {digest}", settings.ingest_url)
-            return self._account
-        digest = _digest(settings.api_key)
-        if settings.dry_run:
-            known = sync.ledger.account_for(digest) if sync is not None else None
-            self._account = known or account_name(f"api key {digest}", settings.api_url)
-            return self._account
-        info = self.checks.account()
-        self._account = account_name(info.get("accountId") if isinstance(info, dict) else None, settings.api_url)
-        if sync is not None and sync.writes:
-            sync.ledger.remember_account(digest, self._account)
+        url = template.url({}) if template.fixed_url else settings.api_url
+        credential = self.client.credentials.for_url(url)
+        if credential is None or not credential.key:
+            return account_name("no key", url)
+        if credential.setting == "write_key":
+            return account_name(f"write key {_digest(credential.key)}", settings.ingest_url)
+        if self._account is None:
+            digest = _digest(credential.key)
+            if settings.dry_run:
+                known = sync.ledger.account_for(digest) if sync is not None else None
+                self._account = known or account_name(f"api key {digest}", settings.api_url)
+            else:
+                info = self.checks.account()
+                self._account = account_name(info.get("accountId") if isinstance(info, dict) else None,
+                                             settings.api_url)
+                if sync is not None and sync.writes:
+                    sync.ledger.remember_account(digest, self._account)
         return self._account
 
     def stream_sync(self, stream: str, template: Template, settings: StreamSettings,
@@ -124,7 +126,7 @@ class Run:
         """The sync of one stream, in this run's account."""
         if self.sync is None:
             return None
-        return self.sync.stream(stream, template, key_properties, self.account(), mode=settings.sync_mode,
+        return self.sync.stream(stream, template, key_properties, self.account(template), mode=settings.sync_mode,
                                 delete_action=settings.delete_action, exists=self._exists(template, settings))
 
     def _exists(self, template: Template, settings: StreamSettings) -> t.Callable[..., list[bool]] | None:

@@ -73,8 +73,10 @@ class StreamSync:
 
     def __init__(self, ledger: SyncLedger, scope: Scope, template: Template, key_properties: t.Sequence[str], *,
                  mode: str = "upsert", delete_action: str = "archive", skip_unchanged: bool = True,
-                 resync: bool = False, writes: bool = True, exists: Exists | None = None) -> None:
+                 resync: bool = False, writes: bool = True, exists: Exists | None = None,
+                 redact: t.Callable[[t.Any], t.Any] = lambda value: value) -> None:
         self.ledger, self.scope, self.template = ledger, scope, template
+        self.redact = redact  # a failure's payload is kept with the keys masked, as in every output
         self.key_properties = tuple(key_properties)
         self.mode, self.delete_action = mode, delete_action
         self.skip_unchanged, self.resync, self.writes, self.exists = skip_unchanged, resync, writes, exists
@@ -175,8 +177,8 @@ class StreamSync:
             for entry in entries:
                 mark = self._marks.pop(entry.seq, None) or self.mark(entry)
                 identity = mark.identity if mark is not None else f"payload:{fingerprint(entry.record)}"
-                rows.append(Failure(identity=identity, payload=entry.record, reason=reason, status=status,
-                                    retryable=retryable))
+                rows.append(Failure(identity=identity, payload=self.redact(entry.record), reason=self.redact(reason),
+                                    status=status, retryable=retryable))
         if self.writes and rows:
             self.ledger.mark_failed(self.scope, rows)
 
@@ -263,8 +265,9 @@ class StreamSync:
 class Sync:
     """The sync ledger as one run uses it: one :class:`StreamSync` per stream, in one Encharge account."""
 
-    def __init__(self, ledger: SyncLedger, *, skip_unchanged: bool, resync: bool, writes: bool) -> None:
-        self.ledger = ledger
+    def __init__(self, ledger: SyncLedger, *, skip_unchanged: bool, resync: bool, writes: bool,
+                 redact: t.Callable[[t.Any], t.Any] = lambda value: value) -> None:
+        self.ledger, self.redact = ledger, redact
         self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
         self.streams: dict[str, StreamSync] = {}
 
@@ -273,7 +276,8 @@ class Sync:
         """The sync of ``stream`` (made anew when its SCHEMA comes again)."""
         scope = Scope(account, template.destination or template.name, stream)
         sync = StreamSync(self.ledger, scope, template, key_properties, mode=mode, delete_action=delete_action,
-                          skip_unchanged=self.skip_unchanged, resync=self.resync, writes=self.writes, exists=exists)
+                          skip_unchanged=self.skip_unchanged, resync=self.resync, writes=self.writes, exists=exists,
+                          redact=self.redact)
         self.streams[stream] = sync
         return sync
 

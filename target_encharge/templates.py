@@ -8,6 +8,7 @@ The generic `manual` template is built from the stream's settings the same way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import typing as t
 import urllib.parse
@@ -250,6 +251,14 @@ def _manual_body(content_type: str, *, batched: bool) -> t.Callable[[list[dict]]
     return lambda records: encoding.dumps(records[0])
 
 
+def _manual_destination(method: str, url: str) -> str:
+    """A manual stream's destination for the sync ledger: method, scheme, host and path, and a digest of the whole
+    URL (its query may hold a token, which the ledger must never keep)."""
+    parts = urllib.parse.urlsplit(url)
+    digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+    return f"manual {method} {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path} #{digest}"
+
+
 def _manual(settings: StreamSettings, api_url: str) -> Template:
     if not settings.url:
         msg = f"stream '{settings.stream}': endpoint 'manual' needs url"
@@ -271,7 +280,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
     body = _manual_body(settings.content_type, batched=settings.batch_records)
     return Template(
         name="manual",
-        destination=f"manual {settings.method} {url}",
+        destination=_manual_destination(settings.method, url),
         method=settings.method,
         url=fill,
         body=(lambda _records: None) if settings.method == "GET" else body,

@@ -229,7 +229,11 @@ def test_the_end_of_run_summary_counts_each_stream(sandbox):
     run = run_target(sandbox_config(sandbox, max_retries=10, batch_records=False), people(20))
     assert run.returncode == 0
     summary = run.stderr[run.stderr.index("Summary:"):]
-    row = next(line for line in summary.splitlines() if line.startswith("people"))
-    records, calls, succeeded, failed, retried = map(int, row.split()[1:])
+    lines = summary.splitlines()
+    header = next(line for line in lines if line.startswith("stream")).split()[1:]
+    row = dict(zip(header, map(int, next(line for line in lines if line.startswith("people")).split()[1:]),
+                   strict=True))
+    records, calls, succeeded, failed, retried = (row[k] for k in ("records", "calls", "succeeded", "failed",
+                                                                   "retried"))
     assert (records, calls, succeeded, failed) == (20, 20, 20, 0)
     assert retried > 0

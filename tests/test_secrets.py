@@ -42,7 +42,8 @@ def leaks(text: str, keys: tuple[str, ...] = KEYS) -> list[str]:
 
 def everything_written(run) -> str:
     """stdout, stderr and every file the run wrote (its config, which holds the keys, aside)."""
-    files = [p.read_text() for p in sorted(run.workdir.iterdir()) if p.name != "config.json"]
+    files = [p.read_bytes().decode("utf-8", "replace")  # the sync ledger (SQLite) too
+             for p in sorted(run.workdir.iterdir()) if p.name != "config.json"]
     return "\n".join([run.stdout, run.stderr, *files])
 
 
