@@ -146,8 +146,14 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
         assert set(definition["capabilities"]) == set(about["capabilities"])
         settings = {s["name"]: s for s in definition["settings"]}
         assert list(settings) == names
-        for key in ("api_key", "write_key"):
+        for key in ("api_key", "write_key", "ledger_url"):  # ledger_url may hold a database password
             assert settings[key]["kind"] == "password" and settings[key]["sensitive"] is True
+        assert "value" not in settings["batch_records"]  # unset: on for people and custom objects
+        assert [o["value"] for o in settings["sync_mode"]["options"]] == ["upsert", "update", "create", "mirror"]
+        assert {name: (c["executable"], c["args"]) for name, c in definition["commands"].items()} == {
+            "check": ("target-encharge-check", "--config ENV"), "ledger-status": ("target-encharge-ledger", "status"),
+            "ledger-forget": ("target-encharge-ledger", "forget"), "ledger-replay": ("target-encharge-ledger", "replay"),
+        }
         assert settings["streams"]["kind"] == "object" and settings["stream_maps"]["kind"] == "object"
         assert [o["value"] for o in settings["endpoint"]["options"]] == about["settings"]["properties"]["endpoint"]["enum"]
         assert settings["batch_size"]["kind"] == "integer" and settings["batch_size"]["value"] == 100
