@@ -36,6 +36,7 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (Target, "_env_var_prefix"),
     (Target, "_assert_line_requires"),
     (Target, "_process_batch_message"),
+    (Target, "_process_activate_version_message"),
     (Target, "_process_record_message"),
     (Target, "_handle_termination"),
     (RecordSink, "_parse_timestamps_in_record"),
@@ -84,6 +85,16 @@ class SeamTarget(Target):
     @override
     def _process_batch_message(self, message_dict: dict) -> None:
         self.on_batch(message_dict)
+
+    @override
+    def _process_activate_version_message(self, message_dict: dict) -> None:
+        """An ACTIVATE_VERSION for a stream whose SCHEMA has not come yet says nothing to act on: told, ignored."""
+        self._assert_line_requires(message_dict, requires={"stream", "version"})
+        if message_dict["stream"] not in self.mapper.stream_maps:
+            self.logger.warning("ACTIVATE_VERSION for stream '%s' before its SCHEMA: nothing to do",
+                                message_dict["stream"])
+            return
+        super()._process_activate_version_message(message_dict)
 
     @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:

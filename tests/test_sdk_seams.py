@@ -53,6 +53,7 @@ def test_the_overridden_hooks_keep_their_signatures():
         (RecordSink, "_remove_sdc_metadata_from_record"): ["self", "record"],
         (MsgSpecReader, "_process_unknown_message"): ["self", "message_dict"],
         (Target, "_process_batch_message"): ["self", "message_dict"],
+        (Target, "_process_activate_version_message"): ["self", "message_dict"],
         (Target, "_process_record_message"): ["self", "message_dict"],
         (Target, "_handle_termination"): ["self", "signum", "frame"],
     }
