@@ -12,7 +12,7 @@ from singer_sdk.exceptions import ConfigValidationError, FatalSyncError, MapExpr
 from singer_sdk.singerlib.exceptions import SingerReadError
 from typing_extensions import override
 
-from target_encharge import redaction
+from target_encharge import early, redaction
 from target_encharge.batches import batch_records
 from target_encharge.errors import AuthError, EnchargeTargetError, InputError
 from target_encharge.reader import Interrupted, Reader
@@ -53,6 +53,8 @@ class TargetEncharge(SeamTarget):
                 template_for(resolve(self.config, stream), settings.api_url, settings.ingest_url)
             self.run = Run.start(settings, self.logger)
         self._uninstall_redaction = redaction.install(self.run.redact, self.logger)
+        for signum in early.take():  # came while the command was starting: acted on now
+            self.on_signal(signum)
 
     @override
     @classmethod

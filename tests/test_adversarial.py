@@ -598,3 +598,14 @@ def test_key_properties_given_as_a_string_is_a_clear_error(sandbox):
     assert run.returncode == 1
     line = error_line(run.stderr)
     assert "key_properties" in line and "'e'" not in line
+
+
+def test_a_signal_while_the_command_is_still_starting_is_acted_on_not_fatal(sandbox, tmp_path):
+    feed = tmp_path / "input.jsonl"
+    feed.write_bytes(lines_of([*people(3), state({"n": 3})]))
+    with feed.open("rb") as stdin:
+        proc, _ = popen(sandbox_config(sandbox, progress_interval=0), stdin=stdin)
+    time.sleep(0.05)  # singer-sdk is still being imported
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()[-2000:]
