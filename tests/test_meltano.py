@@ -296,3 +296,67 @@ def test_meltano_install_gives_each_plugin_its_own_venv(meltano):
     print(f"meltano install: {meltano.install_seconds:.1f} s")
     for plugin in ("extractors/tap-jsonl", "loaders/target-encharge"):
         assert (meltano.root / ".meltano" / plugin / "venv" / "bin").is_dir()
+
+
+# The sync ledger under Meltano: a file in the project directory by default, looked into with plugin commands.
+
+def writes(sandbox: t.Any) -> list[tuple[str, str]]:  # noqa: ANN401
+    return [(r["method"], r["path"]) for r in sandbox.requests() if r["method"] != "GET"]
+
+
+@slow_with_meltano
+def test_an_hourly_rerun_under_meltano_sends_no_write_and_ledger_status_shows_the_stream(meltano, sandbox):
+    env = keys_env(sandbox)
+    first = meltano.run("run", "tap-jsonl-people", "target-encharge", "--state-id-suffix=hourly", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    people = {p["email"] for p in jsonl("people")}
+    assert {p["email"] for p in sandbox.people()} == people
+    assert (meltano.root / ".target-encharge-ledger.db").is_file()  # the ledger lives in the Meltano project
+    sent = writes(sandbox)
+    assert sent
+
+    # `meltano el` (not the deprecated `elt`), with a full refresh: the tap sends every person again
+    second = meltano.run("el", "tap-jsonl-people", "target-encharge", "--state-id=hourly-el", "--full-refresh",
+                         env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert writes(sandbox) == sent  # nothing changed: no write
+
+    account = f"@127.0.0.1:{sandbox.api_url.split(':')[2].split('/')[0]}"
+    status = meltano.run("invoke", "target-encharge:ledger-status", env=env)
+    assert status.returncode == 0, status.stderr[-3000:]
+    [row] = [line.split() for line in status.stdout.splitlines() if account in line]
+    assert row[1:4] == ["create_or_update_person", "people", str(len(people))], status.stdout
+
+    forget = meltano.run("invoke", "target-encharge:ledger-forget", "--stream", "people", env=env)
+    assert forget.returncode == 0, forget.stderr[-3000:]
+    status = meltano.run("invoke", "target-encharge:ledger-status", env=env)
+    assert account not in status.stdout, status.stdout
+    third = meltano.run("el", "tap-jsonl-people", "target-encharge", "--state-id=hourly-el", "--full-refresh", env=env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert len(writes(sandbox)) > len(sent)  # forgotten: sent again
+    assert API_KEY not in status.stdout + status.stderr + third.stdout + third.stderr
+
+
+@slow_with_meltano
+def test_ledger_replay_under_meltano_prints_a_dead_letter_file_as_singer_messages(meltano, tmp_path):
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text(json.dumps({"stream": "people", "record": {"email": "ann@example.com"}, "reason": "400"}) + "\n")
+    done = meltano.run("invoke", "target-encharge:ledger-replay", str(dead))
+    assert done.returncode == 0, done.stderr[-3000:]
+    messages = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(m["type"], m["stream"]) for m in messages] == [("SCHEMA", "people"), ("RECORD", "people")]
+    assert messages[1]["record"] == {"email": "ann@example.com"}
+
+
+@pytest.mark.xfail(strict=True, reason="Meltano passes an object setting to a plugin command flattened, "
+                   "TARGET_ENCHARGE_STREAMS='{\"tags.endpoint\": \"add_tag\"}': --config ENV (settings.from_environment) "
+                   "does not nest the dotted keys yet, so every streams.<name> setting is refused")
+@slow_with_meltano
+def test_meltano_invoke_check_passes_for_this_project_and_names_a_bad_key(meltano, sandbox):
+    done = meltano.run("invoke", "target-encharge:check", env=keys_env(sandbox))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    bad = meltano.run("invoke", "target-encharge:check",
+                      env={**keys_env(sandbox), "TARGET_ENCHARGE_API_KEY": "not-the-key-0123456789abcdef"})
+    assert bad.returncode == 1
+    assert "api_key" in bad.stdout + bad.stderr and "not-the-key" not in bad.stdout + bad.stderr
+    assert writes(sandbox) == []
