@@ -605,7 +605,12 @@ def test_a_signal_while_the_command_is_still_starting_is_acted_on_not_fatal(sand
     feed.write_bytes(lines_of([*people(3), state({"n": 3})]))
     with feed.open("rb") as stdin:
         proc, _ = popen(sandbox_config(sandbox, progress_interval=0), stdin=stdin)
-    time.sleep(0.05)  # singer-sdk is still being imported
+    def catches_sigterm() -> bool:  # the command listens: its handler is installed (still importing singer-sdk)
+        caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+    wait_for(catches_sigterm, 30)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err.decode()[-2000:]
