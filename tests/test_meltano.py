@@ -131,6 +131,38 @@ def test_validation_checks_the_mapped_record_and_dead_letters_what_fails(sandbox
     assert sandbox.person(email="bob@example.com")["points"] == "lots"
 
 
+# The README's example for a database tap (MeltanoLabs tap-postgres): columns renamed to Encharge's fields, the
+# database key put in `userId` (never `id`, Encharge's own), streams in the tap's alphabetical order.
+POSTGRES_MAPS = {"public-customers": {
+    "userId": "str(id)", "id": "__NULL__", "firstName": "first_name", "first_name": "__NULL__",
+    "lastName": "last_name", "last_name": "__NULL__", "__key_properties__": ["userId"],
+}}
+CUSTOMER_PROPS = {"id": {"type": "integer"}, "email": {"type": "string"}, "first_name": {"type": ["string", "null"]},
+                  "last_name": {"type": ["string", "null"]}}
+
+
+def test_the_readme_database_tap_example_maps_columns_and_key_and_tags_people_who_come_later(sandbox):
+    config = sandbox_config(sandbox, stream_maps=POSTGRES_MAPS,
+                            streams={"public-customer_tags": {"endpoint": "add_tag"}})
+    customers = [{"id": n, "email": f"c{n}@example.com", "first_name": f"First{n}", "last_name": f"Last{n}"}
+                 for n in range(1, 6)]
+    run = run_target(config, [
+        schema("public-customer_tags", TAG_PROPS),  # alphabetical: the tags come before their people
+        *[record("public-customer_tags", {"email": c["email"], "tag": "customer"}) for c in customers],
+        schema("public-customers", CUSTOMER_PROPS, ["id"]),
+        *[record("public-customers", c) for c in customers],
+    ])
+    assert run.returncode == 0, run.stderr
+    for c in customers:
+        person = sandbox.person(email=c["email"])
+        assert (person["userId"], person["firstName"], person["lastName"]) == \
+            (str(c["id"]), c["first_name"], c["last_name"])
+        assert person["tags"] == ["customer"]
+    sent = [r["body"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "/v1/people"]
+    assert len(sent) == 1 and len(sent[0]) == len(customers)  # batched by default
+    assert not any("id" in p or "first_name" in p for p in sent[0])
+
+
 # The plugin definitions: every setting of `target-encharge --about`, as Meltano should offer it.
 
 @pytest.mark.subprocess  # --about, as Meltano runs it
