@@ -13,7 +13,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 # The venv is made once; a changed pyproject.toml only reinstalls the project into it.
 $(BIN)/target-encharge: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) -e '.[test]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test,postgres]'
 	touch $@
 
 # A tool's venv, made whole or not at all (a half-made one is removed, so the next `make` starts it again).
@@ -50,7 +50,7 @@ test: install
 
 # Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
 $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
-	$(BIN)/pip install $(PIP_QUIET) -e '.[test,lint]'
+	$(BIN)/pip install $(PIP_QUIET) -e '.[test,postgres,lint]'
 	touch $@
 
 lint: $(BIN)/lint-imports
