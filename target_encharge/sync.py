@@ -88,9 +88,10 @@ class StreamSync:
 
     # before sending
 
-    def mark(self, entry: Entry, *, known: bool = False) -> Mark | None:
-        """The entry's identities and fingerprint (None: nothing to know it by, it is always sent)."""
-        identity = self.template.identity(entry.record, self.key_properties)
+    def mark(self, entry: Entry, *, known: bool = False, identity: str | None = None) -> Mark | None:
+        """The entry's identities and fingerprint (None: nothing to know it by, it is always sent).
+        ``identity``: the ledger's identity of the entry when already found."""
+        identity = identity or self.template.identity(entry.record, self.key_properties)
         if identity is None:
             return None
         target = self.template.identity(entry.record) if self.key_properties else identity
@@ -107,17 +108,22 @@ class StreamSync:
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
         to know exist."""
-        marks = {e.seq: self.mark(e) for e in entries}
-        known = self.ledger.fingerprints(self.scope, [m.identity for m in marks.values() if m is not None])
+        identities = {e.seq: self.template.identity(e.record, self.key_properties) for e in entries}
+        known = self.ledger.fingerprints(self.scope, [i for i in identities.values() if i is not None])
+        # a fingerprint (canonical JSON and a hash) only where it is compared or will be written: a dry run
+        # on a fresh ledger computes none
+        marks: dict[int, Mark | None] = {}
+        for entry in entries:
+            identity = identities[entry.seq]
+            wanted = identity is not None and (self.writes or identity in known)
+            marks[entry.seq] = self.mark(entry, known=identity in known, identity=identity) if wanted else None
         sifted = Sifted()
         unsure: list[Entry] = []  # update/create: not in the ledger, so Encharge is asked
         for entry in entries:
-            mark = marks[entry.seq]
-            last = known.get(mark.identity) if mark is not None else None
-            if mark is not None and last is not None:
-                marks[entry.seq] = dataclasses.replace(mark, known=True)
+            mark, identity = marks[entry.seq], identities[entry.seq]
+            last = known.get(identity) if identity is not None else None
             if last is None:
-                (unsure if mark is not None and self.mode in ("update", "create") else sifted.send).append(entry)
+                (unsure if identity is not None and self.mode in ("update", "create") else sifted.send).append(entry)
             elif self.mode == "create":
                 sifted.skipped.append(entry)  # it exists: create leaves it as it is
             elif last != EXISTS and not self.resync and (self.events or (self.skip_unchanged and

@@ -147,6 +147,11 @@ class SyncLedger:
         dialect = postgresql if self._postgres else sqlite
         self._upsert_delivery = self._delivery_upsert(dialect)
         self._upsert_failure = self._failure_upsert(dialect)
+        table = schema.deliveries  # built once: the skip-unchanged check runs for every batch sent
+        listed = self._listed(sa.bindparam("listed", type_=self._listing_type()))
+        self._select_fingerprints = self._select_known(
+            [table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"), listed
+        )
 
     def _open(self) -> None:
         with self._guard(), self._connection(write=not self.read_only) as connection:
@@ -198,22 +203,30 @@ class SyncLedger:
         with self._guard(), self._connection(write=True) as connection, connection.begin():
             yield connection
 
-    def _listed(self, identities: t.Sequence[str]) -> sa.TableValuedAlias:
-        """``identities`` as a table with one column, ``value``, sent as one parameter (an array on PostgreSQL,
-        JSON text on SQLite): one statement compiled once whatever the count, which the database joins by
-        probing its primary key."""
+    def _listing(self, identities: t.Sequence[str]) -> list[str] | str:
+        """``identities`` as the one parameter :meth:`_listed` takes: an array on PostgreSQL, JSON text on SQLite."""
+        return list(identities) if self._postgres else msgspec.json.encode(list(identities)).decode()
+
+    def _listing_type(self) -> sa.types.TypeEngine:
+        return postgresql.ARRAY(sa.Text) if self._postgres else sa.Text()
+
+    def _listed(self, identities: t.Sequence[str] | sa.BindParameter) -> sa.TableValuedAlias:
+        """``identities`` (or a bind parameter to fill with :meth:`_listing`) as a table with one column,
+        ``value``, sent as one parameter: one statement compiled once whatever the count, which the database
+        joins by probing its primary key."""
+        listing = (identities if isinstance(identities, sa.BindParameter)
+                   else sa.literal(self._listing(identities), self._listing_type()))
         if self._postgres:
-            listed = sa.func.unnest(sa.literal(list(identities), postgresql.ARRAY(sa.Text)))
-            return listed.table_valued("value").render_derived()
-        return sa.func.json_each(sa.literal(msgspec.json.encode(list(identities)).decode())).table_valued("value")
+            return sa.func.unnest(listing).table_valued("value").render_derived()
+        return sa.func.json_each(listing).table_valued("value")
 
     def _select_known(
-        self, columns: t.Sequence[sa.ColumnElement], scope_id: int, identities: t.Sequence[str]
+        self, columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter, listed: sa.TableValuedAlias
     ) -> sa.Select:
-        """The deliveries of ``identities`` in the scope: on PostgreSQL a join from the list (an index probe per
-        identity, whatever plan a large ``= ANY`` would get); on SQLite ``IN`` the list (a join there would scan
-        the scope's rows)."""
-        table, listed = schema.deliveries, self._listed(identities)
+        """The deliveries of the ``listed`` identities in the scope: on PostgreSQL a join from the list (an index
+        probe per identity, whatever plan a large ``= ANY`` would get); on SQLite ``IN`` the list (a join there
+        would scan the scope's rows)."""
+        table = schema.deliveries
         if self._postgres:
             return sa.select(*columns).join_from(
                 listed, table, sa.and_(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
@@ -309,7 +322,7 @@ class SyncLedger:
             if scope_id is None:
                 return found
             for chunk in _chunks(wanted):
-                rows = connection.execute(self._select_known(list(table.c), scope_id, chunk))
+                rows = connection.execute(self._select_known(list(table.c), scope_id, self._listed(chunk)))
                 for row in rows:
                     found[row.identity] = self._delivered(row)
         return found
@@ -319,7 +332,6 @@ class SyncLedger:
         skip-unchanged check, lighter than :meth:`lookup`."""
         wanted = list(dict.fromkeys(identities))
         found: dict[str, str] = {}
-        table = schema.deliveries
         with self._reading() as connection:
             if connection is None or not wanted:
                 return found
@@ -328,8 +340,9 @@ class SyncLedger:
                 return found
             for chunk in _chunks(wanted):
                 found.update(
-                    connection.execute(self._select_known([table.c.identity, table.c.fingerprint], scope_id, chunk))
-                    .all()
+                    connection.execute(
+                        self._select_fingerprints, {"scope_id": scope_id, "listed": self._listing(chunk)}
+                    ).all()
                 )
         return found
 
