@@ -46,7 +46,7 @@ TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
-		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
 $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge

@@ -20,8 +20,8 @@ from target_encharge.sandbox import Sandbox
 __all__ = ["API_KEY", "WRITE_KEY"]
 
 _QUIET_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("dev", max_examples=20, deadline=None, suppress_health_check=_QUIET_HEALTH)
-settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=_QUIET_HEALTH,
+settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=_QUIET_HEALTH)
+settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=_QUIET_HEALTH,
                           print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev"))
 

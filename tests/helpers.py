@@ -138,11 +138,12 @@ def run_target_in_process(
 
 
 def _main(args: list[str]) -> int:
-    """The console script `target-encharge` with ``args``: its exit code, as the interpreter would make it."""
+    """The console script `target-encharge` with ``args``, run as its wrapper runs it (``sys.exit(main())``): its
+    exit code, as the interpreter would make it."""
     (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name=COMMAND)
+    sys.argv = [COMMAND, *args]
     try:
-        command = entry_point.load()  # the SDK sets up its console logging here, onto the current sys.stderr
-        command.main(args, prog_name=COMMAND, standalone_mode=True)
+        sys.exit(entry_point.load()())  # the SDK sets up its console logging onto the sys.stderr of the moment
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
@@ -151,7 +152,6 @@ def _main(args: list[str]) -> int:
     except Exception:  # noqa: BLE001  (an uncaught exception: the interpreter reports it and exits 1)
         sys.excepthook(*sys.exc_info())
         return 1
-    return 0
 
 
 @contextlib.contextmanager
