@@ -147,7 +147,7 @@ class Sandbox:
             except requests.ConnectionError:
                 time.sleep(0.1)
 
-    def requests(self) -> list[dict]:
+    def requests(self) -> list[dict] | dict:
         return requests.get(self.url + "/_sandbox/requests", timeout=30).json()
 
     def reset(self) -> None:
@@ -162,9 +162,13 @@ class Sandbox:
         self.proc.wait(timeout=10)
 
 
-def people_calls(log: list[dict]) -> list[dict]:
-    return [r for r in (log if isinstance(log, list) else log.get("requests", []))
-            if r["path"] == "/v1/people" and r["method"] == "POST"]
+def logged(log: list[dict] | dict) -> list[dict]:
+    """The requests in the sandbox's log (a list, or an object holding it under "requests")."""
+    return log if isinstance(log, list) else log.get("requests", [])
+
+
+def people_calls(log: list[dict] | dict) -> list[dict]:
+    return [r for r in logged(log) if r["path"] == "/v1/people" and r["method"] == "POST"]
 
 
 def bare_client(url: str, calls: int, threads: int) -> float:
@@ -253,7 +257,7 @@ def p5(n: int) -> dict:
         first = run([TARGET, "--config", str(cfg)], data)
         sandbox.reset()
         rerun = run([TARGET, "--config", str(cfg)], data)
-        writes = [r for r in sandbox.requests() if r["method"] != "GET"]
+        writes = [r for r in logged(sandbox.requests()) if r["method"] != "GET"]
     finally:
         sandbox.stop()
     if writes:
