@@ -40,7 +40,7 @@ install:
 demo: $(BIN)/target-encharge $(TAP_JSONL)
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
-# Every test, on TEST_WORKERS pytest-xdist workers (the Meltano tests share one: one `meltano install`). Fails when
+# Every test, on TEST_WORKERS pytest-xdist workers (a file to a worker: one `meltano install`). Fails when
 # a test fails and when none ran (pytest's exit 5). The quick tier: make test PYTEST_ARGS='-m "not slow"'.
 TEST_WORKERS ?= 3
 PYTEST_ARGS ?=

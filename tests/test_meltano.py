@@ -247,8 +247,8 @@ class MeltanoProject:
 
 
 def slow_with_meltano(test: t.Callable) -> t.Callable:
-    """Slow, and on the same pytest-xdist worker as the others using Meltano: `meltano install` runs once."""
-    return pytest.mark.slow(pytest.mark.xdist_group("meltano")(test))
+    """Slow. Under pytest-xdist this file runs on one worker (`--dist loadfile`): `meltano install` runs once."""
+    return pytest.mark.slow(test)
 
 
 @pytest.fixture(scope="module")
