@@ -317,7 +317,25 @@ def from_environment(schema: dict, prefix: str) -> dict[str, t.Any]:
     except ValueError as exc:  # an object or array setting whose text is not JSON; the text itself is not shown
         msg = f"a {prefix}* variable for an object or array setting is not valid JSON ({exc})"
         raise ConfigError(msg) from None
+    for name in ("streams", "stream_maps"):
+        if isinstance(config.get(name), dict):
+            config[name] = _nested(config[name])
     return numbers_from_text(config, schema)
+
+
+def _nested(flat: dict[str, t.Any]) -> dict[str, t.Any]:
+    """An object setting as Meltano passes it to plugin commands, with dotted keys (``{"tags.endpoint":
+    "add_tag"}``), nested again (``{"tags": {"endpoint": "add_tag"}}``); a stream name may itself hold dots."""
+    nested: dict[str, t.Any] = {}
+    for key, value in flat.items():
+        stream, dot, setting = key.rpartition(".")
+        if dot and stream:
+            entry = nested.setdefault(stream, {})
+            if isinstance(entry, dict):
+                entry[setting] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def parse_headers(value: str | dict | None) -> dict[str, str]:

@@ -389,9 +389,6 @@ def test_ledger_replay_under_meltano_prints_a_dead_letter_file_as_singer_message
     assert messages[1]["record"] == {"email": "ann@example.com"}
 
 
-@pytest.mark.xfail(strict=True, reason="Meltano passes an object setting to a plugin command flattened, "
-                   "TARGET_ENCHARGE_STREAMS='{\"tags.endpoint\": \"add_tag\"}': --config ENV (settings.from_environment) "
-                   "does not nest the dotted keys yet, so every streams.<name> setting is refused")
 @slow_with_meltano
 def test_meltano_invoke_check_passes_for_this_project_and_names_a_bad_key(meltano, sandbox):
     done = meltano.run("invoke", "target-encharge:check", env=keys_env(sandbox))

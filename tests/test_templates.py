@@ -11,7 +11,7 @@ def sent(sandbox, method: str, path: str) -> list[dict]:
 
 def test_people_are_upserted_with_iso_dates_and_plain_numbers(sandbox):
     run = run_target(
-        sandbox_config(sandbox),
+        sandbox_config(sandbox, batch_records=False),  # one call per record (people are batched by default)
         [
             schema("people", PERSON_PROPS, ["email"]),
             record("people", {"email": "ann@example.com", "firstName": "Ann", "score": 1.25,
