@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import sqlite3
+import threading
 import typing as t
 from decimal import Decimal
 
@@ -130,6 +131,9 @@ class SyncLedger:
         self.timeout = timeout
         self.read_only = read_only
         self._scope_ids: dict[Scope, int] = {}
+        # this process's writers take turns here: SQLite's busy handler would make them sleep (up to 100 ms a
+        # try) for each other's locks; other processes still wait on the file's lock (the busy timeout)
+        self._write_turn = threading.RLock()
         self._engine: sa.Engine | None = None
         self._present = True
         self._postgres = False
@@ -200,7 +204,7 @@ class SyncLedger:
         """One transaction that writes: committed when the block ends, rolled back when it raises."""
         if self.read_only:
             raise self.location.error("opened read-only: nothing may be written")
-        with self._guard(), self._connection(write=True) as connection, connection.begin():
+        with self._write_turn, self._guard(), self._connection(write=True) as connection, connection.begin():
             yield connection
 
     def _listing(self, identities: t.Sequence[str]) -> list[str] | str:
