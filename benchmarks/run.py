@@ -214,7 +214,8 @@ def p2(calls: int) -> dict:
         sandbox.reset()
         data = singer_input(calls, "p2")
         started = time.perf_counter()
-        run([TARGET, "--config", str(sandbox.target_config(max_concurrency=16, ledger_url=ledger("p2")))], data)
+        run([TARGET, "--config", str(sandbox.target_config(max_concurrency=16, batch_records=False,
+                                                       ledger_url=ledger("p2")))], data)
         total = time.perf_counter() - started
         sent = people_calls(sandbox.requests())
         ours = (len(sent) - 1) / span(sent)
