@@ -65,6 +65,46 @@ class DeleteGuardError(Exception):
 Exists = t.Callable[[t.Sequence["Entry"]], list[bool]]  # whether each entry's person or object is in Encharge
 
 
+class GroupCommit:
+    """Deliveries written as they come, several workers' in one transaction: a worker whose rows arrive while
+    another is writing waits for that write, then writes every row waiting since (its own among them), so under
+    load one commit carries many calls' rows; alone, a worker writes at once. Each returns once its rows are in."""
+
+    def __init__(self, write: t.Callable[[list[Delivered]], None]) -> None:
+        self._write = write
+        self._cond = threading.Condition()
+        self._pending: list[Delivered] = []
+        self._next = 0  # the number of the group rows join now
+        self._done = 0  # every group numbered below this is written
+        self._writing = False
+        self._failed: dict[int, BaseException] = {}
+
+    def write(self, rows: list[Delivered]) -> None:
+        with self._cond:
+            self._pending.extend(rows)
+            group = self._next
+            while self._done <= group and self._writing:
+                self._cond.wait()
+            if self._done > group:  # written by another worker's commit
+                if group in self._failed:
+                    raise self._failed[group]
+                return
+            self._writing = True
+            rows, self._pending = self._pending, []
+            self._next += 1
+        try:
+            self._write(rows)
+        except BaseException as exc:
+            with self._cond:
+                self._failed[group] = exc
+            raise
+        finally:
+            with self._cond:
+                self._writing = False
+                self._done = group + 1
+                self._cond.notify_all()
+
+
 class StreamSync:
     """One stream's sync: its scope in the ledger, its identity rule, its mode, and the ledger's answers.
 
@@ -85,6 +125,7 @@ class StreamSync:
         self._marks: dict[int, Mark] = {}  # by entry seq, from sifting until the answer
         self._removing: dict[int, str] = {}  # by entry seq: the identity a removal request removes
         self._lock = threading.Lock()
+        self._commit = GroupCommit(lambda rows: ledger.mark_delivered(scope, rows))
 
     # before sending
 
@@ -133,11 +174,12 @@ class StreamSync:
                 (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
         if unsure:
             self._ask_encharge(unsure, marks, sifted)
-        with self._lock:
-            for entry in [*sifted.send, *sifted.update]:
-                mark = marks[entry.seq]
-                if mark is not None:
-                    self._marks[entry.seq] = mark
+        if self.writes:  # kept until the answer, which writes them (a dry run keeps nothing: memory stays flat)
+            with self._lock:
+                for entry in [*sifted.send, *sifted.update]:
+                    mark = marks[entry.seq]
+                    if mark is not None:
+                        self._marks[entry.seq] = mark
         return sifted
 
     def _ask_encharge(self, entries: list[Entry], marks: dict[int, Mark | None], sifted: Sifted) -> None:
@@ -172,7 +214,7 @@ class StreamSync:
         rows = [Delivered(m.identity, m.fingerprint, encharge_id=m.target, source_key=m.source_key)
                 for m in marks if m is not None]
         if self.writes and rows:
-            self.ledger.mark_delivered(self.scope, rows)
+            self._commit.write(rows)
         return marks
 
     def failed(self, entries: t.Iterable[Entry], reason: str, status: int | None, *, retryable: bool) -> None:

@@ -278,3 +278,34 @@ def test_a_bad_ledger_stops_the_run_in_one_line_before_anything_is_sent(sandbox,
     assert "ledger_url" in line
     assert "s3cr3t-pw" not in run.stderr + run.stdout
     assert [r for r in sandbox.requests() if r["method"] in WRITES] == []
+
+
+def test_deliveries_from_many_workers_share_commits_and_none_is_lost(tmp_path):
+    """Several delivery workers mark their calls delivered at once: every row is written, in fewer commits."""
+    import threading
+
+    from target_encharge.ledger import Delivered, Scope, SyncLedger
+    from target_encharge.sync import GroupCommit
+
+    scope = Scope("1@sandbox", "create_or_update_person", "people")
+    commits = []
+    with SyncLedger(str(tmp_path / "ledger.db")) as ledger:
+        def write(rows):
+            commits.append(len(rows))
+            ledger.mark_delivered(scope, rows)
+
+        group = GroupCommit(write)
+        barrier = threading.Barrier(8)
+
+        def worker(w):
+            barrier.wait()
+            for i in range(50):
+                group.write([Delivered(f"email:w{w}-{i}@example.com", "f")])
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(commits) == 400 and len(ledger.known(scope)) == 400
+        assert len(commits) < 400  # rows that arrived during a commit went together in the next one
