@@ -106,7 +106,10 @@ class Lines:
         return self._file
 
     def write(self, obj: t.Any) -> None:  # noqa: ANN401
-        line = self.redact(encoding.dumps(self.redact.value(obj)).decode()) + "\n"
+        text = encoding.dumps(obj).decode()
+        if self.redact.finds(text):  # masked in the values, then serialised again: the line stays valid JSON
+            text = self.redact(encoding.dumps(self.redact.value(obj)).decode())
+        line = text + "\n"
         with self._lock:
             if self.path == "stdout":
                 _write_stdout(line)

@@ -34,6 +34,10 @@ class Redactor:
         keys = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
         self.secrets = sorted({form for key in keys for form in encodings(key)}, key=len, reverse=True)
 
+    def finds(self, text: str) -> bool:
+        """Whether ``text`` holds a key in any of its forms."""
+        return any(secret in text for secret in self.secrets)
+
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             if secret in text:
