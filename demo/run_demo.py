@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from target_encharge.sandbox import DEFAULT_API_KEY, DEFAULT_WRITE_KEY, Sandbox
+from target_encharge.sandbox import Sandbox
 
 DEMO = Path(__file__).resolve().parent
 DATA = DEMO / "data"
@@ -29,7 +29,7 @@ OUT = DEMO / "out"
 #: (stream, primary keys): one tap-jsonl run per file, in this order (people exist before they are tagged).
 STREAMS = (("people", ["email"]), ("tags", []), ("events", []), ("companies", ["externalId"]))
 #: Fields tap-jsonl adds to every record; they are not Encharge data.
-TAP_FIELDS = ["_sdc_last_modified", "_sdc_filename", "_sdc_stream"]
+CONFIG = Path(__file__).with_name("config.json")  # the target's config: copy it, point api_url at Encharge
 
 
 def _executable(name: str, env_var: str | None = None) -> str:
@@ -43,19 +43,13 @@ def _executable(name: str, env_var: str | None = None) -> str:
 
 
 def target_config(sb: Sandbox) -> dict:
-    return {
-        "api_key": DEFAULT_API_KEY,
-        "write_key": DEFAULT_WRITE_KEY,
-        "api_url": sb.api_url,
-        "ingest_url": sb.ingest_url,
-        "endpoint": "create_or_update_person",
-        "exclude_attributes": TAP_FIELDS,
-        "streams": {
-            "tags": {"endpoint": "add_tag"},
-            "events": {"endpoint": "track_event"},
-            "companies": {"endpoint": "create_custom_object", "object_name": "company"},
-        },
-    }
+    """demo/config.json (the config to copy: `make sandbox` listens where it points), pointed at this demo's
+    sandbox, with the ledger kept in demo/out/ (each demo starts from nothing)."""
+    config = json.loads(CONFIG.read_text())
+    ledger = OUT / ".target-encharge-ledger.db"
+    for old in OUT.glob(ledger.name + "*"):
+        old.unlink()
+    return {**config, "api_url": sb.api_url, "ingest_url": sb.ingest_url, "ledger_url": str(ledger)}
 
 
 def main() -> int:
