@@ -6,24 +6,30 @@ from __future__ import annotations
 
 import threading
 
+MAX_EMAILS = 50_000  # distinct emails compared per run: memory stays flat however many records come
+
 
 class CaseMerges:
-    """The spellings of each email met in a run, and how many records were merged because of case alone."""
+    """How many records were merged because of case alone, from the first spelling of each of the run's first
+    ``MAX_EMAILS`` distinct emails (known by the hash of the email lower-cased)."""
 
     def __init__(self) -> None:
-        self._first: dict[str, str] = {}  # email, lower-cased -> its first spelling
+        self._first: dict[int, str] = {}  # hash of the email lower-cased -> its first spelling
         self.merged = 0
-        self.example: tuple[str, str] | None = None
+        self.example: tuple[str, str] | None = None  # an earlier spelling and one merged into it
         self._lock = threading.Lock()
 
     def saw(self, email: object) -> None:
         """A record for ``email`` (anything not text is ignored)."""
         if not isinstance(email, str):
             return
-        folded = email.lower()
+        folded = hash(email.lower())
         with self._lock:
-            first = self._first.setdefault(folded, email)
-            if first != email:
+            first = self._first.get(folded)
+            if first is None:
+                if len(self._first) < MAX_EMAILS:
+                    self._first[folded] = email
+            elif first != email:
                 self.merged += 1
                 self.example = self.example or (first, email)
 

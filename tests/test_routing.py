@@ -41,3 +41,14 @@ def test_emails_differing_only_in_case_are_warned_about_once_with_a_count_and_an
 def test_no_case_warning_when_every_email_is_spelled_one_way(sandbox):
     run = run_target(sandbox_config(sandbox), [*people(3), record("people", {"email": "p0@example.com"})])
     assert "differing only in case" not in run.stderr
+
+
+def test_repeated_identical_failures_are_logged_once_with_a_count(sandbox):
+    bad = [schema("people", {"email": {"type": "string"}, "plan": {"type": "string"}}, ["email"]),
+           *[record("people", {"email": f"p{i}@example.com", "plan": 5}) for i in range(20)]]
+    run = run_target(sandbox_config(sandbox, max_failures=-1, dead_letter_path="@work/dead.jsonl"), bad)
+    assert run.returncode == 0, run.stderr
+    assert len(run.file_lines("dead.jsonl")) == 20  # every one kept
+    failed = [line for line in run.stderr.splitlines() if "failed:" in line or "like this" in line]
+    assert len(failed) == 2, failed
+    assert "19 more record(s)" in failed[1]
