@@ -271,35 +271,30 @@ class SyncLedger:
         return found
 
     @staticmethod
-    def _delivery_upsert(dialect: t.Any) -> sa.Insert:  # noqa: ANN401
-        table = schema.deliveries
+    def _upsert(dialect: t.Any, table: sa.Table,  # noqa: ANN401
+                updates: t.Callable[[t.Any, t.Any], dict[str, t.Any]]) -> sa.Insert:
+        """An insert into ``table`` that, for an identity the scope holds already, sets ``updates(new, old)``."""
         insert = dialect.insert(table)
-        return insert.on_conflict_do_update(
-            index_elements=[table.c.scope_id, table.c.identity],
-            set_={
-                "fingerprint": insert.excluded.fingerprint,
-                "delivered_at": insert.excluded.delivered_at,
-                "encharge_id": sa.func.coalesce(insert.excluded.encharge_id, table.c.encharge_id),
-                "source_key": sa.func.coalesce(insert.excluded.source_key, table.c.source_key),
-                "tags": sa.func.coalesce(insert.excluded.tags, table.c.tags),
-            },
-        )
+        return insert.on_conflict_do_update(index_elements=[table.c.scope_id, table.c.identity],
+                                            set_=updates(insert.excluded, table.c))
 
-    @staticmethod
-    def _failure_upsert(dialect: t.Any) -> sa.Insert:  # noqa: ANN401
-        table = schema.failures
-        insert = dialect.insert(table)
-        return insert.on_conflict_do_update(
-            index_elements=[table.c.scope_id, table.c.identity],
-            set_={
-                "payload": insert.excluded.payload,
-                "reason": insert.excluded.reason,
-                "status": insert.excluded.status,
-                "retryable": insert.excluded.retryable,
-                "last_failed_at": insert.excluded.last_failed_at,
-                "attempts": table.c.attempts + 1,
-            },
-        )
+    @classmethod
+    def _delivery_upsert(cls, dialect: t.Any) -> sa.Insert:  # noqa: ANN401
+        """A delivery replaces the fingerprint and time; an id, source key or tags given as None keep the known."""
+        return cls._upsert(dialect, schema.deliveries, lambda new, old: {
+            "fingerprint": new.fingerprint,
+            "delivered_at": new.delivered_at,
+            **{name: sa.func.coalesce(getattr(new, name), getattr(old, name))
+               for name in ("encharge_id", "source_key", "tags")},
+        })
+
+    @classmethod
+    def _failure_upsert(cls, dialect: t.Any) -> sa.Insert:  # noqa: ANN401
+        """A failure already waiting takes the new payload and reason, and counts one more attempt."""
+        return cls._upsert(dialect, schema.failures, lambda new, old: {
+            **{name: getattr(new, name) for name in ("payload", "reason", "status", "retryable", "last_failed_at")},
+            "attempts": old.attempts + 1,
+        })
 
     @staticmethod
     def _delivered(row: sa.Row) -> Delivered:
@@ -314,40 +309,42 @@ class SyncLedger:
 
     # -- deliveries --------------------------------------------------------------------------------------------
 
-    def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
-        """What was last delivered for each of ``identities`` that the ledger knows in ``scope``."""
+    def _read_chunks(self, scope: Scope, identities: t.Iterable[str],
+                     read: t.Callable[[sa.Connection, int, t.Sequence[str]], None]) -> None:
+        """``read(connection, scope_id, chunk)`` for each chunk of ``identities`` (nothing when the scope is not
+        known yet)."""
         wanted = list(dict.fromkeys(identities))
-        found: dict[str, Delivered] = {}
-        table = schema.deliveries
         with self._reading() as connection:
             if connection is None or not wanted:
-                return found
+                return
             scope_id = self._find_scope(connection, scope)
             if scope_id is None:
-                return found
+                return
             for chunk in _chunks(wanted):
-                rows = connection.execute(self._select_known(list(table.c), scope_id, self._listed(chunk)))
-                for row in rows:
-                    found[row.identity] = self._delivered(row)
+                read(connection, scope_id, chunk)
+
+    def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
+        """What was last delivered for each of ``identities`` that the ledger knows in ``scope``."""
+        found: dict[str, Delivered] = {}
+        columns = list(schema.deliveries.c)
+
+        def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
+            for row in connection.execute(self._select_known(columns, scope_id, self._listed(chunk))):
+                found[row.identity] = self._delivered(row)
+
+        self._read_chunks(scope, identities, read)
         return found
 
     def fingerprints(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, str]:
         """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
         skip-unchanged check, lighter than :meth:`lookup`."""
-        wanted = list(dict.fromkeys(identities))
         found: dict[str, str] = {}
-        with self._reading() as connection:
-            if connection is None or not wanted:
-                return found
-            scope_id = self._find_scope(connection, scope)
-            if scope_id is None:
-                return found
-            for chunk in _chunks(wanted):
-                found.update(
-                    connection.execute(
-                        self._select_fingerprints, {"scope_id": scope_id, "listed": self._listing(chunk)}
-                    ).all()
-                )
+
+        def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
+            listing = {"scope_id": scope_id, "listed": self._listing(chunk)}
+            found.update(connection.execute(self._select_fingerprints, listing).all())
+
+        self._read_chunks(scope, identities, read)
         return found
 
     def mark_delivered(self, scope: Scope, rows: t.Iterable[Delivered]) -> None:
