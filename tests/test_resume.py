@@ -81,7 +81,8 @@ def test_a_pipeline_from_tap_jsonl_killed_mid_run_and_rerun_from_its_last_state_
                                 cwd=tmp_path, start_new_session=True)
 
     with Sandbox(latency_ms=40) as sandbox:
-        config = sandbox_config(sandbox, max_concurrency=2, exclude_attributes=TAP_FIELDS)
+        # one call per record (people are batched by default): the run is still going when the kill comes
+        config = sandbox_config(sandbox, max_concurrency=2, exclude_attributes=TAP_FIELDS, batch_records=False)
         first_taps = taps(None)
         target = start_target(config, tmp_path, first_taps.stdout)
         first_taps.stdout.close()
