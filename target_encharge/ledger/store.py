@@ -103,6 +103,20 @@ def _moment(stamp: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(stamp) if stamp is not None else None
 
 
+_DELIVERY_COLUMNS = ("scope_id", "identity", "fingerprint", "delivered_at", "encharge_id", "source_key", "tags")
+# On SQLite, deliveries are written through the driver (the same upsert as ``SyncLedger._delivery_upsert``).
+_SQLITE_UPSERT_DELIVERIES = (
+    f"INSERT INTO {schema.deliveries.name} ({', '.join(_DELIVERY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)}) ON CONFLICT (scope_id, identity) DO UPDATE SET "
+    "fingerprint = excluded.fingerprint, delivered_at = excluded.delivered_at, "
+    + ", ".join(f"{c} = coalesce(excluded.{c}, {schema.deliveries.name}.{c})"
+                for c in ("encharge_id", "source_key", "tags"))
+)
+_SQLITE_DELETE_FAILURES = (
+    f"DELETE FROM {schema.failures.name} WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"  # noqa: S608
+)
+
+
 def _when(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp)
 
@@ -367,6 +381,11 @@ class SyncLedger:
             for row in sorted(latest.values(), key=lambda row: row.identity)  # one lock order for every writer
         ]
         with self._writing() as connection:
+            if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
+                values = [tuple(p[c] for c in _DELIVERY_COLUMNS) for p in params]
+                connection.exec_driver_sql(_SQLITE_UPSERT_DELIVERIES, values)
+                connection.exec_driver_sql(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
+                return
             for chunk in _chunks(params):
                 connection.execute(self._upsert_delivery, list(chunk))
                 self._delete(connection, schema.failures, scope_id, [p["identity"] for p in chunk])
