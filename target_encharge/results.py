@@ -90,12 +90,12 @@ class Results:
                         self.counts.add(request.stream, "updated" if mark.known else "created")
             self.gate.done(*(e.seq for e in request.entries))
             return
-        if request.endpoint in TAGGING and outcome.status == NOT_FOUND and not request.removal \
-                and not self._retried_later.intersection(e.seq for e in request.entries):
+        no_person_yet = request.endpoint in TAGGING and outcome.status == NOT_FOUND and not request.removal
+        if no_person_yet and not self._retried_later.intersection(e.seq for e in request.entries):
             self.later.append(request)  # its person may be created by a stream later in the run
             return
         reason = outcome.error or f"HTTP {outcome.status}"
-        retryable = judged is Verdict.RETRY or (request.endpoint in TAGGING and outcome.status == NOT_FOUND)
+        retryable = judged is Verdict.RETRY or no_person_yet
         if sync is not None and not request.removal:
             sync.failed(request.entries, reason, outcome.status, retryable=retryable)
         for entry in request.entries:

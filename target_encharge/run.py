@@ -166,11 +166,12 @@ class Run:
     def _remove(self, route: Route, sync: StreamSync, plan: Planned) -> None:
         entry = self.results.entry(route.stream, plan.ids, plan.ids, counted=False)
         sync.removing(entry.seq, plan)
-        self.outbox.flush_holding_of(ordering_keys(route.template, plan.ids, plan.removal.url))
+        keys = ordering_keys(route.template, plan.ids, plan.removal.url)
+        self.outbox.flush_holding_of(keys)  # what is waiting for that person goes first, in input order
         self.delivery.submit(Request(
             stream=route.stream, endpoint=route.template.name, method=plan.removal.method, url=plan.removal.url,
             content_type="application/json", headers=route.headers, body=plan.removal.body, entries=(entry,),
-            keys=ordering_keys(route.template, plan.ids, plan.removal.url), removal=True, note=plan.why))
+            keys=keys, removal=True, note=plan.why))
 
     def on_state(self, state: dict) -> None:
         """A STATE from the tap: batches open a while go first, and the STATE waits for what came before it."""

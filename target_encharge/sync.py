@@ -135,16 +135,19 @@ class StreamSync:
         identity = identity or self.template.identity(entry.record, self.key_properties)
         if identity is None:
             return None
-        target = self.template.identity(entry.record) if self.key_properties else identity
         key = {k: entry.record.get(k) for k in self.key_properties} if self.key_properties else None
-        return Mark(identity, target, fingerprint(entry.record), key, known)
+        return Mark(identity, self._target(entry.record, identity), fingerprint(entry.record), key, known)
+
+    def _target(self, record: dict, identity: str) -> str | None:
+        """The template's own identity of ``record`` (what a removal names), given its ledger ``identity``."""
+        return self.template.identity(record) if self.key_properties else identity
 
     def saw(self, record: dict) -> None:
         """A record of the stream came (sent, unchanged or refused, it is in the source): mirror keeps it."""
         if self.mode == "mirror":
             identity = self.template.identity(record, self.key_properties)
             if identity is not None:
-                self.seen[identity] = self.template.identity(record) if self.key_properties else identity
+                self.seen[identity] = self._target(record, identity)
 
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
