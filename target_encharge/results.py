@@ -85,9 +85,11 @@ class Results:
         if judged in (Verdict.DELIVERED, Verdict.DRY_RUN):
             self.counts.succeeded(request.stream, len(request.entries))
             if judged is Verdict.DELIVERED and sync is not None:
-                for mark in sync.delivered(request.entries):
-                    if mark is not None:
-                        self.counts.add(request.stream, "updated" if mark.known else "created")
+                marks = [mark for mark in sync.delivered(request.entries) if mark is not None]
+                updated = sum(mark.known for mark in marks)
+                for kind, count in (("updated", updated), ("created", len(marks) - updated)):
+                    if count:
+                        self.counts.add(request.stream, kind, count)
             self.gate.done(*(e.seq for e in request.entries))
             return
         no_person_yet = request.endpoint in TAGGING and outcome.status == NOT_FOUND and not request.removal

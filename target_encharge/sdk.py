@@ -9,6 +9,7 @@ renames or moves any of them, so a renamed hook never goes silently uncalled.
 
 from __future__ import annotations
 
+import datetime
 import typing as t
 
 from singer_sdk import Target
@@ -45,6 +46,13 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (_ConfigInput, "config"),
     (_ConfigInput, "parse_env"),
 )
+
+
+# the SDK's parser for each date-like type (singer-sdk's `_parse_timestamps_in_record`: anything else is a date-time)
+_PARSERS: dict[str, t.Callable[[str], t.Any]] = {
+    "date": datetime.date.fromisoformat, "time": datetime.time.fromisoformat,
+    "date-time": datetime.datetime.fromisoformat,
+}
 
 
 class SeamTarget(Target):
@@ -129,22 +137,31 @@ class SeamTarget(Target):
 class SeamSink(RecordSink):
     """The SDK's date parsing, limited to the fields the schema says are dates (found once, not per record)."""
 
-    _date_fields: dict[str, dict] | None = None
+    _date_fields: dict[str, tuple[t.Callable[[str], t.Any], dict]] | None = None
 
     @override
     def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: DatetimeErrorTreatmentEnum) -> None:
         if self._date_fields is None:
-            self._date_fields = {k: {"properties": {k: v}} for k, v in schema.get("properties", {}).items()
-                                 if get_datelike_property_type(v)}
-        for field, sub_schema in self._date_fields.items():
-            if record.get(field) is not None:
-                one = {field: record[field]}
-                try:
-                    super()._parse_timestamps_in_record(one, sub_schema, treatment)
-                except (ValueError, TypeError, OverflowError) as exc:  # "", "0000-00-00", Feb 30, a number
-                    self.on_unparsable_date(record, field, exc)
+            self._date_fields = {k: (_PARSERS.get(kind, datetime.datetime.fromisoformat), {"properties": {k: v}})
+                                 for k, v in schema.get("properties", {}).items()
+                                 if (kind := get_datelike_property_type(v))}
+        for field, (parse, sub_schema) in self._date_fields.items():
+            value = record.get(field)
+            if value is None:
+                continue
+            if type(value) is str:
+                try:  # what the SDK does with a valid date, without its per-field walk of the schema
+                    record[field] = parse(value)
                     continue
-                record[field] = one[field]
+                except ValueError:
+                    pass  # the SDK's own handling: its error treatment, then ours
+            one = {field: value}
+            try:
+                super()._parse_timestamps_in_record(one, sub_schema, treatment)
+            except (ValueError, TypeError, OverflowError) as exc:  # "", "0000-00-00", Feb 30, a number
+                self.on_unparsable_date(record, field, exc)
+                continue
+            record[field] = one[field]
 
     def on_unparsable_date(self, record: dict, field: str, error: Exception) -> None:  # noqa: ARG002
         """``record[field]`` is not a date its schema's format allows (left as it came)."""

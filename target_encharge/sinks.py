@@ -212,7 +212,7 @@ class EnchargeSink(SeamSink):
         if self.person:
             run.case_merges.saw(entry.ids.get("email"))
         problem, self.problem = self.problem, None
-        problem = problem or self.template.needs(record)
+        problem = problem or self.template.needs(record, entry.ids)
         if problem:
             if self.sync is not None:
                 self.sync.failed([entry], f"refused before sending: {problem}", None, retryable=False)

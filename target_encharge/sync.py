@@ -129,18 +129,21 @@ class StreamSync:
 
     # before sending
 
-    def mark(self, entry: Entry, *, known: bool = False, identity: str | None = None) -> Mark | None:
+    def mark(self, entry: Entry, *, known: bool = False, identity: str | None = None,
+             fingerprinted: str | None = None) -> Mark | None:
         """The entry's identities and fingerprint (None: nothing to know it by, it is always sent).
-        ``identity``: the ledger's identity of the entry when already found."""
-        identity = identity or self.template.identity(entry.record, self.key_properties)
+        ``identity`` and ``fingerprinted``: the ledger's identity and the fingerprint, when already found."""
+        identity = identity or self.template.identity(entry.record, self.key_properties, entry.ids)
         if identity is None:
             return None
-        key = {k: entry.record.get(k) for k in self.key_properties} if self.key_properties else None
-        return Mark(identity, self._target(entry.record, identity), fingerprint(entry.record), key, known)
+        record = entry.record
+        key = {k: record.get(k) for k in self.key_properties} if self.key_properties else None
+        return Mark(identity, self._target(record, identity, entry.ids), fingerprinted or fingerprint(record), key,
+                    known)
 
-    def _target(self, record: dict, identity: str) -> str | None:
+    def _target(self, record: dict, identity: str, ids: dict | None = None) -> str | None:
         """The template's own identity of ``record`` (what a removal names), given its ledger ``identity``."""
-        return self.template.identity(record) if self.key_properties else identity
+        return self.template.identity(record, ids=ids) if self.key_properties else identity
 
     def saw(self, record: dict) -> None:
         """A record of the stream came (sent, unchanged or refused, it is in the source): mirror keeps it."""
@@ -152,29 +155,29 @@ class StreamSync:
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
         to know exist."""
-        identities = {e.seq: self.template.identity(e.record, self.key_properties) for e in entries}
+        identities = {e.seq: self.template.identity(e.record, self.key_properties, e.ids) for e in entries}
         known = self.ledger.fingerprints(self.scope, [i for i in identities.values() if i is not None])
-        # a fingerprint (canonical JSON and a hash) only where it is compared or will be written: a dry run
-        # on a fresh ledger computes none
-        marks: dict[int, Mark | None] = {}
-        for entry in entries:
-            identity = identities[entry.seq]
-            wanted = identity is not None and (self.writes or identity in known)
-            marks[entry.seq] = self.mark(entry, known=identity in known, identity=identity) if wanted else None
         sifted = Sifted()
         unsure: list[Entry] = []  # update/create: not in the ledger, so Encharge is asked
+        marks: dict[int, Mark | None] = {}  # of the entries that may be sent: written to the ledger on delivery
         for entry in entries:
-            mark, identity = marks[entry.seq], identities[entry.seq]
+            identity = identities[entry.seq]
             last = known.get(identity) if identity is not None else None
-            if last is None:
+            if last is None:  # not in the ledger (a fingerprint only where it will be written: not in a dry run)
+                marks[entry.seq] = self.mark(entry, identity=identity) if identity and self.writes else None
                 (unsure if identity is not None and self.mode in ("update", "create") else sifted.send).append(entry)
-            elif self.mode == "create":
+                continue
+            if self.mode == "create":
                 sifted.skipped.append(entry)  # it exists: create leaves it as it is
-            elif last != EXISTS and not self.resync and (self.events or (self.skip_unchanged and
-                                                                         last == mark.fingerprint)):  # type: ignore[union-attr]
+                continue
+            # an event with an id is sent once; the others when changed (a fingerprint compared first, and a
+            # whole mark made only for what is sent)
+            printed = None if self.events else fingerprint(entry.record)
+            if last != EXISTS and not self.resync and (self.events or (self.skip_unchanged and last == printed)):
                 sifted.unchanged.append(entry)
-            else:
-                (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
+                continue
+            marks[entry.seq] = self.mark(entry, known=True, identity=identity, fingerprinted=printed)
+            (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
         if unsure:
             self._ask_encharge(unsure, marks, sifted)
         if self.writes:  # kept until the answer, which writes them (a dry run keeps nothing: memory stays flat)

@@ -18,9 +18,13 @@ import msgspec
 _canonical = msgspec.json.Encoder(order="sorted", decimal_format="number")
 
 
-def _number(value: Decimal | float) -> int | Decimal | str:
+def _number(value: Decimal | float) -> int | Decimal | float | str:
     """A number by its value: integral ones as ints, others as their shortest exact decimal."""
     if isinstance(value, float):
+        if -_EXACT < value < _EXACT and value.is_integer():
+            return int(value)  # (exactly: below 2**53 the float is the integer its shortest text names)
+        if _PLAIN_FLOATS[0] <= abs(value) < _PLAIN_FLOATS[1]:
+            return value  # msgspec writes it as its shortest decimal without exponent: the text of the Decimal below
         if not math.isfinite(value):
             return str(value)
         value = Decimal(repr(value))
@@ -32,6 +36,8 @@ def _number(value: Decimal | float) -> int | Decimal | str:
 
 
 _AS_IS = frozenset({str, int, bool, type(None)})
+_EXACT = 2.0**53
+_PLAIN_FLOATS = (1e-4, 1e15)  # where Python's shortest repr has no exponent and a Decimal's text none either
 
 
 def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
@@ -44,6 +50,8 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
             key if type(key) is str else str(key): item if type(item) in _AS_IS else _plain(item)
             for key, item in value.items()
         }
+    if kind is float:
+        return _number(value)
     if kind is list:
         return [item if type(item) in _AS_IS else _plain(item) for item in value]
     if isinstance(value, (Decimal, float)):

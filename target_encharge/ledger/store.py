@@ -14,12 +14,12 @@ import dataclasses
 import datetime
 import sqlite3
 import threading
+import types
 import typing as t
 from decimal import Decimal
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from target_encharge import encoding
 from target_encharge.ledger import schema
@@ -112,6 +112,11 @@ _SQLITE_UPSERT_DELIVERIES = (
     + ", ".join(f"{c} = coalesce(excluded.{c}, {schema.deliveries.name}.{c})"
                 for c in ("encharge_id", "source_key", "tags"))
 )
+# ... and the skip-unchanged check reads through it too (half the time of a SQLAlchemy select, for every batch)
+_SQLITE_FINGERPRINTS = (
+    f"SELECT identity, fingerprint FROM {schema.deliveries.name} "  # noqa: S608
+    "WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"
+)
 _SQLITE_DELETE_FAILURES = (
     f"DELETE FROM {schema.failures.name} WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"  # noqa: S608
 )
@@ -149,6 +154,8 @@ class SyncLedger:
         # try) for each other's locks; other processes still wait on the file's lock (the busy timeout)
         self._write_turn = threading.RLock()
         self._engine: sa.Engine | None = None
+        self._reader: t.Any = None  # SQLite: a pooled connection kept for the skip-unchanged check (_driver_rows)
+        self._read_lock = threading.Lock()
         self._present = True
         self._postgres = False
         file = self.location.file
@@ -162,7 +169,7 @@ class SyncLedger:
             self.close()
             raise
         self._postgres = self._engine.dialect.name == "postgresql"
-        dialect = postgresql if self._postgres else sqlite
+        dialect = self._dialect
         self._upsert_delivery = self._delivery_upsert(dialect)
         self._upsert_failure = self._failure_upsert(dialect)
         table = schema.deliveries  # built once: the skip-unchanged check runs for every batch sent
@@ -221,12 +228,24 @@ class SyncLedger:
         with self._write_turn, self._guard(), self._connection(write=True) as connection, connection.begin():
             yield connection
 
+    @property
+    def _dialect(self) -> types.ModuleType:
+        """SQLAlchemy's dialect module for the ledger's database (PostgreSQL's is imported only when it is used:
+        with its drivers, a tenth of the command's start-up)."""
+        if self._postgres:
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite
+
     def _listing(self, identities: t.Sequence[str]) -> list[str] | str:
         """``identities`` as the one parameter :meth:`_listed` takes: an array on PostgreSQL, JSON text on SQLite."""
         return list(identities) if self._postgres else msgspec.json.encode(list(identities)).decode()
 
     def _listing_type(self) -> sa.types.TypeEngine:
-        return postgresql.ARRAY(sa.Text) if self._postgres else sa.Text()
+        return self._dialect.ARRAY(sa.Text) if self._postgres else sa.Text()
 
     def _listed(self, identities: t.Sequence[str] | sa.BindParameter) -> sa.TableValuedAlias:
         """``identities`` (or a bind parameter to fill with :meth:`_listing`) as a table with one column,
@@ -272,9 +291,8 @@ class SyncLedger:
         with self._writing() as connection:
             found = self._find_scope(connection, scope)
             if found is None:
-                insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
                 connection.execute(
-                    insert(schema.scopes)
+                    self._dialect.insert(schema.scopes)
                     .values(account=scope.account, destination=scope.destination, stream=scope.stream)
                     .on_conflict_do_nothing()
                 )
@@ -353,6 +371,11 @@ class SyncLedger:
         """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
         skip-unchanged check, lighter than :meth:`lookup`."""
         found: dict[str, str] = {}
+        scope_id = None if self._postgres else self._scope_ids.get(scope)
+        if scope_id is not None:  # SQLite, a known scope: the check of every batch, through the driver
+            for chunk in _chunks(list(dict.fromkeys(identities))):
+                found.update(self._driver_rows(_SQLITE_FINGERPRINTS, (scope_id, self._listing(chunk))))
+            return found
 
         def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
             listing = {"scope_id": scope_id, "listed": self._listing(chunk)}
@@ -361,6 +384,16 @@ class SyncLedger:
         self._read_chunks(scope, identities, read)
         return found
 
+    def _driver_rows(self, statement: str, params: tuple) -> list[tuple]:
+        """The rows of one SQLite statement, on a driver connection kept for them (a pool checkout and return per
+        batch cost as much as the query)."""
+        with self._guard(), self._read_lock:
+            if self._reader is None:
+                if self._engine is None:
+                    raise self.location.error("the ledger is closed")
+                self._reader = self._engine.raw_connection()
+            return self._reader.driver_connection.execute(statement, params).fetchall()
+
     def mark_delivered(self, scope: Scope, rows: t.Iterable[Delivered]) -> None:
         """Record that Encharge accepted ``rows`` (call only after a 2xx): each replaces what its identity held
         (an id, source key or tags given as None keep the ones known) and leaves the failures waiting."""
@@ -368,27 +401,20 @@ class SyncLedger:
         if not latest:
             return
         scope_id, now = self._scope_id(scope), _stamp()
-        params = [
-            {
-                "scope_id": scope_id,
-                "identity": row.identity,
-                "fingerprint": row.fingerprint,
-                "delivered_at": _stamp(row.delivered_at) if row.delivered_at else now,
-                "encharge_id": row.encharge_id,
-                "source_key": _json_or_none(row.source_key),
-                "tags": _json_or_none(sorted(row.tags) if row.tags is not None else None),
-            }
+        values = [  # in the order of _DELIVERY_COLUMNS
+            (scope_id, row.identity, row.fingerprint, _stamp(row.delivered_at) if row.delivered_at else now,
+             row.encharge_id, _json_or_none(row.source_key),
+             _json_or_none(sorted(row.tags) if row.tags is not None else None))
             for row in sorted(latest.values(), key=lambda row: row.identity)  # one lock order for every writer
         ]
         with self._writing() as connection:
             if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
-                values = [tuple(p[c] for c in _DELIVERY_COLUMNS) for p in params]
                 connection.exec_driver_sql(_SQLITE_UPSERT_DELIVERIES, values)
                 connection.exec_driver_sql(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
                 return
-            for chunk in _chunks(params):
-                connection.execute(self._upsert_delivery, list(chunk))
-                self._delete(connection, schema.failures, scope_id, [p["identity"] for p in chunk])
+            for chunk in _chunks(values):
+                connection.execute(self._upsert_delivery, [dict(zip(_DELIVERY_COLUMNS, row)) for row in chunk])
+                self._delete(connection, schema.failures, scope_id, [row[1] for row in chunk])
 
     def known(self, scope: Scope) -> dict[str, Delivered]:
         """Everything delivered in ``scope`` (for mirror: what the target wrote and may remove)."""
@@ -516,8 +542,7 @@ class SyncLedger:
 
     def remember_account(self, key_digest: str, account: str) -> None:
         """The account a key (known by its digest) belongs to, as Encharge said in this run."""
-        insert = postgresql.insert if self._postgres else sqlite.insert
-        statement = insert(schema.accounts).values(key_digest=key_digest, account=account)
+        statement = self._dialect.insert(schema.accounts).values(key_digest=key_digest, account=account)
         with self._writing() as connection:
             connection.execute(statement.on_conflict_do_update(index_elements=["key_digest"],
                                                                set_={"account": account}))
@@ -591,6 +616,10 @@ class SyncLedger:
 
     def close(self) -> None:
         """Release every connection; the ledger cannot be used after."""
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()  # back to the pool, disposed of below
+                self._reader = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
