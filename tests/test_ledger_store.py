@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from postgres import PASSWORD, postgres_server, postgres_url  # noqa: F401 (the fixtures)
 
 from target_encharge.errors import ConfigError
@@ -67,6 +69,19 @@ def test_fingerprint_is_the_same_for_equal_payloads() -> None:
     assert fingerprint({"n": 2}) == fingerprint({"n": Decimal("2.00")}) == fingerprint({"n": 2.0})
     assert fingerprint({"at": moment}) == fingerprint({"at": in_paris})
     assert canonical_json({"at": moment, "n": Decimal("1E+2")}) == '{"at":"2024-05-01T12:00:00+00:00","n":100}'
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_float_fingerprints_as_the_decimal_of_its_shortest_text(number: float) -> None:
+    """Floats take a short cut (no Decimal) where their text is the same: the fingerprint must not change."""
+    assert fingerprint({"n": number}) == fingerprint({"n": Decimal(repr(number))})
+
+
+def test_float_canonical_text_is_pinned() -> None:
+    """What ledgers already hold: a changed canonical text would resend every record with such a number."""
+    floats = {"score": 0.1, "tiny": 1e-7, "big": 1e20, "whole": 3.0, "third": 1 / 3, "edge": 1e15 + 0.5}
+    assert canonical_json(floats) == ('{"big":100000000000000000000,"edge":1000000000000000.5,"score":0.1,'
+                                      '"third":0.3333333333333333,"tiny":1E-7,"whole":3}')
 
 
 def test_fingerprint_tells_changed_payloads_apart() -> None:
