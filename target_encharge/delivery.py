@@ -44,7 +44,12 @@ class Delivery:
         self.concurrency = max(1, concurrency)
         self.max_queued = self.concurrency * QUEUED_PER_WORKER
         self.fatal: BaseException | None = None
-        self._cond = threading.Condition()
+        # one lock, three conditions: a worker is woken for each request made ready (not every worker for each,
+        # which would take the interpreter lock from the reading thread eight times per call), a blocked submit
+        # when there is room again, and wait() when nothing is left
+        self._cond = threading.Condition()  # workers: a request is ready, or the run closes
+        self._room = threading.Condition(self._cond)  # submit: fewer than max_queued unfinished
+        self._idle = threading.Condition(self._cond)  # wait(): nothing unfinished
         self._ready: collections.deque[Request] = collections.deque()
         self._tails: dict[str, Request] = {}  # the last request submitted for each key
         self._waiting_on: dict[Request, int] = {}  # how many earlier requests each one still waits for
@@ -75,7 +80,7 @@ class Delivery:
             self._start()
         with self._cond:
             while self._unfinished >= self.max_queued and self.fatal is None:
-                self._cond.wait()
+                self._room.wait()
             self.raise_if_fatal()
             earlier = {self._tails[k] for k in request.keys if k in self._tails}
             for other in earlier:
@@ -87,7 +92,7 @@ class Delivery:
                 self._waiting_on[request] = len(earlier)
             else:
                 self._ready.append(request)
-                self._cond.notify_all()
+                self._cond.notify()
 
     @property
     def calls_in_flight(self) -> int:
@@ -100,7 +105,7 @@ class Delivery:
         retries and are still held back then fail for good (too few in a row to mean an outage)."""
         with self._cond:
             while self._unfinished and self.fatal is None:
-                self._cond.wait(0.5)
+                self._idle.wait(0.5)
         self.raise_if_fatal()
         self._release_failing()
 
@@ -177,10 +182,19 @@ class Delivery:
             for key in request.keys:
                 if self._tails.get(key) is request:
                     del self._tails[key]
+            ready = 0
             for waiter in self._waiters.pop(request, ()):
                 self._waiting_on[waiter] -= 1
                 if self._waiting_on[waiter] == 0:
                     del self._waiting_on[waiter]
                     self._ready.append(waiter)
+                    ready += 1
             self._unfinished -= 1
-            self._cond.notify_all()
+            if self.fatal is not None:  # the run stops: everyone waiting is told
+                for condition in (self._cond, self._room, self._idle):
+                    condition.notify_all()
+                return
+            self._cond.notify(ready)
+            self._room.notify()
+            if not self._unfinished:
+                self._idle.notify_all()
