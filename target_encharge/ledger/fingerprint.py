@@ -28,6 +28,10 @@ def _number(value: Decimal | float) -> int | Decimal | float | str:
         if not math.isfinite(value):
             return str(value)
         value = Decimal(repr(value))
+    elif type(value) is Decimal:  # what the reader makes of a number with a point: most are short and plain
+        text = str(value)
+        if len(text) <= _PLAIN_DECIMAL and "E" not in text and "." in text and text[-1] != "0":
+            return value  # msgspec writes this very text, which is already what normalize() would give
     if not value.is_finite():
         return str(value)
     if value == value.to_integral_value():
@@ -38,6 +42,7 @@ def _number(value: Decimal | float) -> int | Decimal | float | str:
 _AS_IS = frozenset({str, int, bool, type(None)})
 _EXACT = 2.0**53
 _PLAIN_FLOATS = (1e-4, 1e15)  # where Python's shortest repr has no exponent and a Decimal's text none either
+_PLAIN_DECIMAL = 28  # characters: fewer digits than normalize() keeps (it rounds beyond its context's 28)
 
 
 def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
