@@ -30,8 +30,11 @@ def _number(value: Decimal | float) -> int | Decimal | float | str:
         value = Decimal(repr(value))
     elif type(value) is Decimal:  # what the reader makes of a number with a point: most are short and plain
         text = str(value)
-        if len(text) <= _PLAIN_DECIMAL and "E" not in text and "." in text and text[-1] != "0":
-            return value  # msgspec writes this very text, which is already what normalize() would give
+        if "E" not in text and "." in text:
+            if text[-1] != "0" and len(text) <= _PLAIN_DECIMAL:
+                return value  # msgspec writes this very text, which is already what normalize() would give
+            if text.endswith(".0"):
+                return int(text[:-2])  # `2.0`: integral
     if not value.is_finite():
         return str(value)
     if value == value.to_integral_value():
