@@ -47,9 +47,10 @@ class Delivery:
         # one lock, three conditions: a worker is woken for each request made ready (not every worker for each,
         # which would take the interpreter lock from the reading thread eight times per call), a blocked submit
         # when there is room again, and wait() when nothing is left
-        self._cond = threading.Condition()  # workers: a request is ready, or the run closes
-        self._room = threading.Condition(self._cond)  # submit: fewer than max_queued unfinished
-        self._idle = threading.Condition(self._cond)  # wait(): nothing unfinished
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # workers: a request is ready, or the run closes
+        self._room = threading.Condition(lock)  # submit: fewer than max_queued unfinished
+        self._idle = threading.Condition(lock)  # wait(): nothing unfinished
         self._ready: collections.deque[Request] = collections.deque()
         self._tails: dict[str, Request] = {}  # the last request submitted for each key
         self._waiting_on: dict[Request, int] = {}  # how many earlier requests each one still waits for
