@@ -4,8 +4,6 @@ an example, so it is never silent."""
 
 from __future__ import annotations
 
-import threading
-
 MAX_EMAILS = 50_000  # distinct emails compared per run: memory stays flat however many records come
 
 
@@ -17,21 +15,19 @@ class CaseMerges:
         self._first: dict[int, str] = {}  # hash of the email lower-cased -> its first spelling
         self.merged = 0
         self.example: tuple[str, str] | None = None  # an earlier spelling and one merged into it
-        self._lock = threading.Lock()
 
     def saw(self, email: object) -> None:
-        """A record for ``email`` (anything not text is ignored)."""
+        """A record for ``email`` (anything not text is ignored). From the reading thread only: no lock."""
         if not isinstance(email, str):
             return
         folded = hash(email.lower())
-        with self._lock:
-            first = self._first.get(folded)
-            if first is None:
-                if len(self._first) < MAX_EMAILS:
-                    self._first[folded] = email
-            elif first != email:
-                self.merged += 1
-                self.example = self.example or (first, email)
+        first = self._first.get(folded)
+        if first is None:
+            if len(self._first) < MAX_EMAILS:
+                self._first[folded] = email
+        elif first != email:
+            self.merged += 1
+            self.example = self.example or (first, email)
 
     def warning(self) -> str | None:
         """The run's one warning, if any record was merged by case."""

@@ -32,11 +32,11 @@ class StateGate:
         self._last_released: dict | None = None
 
     def number(self) -> int:
-        """The next record's place in the input."""
-        with self._lock:
-            seq = self._next_seq
-            self._next_seq += 1
-            return seq
+        """The next record's place in the input. Called from the reading thread only (as add_state is), so
+        without the lock: the other threads only read how far numbering went."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return seq
 
     def add_state(self, state: dict) -> None:
         """A STATE from the tap: it waits for every record that came before it (a repeat of the last is ignored).
@@ -126,8 +126,12 @@ class RunCounts:
         self._lock = threading.Lock()
 
     def record_seen(self, stream: str) -> None:
-        with self._lock:
-            self.streams[stream].records += 1
+        """One more record read (from the reading thread only: its count needs no lock once the stream has one)."""
+        counts = self.streams.get(stream)
+        if counts is None:
+            with self._lock:
+                counts = self.streams[stream]
+        counts.records += 1
 
     def call_made(self, stream: str, *, retried: bool) -> None:
         with self._lock:
