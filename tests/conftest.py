@@ -9,6 +9,7 @@ runs it as a process of its own (signals, a closed stdout, the locale, `--config
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -35,6 +36,13 @@ def sandbox() -> Iterator[Sandbox]:
     refused)."""
     with Sandbox(api_key=API_KEY, write_key=WRITE_KEY, seed=0) as sb:
         yield sb
+
+
+@pytest.fixture(autouse=True)
+def _a_working_directory_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts in an empty directory of its own: what a run leaves in its working directory by default
+    (the sync ledger, the dead-letter file) is never met by another test, on any worker, nor by a later session."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)
