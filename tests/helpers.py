@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import importlib.metadata
 import io
 import json
@@ -29,6 +30,15 @@ API_KEY = "sandbox-api-key"
 WRITE_KEY = "sandbox-write-key"
 COMMAND = "target-encharge"
 RUNNER_VARIABLE = "TARGET_ENCHARGE_TEST_RUNNER"  # `process`: every run_target call starts the command
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> t.Iterator[None]:
+    """Held by one process at a time (the pytest-xdist workers, another session): an exclusive lock on ``path``,
+    released when the block ends or the process dies."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def target_command() -> list[str]:

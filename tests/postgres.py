@@ -1,6 +1,6 @@
 """A real PostgreSQL server for the tests, found or installed, started once per session on a loopback port.
 
-A test module uses it by importing the fixtures (``from postgres import postgres_server, postgres_url``). The
+conftest.py imports its fixtures, so each pytest-xdist worker starts one server, whichever files it runs. The
 server comes from the machine (``/usr/lib/postgresql/*/bin``, or ``initdb`` on PATH); on a fresh Debian CI machine
 running as root it is installed with apt-get. PostgreSQL refuses to run as root, so as root it runs as the
 ``postgres`` system user (created when missing). It listens on 127.0.0.1 only, with a password, in a temporary
@@ -24,10 +24,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import file_lock
 
 USER = "ledger"
 PASSWORD = "pg-" + secrets.token_hex(8)  # a secret the tests check never shows
 START_TIMEOUT = 60.0
+SETUP_LOCK = Path(tempfile.gettempdir()) / "target-encharge-tests-postgres-setup.lock"
 
 
 def _bindir() -> Path | None:
@@ -68,14 +70,15 @@ class PostgresServer:
     """One postgres process over a temporary data directory."""
 
     def __init__(self) -> None:
-        bindir = _bindir()
-        if bindir is None:
-            _install()
+        with file_lock(SETUP_LOCK):  # one apt-get (or useradd) at a time: every pytest-xdist worker may get here
             bindir = _bindir()
-        if bindir is None:
-            raise RuntimeError("PostgreSQL was installed but initdb is not found")
+            if bindir is None:
+                _install()
+                bindir = _bindir()
+            if bindir is None:
+                raise RuntimeError("PostgreSQL was installed but initdb is not found")
+            self.user = _server_user()
         self.bindir = bindir
-        self.user = _server_user()
         self.root = Path(tempfile.mkdtemp(prefix="ledger-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
-from postgres import PASSWORD, postgres_server, postgres_url  # noqa: F401 (the fixtures)
+from postgres import PASSWORD
 
 from target_encharge.errors import ConfigError
 from target_encharge.ledger import (
@@ -387,7 +387,7 @@ def test_an_unreachable_server(unused_port: int) -> None:
     assert "cannot reach the server" in assert_one_masked_line(caught.value, url, PASSWORD)
 
 
-def test_wrong_credentials(postgres_url: str) -> None:  # noqa: F811 (the fixture)
+def test_wrong_credentials(postgres_url: str) -> None:
     wrong = "wrong-" + PASSWORD
     url = postgres_url.replace(PASSWORD, wrong)
     with pytest.raises(LedgerError) as caught:

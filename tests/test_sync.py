@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from helpers import PERSON_PROPS, people, record, run_target, sandbox_config, schema, state, target_command
-from postgres import postgres_server, postgres_url  # noqa: F401 - fixtures
 
 from target_encharge.sandbox import Sandbox
 
