@@ -4,10 +4,13 @@ with Meltano's saved state exactly the tap's."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +19,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import API_KEY, PERSON_PROPS, WRITE_KEY, record, run_target, sandbox_config, schema, state, target_command
+from helpers import (
+    API_KEY,
+    PERSON_PROPS,
+    WRITE_KEY,
+    file_lock,
+    record,
+    run_target,
+    sandbox_config,
+    schema,
+    state,
+    target_command,
+)
 
 from target_encharge.outputs import SUMMARY_KEY
 
@@ -220,7 +234,7 @@ def meltano_executable() -> str:
 
 @dataclasses.dataclass
 class MeltanoProject:
-    """A copy of this repository's Meltano project, its plugins installed once for the whole module."""
+    """A copy of this repository's Meltano project, with the plugins `meltano install` put in it."""
 
     root: Path
     exe: str
@@ -230,13 +244,22 @@ class MeltanoProject:
         clean = {k: v for k, v in os.environ.items()
                  if not k.startswith(("TARGET_ENCHARGE_", "TAP_JSONL", "MELTANO_")) and k != "VIRTUAL_ENV"}
         return subprocess.run([self.exe, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout,
-                              env={**clean, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", **(env or {})},
+                              env={**clean, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+                                   "MELTANO_CLI_DISABLE_VERSION_CHECK": "true", **(env or {})},
                               check=False)
 
     def state(self, state_id: str) -> dict:
-        done = self.run("state", "get", state_id)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)["singer_state"]
+        """The state Meltano saved for ``state_id``, read from its system database: what `meltano state get`
+        prints, without a Meltano start-up (2-3 s of CPU each). A run that completed leaves no partial state, so
+        the completed state is the whole of it (the `state` table that Meltano 4.4's meltano.core.state_store.db
+        writes)."""
+        with contextlib.closing(sqlite3.connect(self.root / ".meltano" / "meltano.db")) as db:
+            row = db.execute("SELECT partial_state, completed_state FROM state WHERE state_id = ?",
+                             (state_id,)).fetchone()
+        assert row is not None, f"Meltano saved no state for {state_id}"
+        partial, completed = (json.loads(column) for column in row)
+        assert partial == {}, f"{state_id}: a partial state is left: {partial}"
+        return completed["singer_state"]
 
     def tap_state(self, extractor: str) -> dict:
         """The last STATE the tap itself writes on a full run, as Meltano configures it."""
@@ -245,21 +268,51 @@ class MeltanoProject:
         states = [m["value"] for m in map(json.loads, done.stdout.splitlines()) if m.get("type") == "STATE"]
         return states[-1]
 
+    def tap_states(self, *extractors: str) -> dict[str, dict]:
+        """Each extractor's tap_state, their `meltano invoke`s at once (each has a run directory of its own)."""
+        with concurrent.futures.ThreadPoolExecutor(len(extractors)) as pool:
+            return dict(zip(extractors, pool.map(self.tap_state, extractors)))
+
 
 def slow_with_meltano(test: t.Callable) -> t.Callable:
-    """Slow. Under pytest-xdist this file runs on one worker (`--dist loadfile`): `meltano install` runs once."""
+    """Slow: Meltano and its plugins start as processes of their own, seconds each."""
     return pytest.mark.slow(test)
 
 
-@pytest.fixture(scope="module")
-def meltano(tmp_path_factory: pytest.TempPathFactory) -> MeltanoProject:
-    root = tmp_path_factory.mktemp("meltano") / "project"
-    shutil.copytree(ROOT, root, ignore=NOT_PROJECT)
-    project = MeltanoProject(root, meltano_executable(), 0.0)
-    started = time.monotonic()
-    done = project.run("install", timeout=1200)
-    project.install_seconds = time.monotonic() - started
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.fixture(scope="session")
+def meltano_install(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> MeltanoProject:
+    """`meltano install` on a copy of this project, as from a fresh clone: once per session for every
+    pytest-xdist worker (the first worker to need it installs under a file lock, the others wait and reuse it)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the session's own directory, above each worker's
+    installed = shared / "meltano-install"
+    project = MeltanoProject(installed / "project", meltano_executable(), 0.0)
+    with file_lock(shared / "meltano-install.lock"):
+        if not (installed / "seconds").exists():
+            shutil.rmtree(installed, ignore_errors=True)  # what a failed attempt left
+            shutil.copytree(ROOT, project.root, ignore=NOT_PROJECT)
+            started = time.monotonic()
+            # uv (Meltano's installer) compiles the plugins' bytecode as it installs: without it, and with
+            # PYTHONDONTWRITEBYTECODE set, every plugin start compiles singer-sdk and SQLAlchemy again (~2 s each)
+            done = project.run("install", env={"UV_COMPILE_BYTECODE": "1"}, timeout=1200)
+            assert done.returncode == 0, done.stderr[-3000:]
+            (installed / "seconds").write_text(f"{time.monotonic() - started:.1f}")
+    project.install_seconds = float((installed / "seconds").read_text())
+    return project
+
+
+@pytest.fixture
+def meltano(meltano_install: MeltanoProject, tmp_path: Path) -> MeltanoProject:
+    """A copy of this project of the test's own, with the session's installed plugins: its own Meltano system
+    database (state, runs), sync ledger and run directory, so tests on any worker, at once, never meet."""
+    project = MeltanoProject(tmp_path / "project", meltano_install.exe, meltano_install.install_seconds)
+    shutil.copytree(ROOT, project.root, ignore=NOT_PROJECT)
+    system = project.root / ".meltano"
+    system.mkdir()
+    for kind in ("extractors", "loaders"):  # the plugins' venvs, as `meltano install` made them
+        (system / kind).symlink_to(meltano_install.root / ".meltano" / kind)
+    shutil.copy2(meltano_install.root / ".meltano" / "meltano.db", system / "meltano.db")  # made and migrated
     return project
 
 
@@ -287,9 +340,9 @@ def test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state
         sorted(c["externalId"] for c in jsonl("companies"))
     assert not any(f.startswith("_sdc_") for p in sandbox.people() for f in p)  # exclude_attributes from meltano.yml
 
-    for stream in ("people", "tags", "events", "companies"):
-        extractor = f"tap-jsonl-{stream}"
-        assert meltano.state(f"dev:{extractor}-to-target-encharge:all") == meltano.tap_state(extractor)
+    extractors = [f"tap-jsonl-{stream}" for stream in ("people", "tags", "events", "companies")]
+    for extractor, tap_state in meltano.tap_states(*extractors).items():
+        assert meltano.state(f"dev:{extractor}-to-target-encharge:all") == tap_state
     assert API_KEY not in done.stdout + done.stderr and WRITE_KEY not in done.stdout + done.stderr
 
 
@@ -332,11 +385,11 @@ def test_a_stream_map_set_through_meltano_changes_what_encharge_receives(meltano
 
 
 @slow_with_meltano
-def test_meltano_install_gives_each_plugin_its_own_venv(meltano):
+def test_meltano_install_gives_each_plugin_its_own_venv(meltano_install):
     """From the package registry alone (no Meltano Hub); the time it took is printed, not asserted."""
-    print(f"meltano install: {meltano.install_seconds:.1f} s")
+    print(f"meltano install: {meltano_install.install_seconds:.1f} s")
     for plugin in ("extractors/tap-jsonl", "loaders/target-encharge"):
-        assert (meltano.root / ".meltano" / plugin / "venv" / "bin").is_dir()
+        assert (meltano_install.root / ".meltano" / plugin / "venv" / "bin").is_dir()
 
 
 # The sync ledger under Meltano: a file in the project directory by default, looked into with plugin commands.
