@@ -51,3 +51,34 @@ def _runner_for_the_tier(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
     """A test marked `subprocess` runs the command as a process of its own (helpers.run_target)."""
     if request.node.get_closest_marker("subprocess"):
         monkeypatch.setenv(RUNNER_VARIABLE, "process")
+
+
+# The tests that take from several seconds to a minute, longest first (measured on 2 cores). They go first, so
+# that none of them starts last and leaves the other workers idle at the end: pyproject.toml's `--dist load
+# --maxschedchunk 1` hands the tests out in this order to whichever worker is free, but at the start two to each
+# worker (a worker holds the next test while it runs one), so each long test is followed by a short one.
+LONGEST_FIRST = [
+    "test_meltano.py::test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state",
+    "test_responses.py::test_the_state_summary_stays_small_for_100k_records_in_many_streams",
+    "test_ledger_store.py::test_many_lookups_and_writes_in_chunks",
+    "test_soak.py::test_five_thousand_records_under_500s_drops_and_429s_all_arrive_once_and_are_counted_exactly",
+    "test_adversarial.py::test_a_state_backlog_keeps_only_the_latest_state",
+    "test_meltano.py::test_an_hourly_rerun_under_meltano_sends_no_write_and_ledger_status_shows_the_stream",
+    "test_meltano.py::test_with_response_output_state_meltano_saves_the_taps_state_plus_one_bounded_summary",
+    "test_resume.py::test_a_pipeline_from_tap_jsonl_killed_mid_run_and_rerun_from_its_last_state_loses_nothing",
+    "test_meltano.py::test_a_stream_map_set_through_meltano_changes_what_encharge_receives",
+    "test_meltano.py::test_meltano_invoke_check_passes_for_this_project_and_names_a_bad_key",
+    "test_resume.py::test_a_target_killed_after_any_state_resumes_from_it_without_losing_a_record",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+
+    def name(item: pytest.Item) -> str:
+        return f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+
+    long = sorted((item for item in items if name(item) in rank), key=lambda item: rank[name(item)])
+    short = [item for item in items if name(item) not in rank]
+    interleaved = [each for pair in zip(long, short) for each in pair]
+    items[:] = interleaved + long[len(interleaved) // 2:] + short[len(interleaved) // 2:]
