@@ -40,13 +40,17 @@ install:
 demo: $(BIN)/target-encharge $(TAP_JSONL)
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" $(BIN)/python demo/run_demo.py
 
-# Every test, on TEST_WORKERS pytest-xdist workers (a file to a worker: one `meltano install`). Fails when
+# Every test, on TEST_WORKERS pytest-xdist workers (the longest tests first; see tests/conftest.py). Fails when
 # a test fails and when none ran (pytest's exit 5). The quick tier: make test PYTEST_ARGS='-m "not slow"'.
+# Bytecode is written even where PYTHONDONTWRITEBYTECODE is set (it goes to __pycache__ directories, which git
+# ignores): otherwise each worker compiles and assertion-rewrites every test module again (~3 s of CPU) and each
+# target-encharge process the tests start compiles the package again.
 TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
-		MELTANO="$(CURDIR)/$(MELTANO)" $(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+		MELTANO="$(CURDIR)/$(MELTANO)" PYTHONDONTWRITEBYTECODE= \
+		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
 $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
