@@ -65,8 +65,9 @@ lint: $(BIN)/lint-imports
 # P1..P5 and start-up (README "Performance"); each run in a scratch directory with its own ledger. Exits 1 when a
 # goal is missed. A smoke run: make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
+# Bytecode written even where PYTHONDONTWRITEBYTECODE is set: an installed target has it (pip compiles on install).
 bench: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONDONTWRITEBYTECODE= $(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 sandbox: install
 	$(BIN)/target-encharge-sandbox
