@@ -32,7 +32,7 @@ class Template:
     name: str
     url: t.Callable[[dict], str]  # the URL a record goes to (KeyError names a missing placeholder field)
     body: t.Callable[[list[dict]], bytes | None]  # records (already filtered) -> request body
-    needs: t.Callable[..., str | None]  # (record, its identifiers if found) -> why it cannot be sent, or None
+    needs: t.Callable[[dict, dict], str | None]  # (record, its `identifiers`) -> why it cannot be sent, or None
     identifiers: t.Callable[[dict], dict]  # the fields that say which person/object a record is
     method: str = "POST"
     content_type: str = "application/json"
@@ -135,31 +135,30 @@ def event_identifiers(record: dict) -> dict:
     return {**person_identifiers(record), **ids}
 
 
-def _needs_person(record: dict, ids: dict | None = None) -> str | None:
-    if ids if ids is not None else person_identifiers(record):
+def _needs_person(_record: dict, ids: dict) -> str | None:
+    if ids:
         return None
     return "no email, userId or id to say which person it is"
 
 
-def _needs_tag(record: dict, ids: dict | None = None) -> str | None:
+def _needs_tag(record: dict, ids: dict) -> str | None:
     if not _joined_tags(record.get("tag")):
         return "no tag"
     return _needs_person(record, ids)
 
 
-def _needs_event(record: dict, ids: dict | None = None) -> str | None:
+def _needs_event(record: dict, ids: dict) -> str | None:
     if not isinstance(record.get("name"), str) or not record["name"].strip():
         return "no event name"
     for field in ("user", "properties"):
         if record.get(field) is not None and not isinstance(record[field], dict):
             return f"its '{field}' is not an object"
-    ids = event_identifiers(record) if ids is None else ids
     if not ("email" in ids or "userId" in ids):
         return "no email or userId for the event's user"
     return None
 
 
-def _nothing_needed(_record: dict, _ids: dict | None = None) -> str | None:
+def _nothing_needed(_record: dict, _ids: dict) -> str | None:
     return None
 
 
@@ -220,13 +219,13 @@ def url_filler(url: str) -> t.Callable[[dict], str]:
     return fill
 
 
-def placeholder_problem(url: str) -> t.Callable[..., str | None]:
+def placeholder_problem(url: str) -> t.Callable[[dict, dict], str | None]:
     """Why a record cannot fill ``url``: a placeholder with no value, or `.`/`..` in the path (no escaping
     keeps those from moving up the path: HTTP clients and servers read `%2E` as a dot)."""
     fields = PLACEHOLDER.findall(url)
     in_path = PLACEHOLDER.findall(url.split("?", 1)[0])
 
-    def problem(record: dict, _ids: dict | None = None) -> str | None:
+    def problem(record: dict, _ids: dict) -> str | None:
         missing = [f for f in fields if record.get(f) in (None, "")]
         if missing:
             return f"no value for the URL placeholder(s) {', '.join(missing)}"
