@@ -104,13 +104,20 @@ def _moment(stamp: str | None) -> datetime.datetime | None:
 
 
 _DELIVERY_COLUMNS = ("scope_id", "identity", "fingerprint", "delivered_at", "encharge_id", "source_key", "tags")
-# On SQLite, deliveries are written through the driver (the same upsert as ``SyncLedger._delivery_upsert``).
-_SQLITE_UPSERT_DELIVERIES = (
-    f"INSERT INTO {schema.deliveries.name} ({', '.join(_DELIVERY_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)}) ON CONFLICT (scope_id, identity) DO UPDATE SET "
+# A delivery replaces the fingerprint and time; an id, source key or tags given as None keep the known ones.
+# Deliveries are written through the driver: on SQLite row by row with its executemany (a third of SQLAlchemy's
+# cost per row); on PostgreSQL a chunk in one statement, its columns sent as arrays that the server unnests (a
+# tenth of the time of a statement per row, even pipelined).
+_UPSERT_DELIVERIES = (
+    f"INSERT INTO {schema.deliveries.name} ({', '.join(_DELIVERY_COLUMNS)}) {{rows}} "
+    "ON CONFLICT (scope_id, identity) DO UPDATE SET "
     "fingerprint = excluded.fingerprint, delivered_at = excluded.delivered_at, "
     + ", ".join(f"{c} = coalesce(excluded.{c}, {schema.deliveries.name}.{c})"
                 for c in ("encharge_id", "source_key", "tags"))
+)
+_SQLITE_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(rows=f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)})")
+_POSTGRES_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(
+    rows="SELECT * FROM unnest(%s::integer[], " + ", ".join("%s::text[]" for _ in _DELIVERY_COLUMNS[1:]) + ")"
 )
 # ... and the skip-unchanged check reads through it too (half the time of a SQLAlchemy select, for every batch)
 _SQLITE_FINGERPRINTS = (
@@ -170,7 +177,6 @@ class SyncLedger:
             raise
         self._postgres = self._engine.dialect.name == "postgresql"
         dialect = self._dialect
-        self._upsert_delivery = self._delivery_upsert(dialect)
         self._upsert_failure = self._failure_upsert(dialect)
         table = schema.deliveries  # built once: the skip-unchanged check runs for every batch sent
         listed = self._listed(sa.bindparam("listed", type_=self._listing_type()))
@@ -260,14 +266,15 @@ class SyncLedger:
     def _select_known(
         self, columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter, listed: sa.TableValuedAlias
     ) -> sa.Select:
-        """The deliveries of the ``listed`` identities in the scope: on PostgreSQL a join from the list (an index
-        probe per identity, whatever plan a large ``= ANY`` would get); on SQLite ``IN`` the list (a join there
-        would scan the scope's rows)."""
+        """The deliveries of the ``listed`` identities in the scope: on PostgreSQL a primary-key probe per
+        identity, as a lateral subquery with ``LIMIT 1`` (the planner cannot merge it into a join, which it would
+        run by reading the scope's every row into a hash: ten times slower for 1,000 identities in 100,000); on
+        SQLite ``IN`` the list (a join there would scan the scope's rows)."""
         table = schema.deliveries
         if self._postgres:
-            return sa.select(*columns).join_from(
-                listed, table, sa.and_(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
-            )
+            probe = sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
+            found = probe.limit(sa.literal_column("1")).lateral()  # a literal: the plan is made knowing it
+            return sa.select(*(found.c[column.name] for column in columns)).select_from(listed).join(found, sa.true())
         return sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity.in_(sa.select(listed.c.value)))
 
     def _find_scope(self, connection: sa.Connection, scope: Scope) -> int | None:
@@ -309,16 +316,6 @@ class SyncLedger:
         insert = dialect.insert(table)
         return insert.on_conflict_do_update(index_elements=[table.c.scope_id, table.c.identity],
                                             set_=updates(insert.excluded, table.c))
-
-    @classmethod
-    def _delivery_upsert(cls, dialect: t.Any) -> sa.Insert:  # noqa: ANN401
-        """A delivery replaces the fingerprint and time; an id, source key or tags given as None keep the known."""
-        return cls._upsert(dialect, schema.deliveries, lambda new, old: {
-            "fingerprint": new.fingerprint,
-            "delivered_at": new.delivered_at,
-            **{name: sa.func.coalesce(getattr(new, name), getattr(old, name))
-               for name in ("encharge_id", "source_key", "tags")},
-        })
 
     @classmethod
     def _failure_upsert(cls, dialect: t.Any) -> sa.Insert:  # noqa: ANN401
@@ -413,8 +410,9 @@ class SyncLedger:
                 connection.exec_driver_sql(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
                 return
             for chunk in _chunks(values):
-                connection.execute(self._upsert_delivery, [dict(zip(_DELIVERY_COLUMNS, row)) for row in chunk])
-                self._delete(connection, schema.failures, scope_id, [row[1] for row in chunk])
+                columns = tuple(list(column) for column in zip(*chunk))
+                connection.exec_driver_sql(_POSTGRES_UPSERT_DELIVERIES, columns)
+                self._delete(connection, schema.failures, scope_id, columns[1])
 
     def known(self, scope: Scope) -> dict[str, Delivered]:
         """Everything delivered in ``scope`` (for mirror: what the target wrote and may remove)."""
