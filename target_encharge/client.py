@@ -32,8 +32,9 @@ if t.TYPE_CHECKING:
 
 USER_AGENT = "target-encharge"
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
-MAX_READ_BYTES = 4 * MAX_BODY_CHARS + 1024  # of an answer read (decoded): what is kept, plus a little; never more
+MAX_READ_BYTES = 4 * MAX_BODY_CHARS + 1024  # of an answer kept (decoded): what is shown, plus a little
 READ_CHUNK = 4096  # bytes per read of an answer; the call's deadline is checked between reads
+DRAIN_BYTES = 64 * 1024  # of an answer read past what is kept, and dropped: its connection is then kept
 MIN_POOL = 4  # keep-alive connections per host, at the least
 
 logger = logging.getLogger("target_encharge.client")
@@ -109,16 +110,21 @@ class _Session(requests.Session):
 
 
 def read_answer(response: requests.Response, deadline: float) -> bytes:
-    """An answer's body, decoded, read up to MAX_READ_BYTES and before ``deadline`` (a server dripping bytes
-    cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound)."""
+    """An answer's body, decoded, kept up to MAX_READ_BYTES and read before ``deadline`` (a server dripping bytes
+    cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound).
+
+    An answer at most DRAIN_BYTES longer than what is kept is read to its end (the rest dropped), so that its
+    keep-alive connection goes back to the pool; a longer one is cut, and its connection closed."""
     chunks, size = [], 0
-    while size < MAX_READ_BYTES:
+    while size < MAX_READ_BYTES + DRAIN_BYTES:
         if time.monotonic() > deadline:
             raise TimeoutError
-        chunk = response.raw.read1(min(READ_CHUNK, MAX_READ_BYTES - size), decode_content=True)
+        room = MAX_READ_BYTES - size if size < MAX_READ_BYTES else MAX_READ_BYTES + DRAIN_BYTES - size
+        chunk = response.raw.read1(min(READ_CHUNK, room), decode_content=True)
         if not chunk:
             break
-        chunks.append(chunk)
+        if size < MAX_READ_BYTES:
+            chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
 

@@ -7,8 +7,11 @@ import subprocess
 import time
 
 import pytest
+import urllib3.connection
 from helpers import (
+    API_KEY,
     PERSON_PROPS,
+    WRITE_KEY,
     people,
     record,
     run_target,
@@ -18,7 +21,10 @@ from helpers import (
     target_command,
 )
 
+from target_encharge.client import Client, RateLimiter
+from target_encharge.request import Request
 from target_encharge.retry import RetryPolicy, parse_retry_after
+from target_encharge.urls import Credentials
 
 
 def people_calls(sandbox) -> list[dict]:
@@ -237,3 +243,21 @@ def test_the_end_of_run_summary_counts_each_stream(sandbox):
                                                                    "retried"))
     assert (records, calls, succeeded, failed) == (20, 20, 20, 0)
     assert retried > 0
+
+
+def test_an_answer_longer_than_what_is_kept_leaves_its_keep_alive_connection_to_the_next_call(sandbox, monkeypatch):
+    """A batch's answer is longer than what is kept of it: the rest is read and dropped, so the connection goes
+    back to the pool (not closed and opened again for every call)."""
+    connects = []
+    connect = urllib3.connection.HTTPConnection.connect
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", lambda self: connects.append(1) or connect(self))
+    client = Client(Credentials(sandbox.api_url, sandbox.ingest_url, API_KEY, WRITE_KEY), RetryPolicy(), 10.0,
+                    RateLimiter(None), pool_size=1)
+    body = json.dumps([{"email": f"p{i}@example.com", "firstName": "x" * 40} for i in range(100)]).encode()
+    call = Request(stream="people", endpoint="create_or_update_person", method="POST",
+                   url=f"{sandbox.api_url}/people", content_type="application/json", headers={}, body=body)
+    for _ in range(3):
+        outcome = client.send(call)
+        assert outcome.status == 200 and outcome.body["truncated"] is True  # longer than what is kept
+    client.close()
+    assert len(connects) == 1  # one connection for the three calls
