@@ -87,6 +87,22 @@ def test_a_decimal_fingerprints_by_its_value(number: Decimal) -> None:
                                                               and "E" not in str(number) else number})
 
 
+@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones(),
+                                        st.integers(-23 * 3600, 23 * 3600).map(
+                                            lambda s: datetime.timezone(datetime.timedelta(seconds=s))))))
+def test_a_datetime_fingerprints_as_its_isoformat_in_utc(moment: datetime.datetime) -> None:
+    """Date-times take a short cut (msgspec's text, `Z` made `+00:00`): the text must stay isoformat's, in UTC
+    when the date-time has an offset (what the first ledgers were written with)."""
+    offset = moment.utcoffset()
+    try:
+        expected = (moment.astimezone(datetime.timezone.utc) if offset else moment).isoformat()
+    except OverflowError:  # in UTC it would fall outside the years a datetime holds: refused either way
+        with pytest.raises(OverflowError):
+            canonical_json(moment)
+        return
+    assert canonical_json({"at": moment}) == json.dumps({"at": expected}, separators=(",", ":"))
+
+
 def test_float_canonical_text_is_pinned() -> None:
     """What ledgers already hold: a changed canonical text would resend every record with such a number."""
     floats = {"score": 0.1, "tiny": 1e-7, "big": 1e20, "whole": 3.0, "third": 1 / 3, "edge": 1e15 + 0.5}

@@ -62,6 +62,8 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
         return _number(value)
     if kind is list:
         return [item if type(item) in _AS_IS else _plain(item) for item in value]
+    if kind is datetime.datetime:
+        return _moment(value)
     if isinstance(value, (Decimal, float)):
         return _number(value)
     if isinstance(value, datetime.datetime):
@@ -79,6 +81,21 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
     if isinstance(value, (str, int)):  # subclasses: an enum member, a str subclass
         return value
     return str(value)
+
+
+_text = msgspec.json.Encoder()
+
+
+def _moment(value: datetime.datetime) -> str:
+    """A date-time's ISO 8601 text, in UTC when it has an offset: ``isoformat``'s text. msgspec writes the same
+    digits in a tenth of the time (an aware ``isoformat`` is the slowest step of a fingerprint), only with ``Z``
+    where ``isoformat`` writes ``+00:00``."""
+    offset = value.utcoffset()
+    if offset is None:  # naive: no offset either way
+        return _text.encode(value)[1:-1].decode()
+    if offset:
+        value = value.astimezone(datetime.timezone.utc)
+    return _text.encode(value)[1:-2].decode() + "+00:00"
 
 
 def canonical_json(value: t.Any) -> str:  # noqa: ANN401
