@@ -347,12 +347,15 @@ def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
 
     ``ids`` is what ``template.identifiers`` found in the record. An object's key does not name its schema,
     so a manual PATCH of an object waits for the `create_custom_object` call that creates it."""
-    objects = [f"object {k}:{v}" for k, v in ids.items() if k in OBJECT_IDS]
     if template.name == "create_custom_object":
-        return tuple(objects)
+        return tuple(_object_keys(ids))
     keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS]
     if template.name == "manual":
-        keys += objects
+        keys += _object_keys(ids)
         if not template.fixed_url:
             keys.append(url)
     return tuple(keys)
+
+
+def _object_keys(ids: dict) -> list[str]:
+    return [f"object {k}:{v}" for k, v in ids.items() if k in OBJECT_IDS]
