@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import subprocess
+import threading
 import time
+import typing as t
+import urllib.parse
 
 import pytest
 import urllib3.connection
@@ -261,3 +266,52 @@ def test_an_answer_longer_than_what_is_kept_leaves_its_keep_alive_connection_to_
         assert outcome.status == 200 and outcome.body["truncated"] is True  # longer than what is kept
     client.close()
     assert len(connects) == 1  # one connection for the three calls
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A plain-HTTP forwarding proxy, as a company's outbound proxy is: it takes the absolute URL a client sends
+    it, forwards the call and its answer, and notes what it carried."""
+
+    carried: t.ClassVar[list[tuple[str, str]]] = []
+
+    def _forward(self) -> None:
+        target = urllib.parse.urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+        upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+        upstream.request(self.command, f"{target.path}?{target.query}" if target.query else target.path, body,
+                         headers)
+        answer = upstream.getresponse()
+        content = answer.read()
+        self.carried.append((self.command, target.path))
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+        upstream.close()
+
+    do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+    def log_message(self, *_args: t.Any) -> None:  # noqa: ANN401
+        pass
+
+
+def test_calls_go_through_the_proxy_the_environment_names(sandbox, monkeypatch):
+    """HTTP_PROXY (and the like) from the environment carry every call, the start-up check and the batches: the
+    proxy settings are read once per origin, not once per call, and that must not lose them."""
+    _Proxy.carried = []
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        run = run_target(sandbox_config(sandbox, batch_records=True, batch_size=2), people(5))
+        proxy.shutdown()
+    assert run.returncode == 0, run.stderr
+    assert len(sandbox.people()) == 5
+    logged = [(r["method"], r["path"]) for r in sandbox.requests()]
+    assert ("POST", "/v1/people") in logged
+    assert sorted(_Proxy.carried) == sorted(logged)  # every call the sandbox saw came through the proxy
