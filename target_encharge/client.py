@@ -33,7 +33,6 @@ if t.TYPE_CHECKING:
 USER_AGENT = "target-encharge"
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
 MAX_READ_BYTES = 4 * MAX_BODY_CHARS + 1024  # of an answer kept (decoded): what is shown, plus a little
-READ_CHUNK = 4096  # bytes per read of an answer; the call's deadline is checked between reads
 DRAIN_BYTES = 64 * 1024  # of an answer read past what is kept, and dropped: its connection is then kept
 MIN_POOL = 4  # keep-alive connections per host, at the least
 
@@ -120,7 +119,7 @@ def read_answer(response: requests.Response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError
         room = MAX_READ_BYTES - size if size < MAX_READ_BYTES else MAX_READ_BYTES + DRAIN_BYTES - size
-        chunk = response.raw.read1(min(READ_CHUNK, room), decode_content=True)
+        chunk = response.raw.read1(room, decode_content=True)  # what has arrived, up to room: one read of the socket
         if not chunk:
             break
         if size < MAX_READ_BYTES:

@@ -4,6 +4,7 @@ and which Encharge key (if any) a URL is given."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import urllib.parse
 
@@ -27,6 +28,7 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)  # every call asks it several times of the same few URLs
 def origin(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) that the HTTP client will really connect to.
 
