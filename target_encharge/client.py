@@ -1,4 +1,4 @@
-"""One call to Encharge: the keep-alive session, credentials, timeouts, the retry loop and the rate limit.
+"""One call to Encharge: credentials, timeouts, the bounded read of an answer, the retry loop and the rate limit.
 
 The client knows nothing about Encharge's templates: it sends a :class:`~target_encharge.request.Request` with
 its retries and reports an :class:`~target_encharge.request.Outcome`. What an outcome means is
@@ -12,22 +12,17 @@ import logging
 import threading
 import time
 import typing as t
-import urllib.parse
 
-import requests
-import requests.adapters
 import urllib3
-from typing_extensions import override
 
 from target_encharge import encoding
 from target_encharge.errors import AuthError, EnchargeUnavailable
 from target_encharge.redaction import MASK, Redactor
 from target_encharge.request import Outcome, Request, Verdict, verdict
-from target_encharge.urls import TOKEN_HEADER, Credentials, is_loopback, origin, url_path
+from target_encharge.transport import RefusedRedirectError, TooManyRedirectsError, Transport
+from target_encharge.urls import TOKEN_HEADER, Credentials, url_path
 
 if t.TYPE_CHECKING:
-    from requests.sessions import _Cert, _Settings, _TextMapping, _Verify
-
     from target_encharge.retry import RetryPolicy
 
 USER_AGENT = "target-encharge"
@@ -38,11 +33,13 @@ MIN_POOL = 4  # keep-alive connections per host, at the least
 
 logger = logging.getLogger("target_encharge.client")
 
-# No answer, and why: the connection dropped (also mid-body, or the body could not be decoded), or it timed out.
-DROPPED = (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-           requests.exceptions.ContentDecodingError, urllib3.exceptions.ProtocolError,
-           urllib3.exceptions.DecodeError, http.client.HTTPException, ConnectionError)
-TIMED_OUT = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+# No answer, and why: the connection dropped (also mid-body, or the body could not be decoded), or it timed out;
+# else the request could not be made at all (a header or URL the HTTP client refuses, too many redirects). A new
+# connection that fails is dropped, not timed out, though urllib3 counts it among its timeouts.
+DROPPED = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError, urllib3.exceptions.ProxyError,
+           urllib3.exceptions.SSLError, urllib3.exceptions.DecodeError, http.client.HTTPException, ConnectionError)
+TIMED_OUT = (urllib3.exceptions.TimeoutError, TimeoutError)
+UNSENDABLE = (urllib3.exceptions.HTTPError, TooManyRedirectsError, ValueError)
 
 
 class RateLimiter:
@@ -64,51 +61,7 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
-class RefusedRedirect(requests.RequestException):
-    """A redirect to plain http on another machine: refused before connecting (the body is personal data)."""
-
-
-class _Session(requests.Session):
-    """A session that refuses redirects to plain http (except to loopback) and drops the Encharge token when a
-    redirect leaves the host it was meant for."""
-
-    @override
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        location = super().get_redirect_target(resp)
-        if location:
-            target = urllib.parse.urljoin(resp.url, location)
-            scheme, host, port = origin(target)
-            if scheme != "https" and not (scheme == "http" and is_loopback(host)):
-                shown = f"{scheme}://{host}{f':{port}' if port else ''}{url_path(target)}"
-                msg = f"refused a redirect to {shown}: only https, or plain http to this machine, is followed"
-                raise RefusedRedirect(msg)
-        return location
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[tuple, _Settings] = {}
-
-    @override
-    def merge_environment_settings(self, url: str | bytes | None, proxies: _TextMapping | None, stream: bool | None,
-                                   verify: _Verify | None, cert: _Cert | None) -> _Settings:
-        """The environment's proxies and CA bundle, read once per origin: requests reads them (walking the whole
-        environment) on every call, a third of a call's time in our process."""
-        if proxies or verify is not None or cert is not None or not isinstance(url, str):
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        key = (origin(url), stream)
-        if key not in self._environment:
-            self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        settings = self._environment[key]
-        return {**settings, "proxies": dict(settings["proxies"])}  # a copy each time: requests may change it
-
-    @override
-    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
-        super().rebuild_auth(prepared_request, response)
-        if origin(response.request.url or "") != origin(prepared_request.url or ""):
-            prepared_request.headers.pop(TOKEN_HEADER, None)
-
-
-def read_answer(response: requests.Response, deadline: float) -> bytes:
+def read_answer(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     """An answer's body, decoded, kept up to MAX_READ_BYTES and read before ``deadline`` (a server dripping bytes
     cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound).
 
@@ -119,7 +72,7 @@ def read_answer(response: requests.Response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise TimeoutError
         room = MAX_READ_BYTES - size if size < MAX_READ_BYTES else MAX_READ_BYTES + DRAIN_BYTES - size
-        chunk = response.raw.read1(room, decode_content=True)  # what has arrived, up to room: one read of the socket
+        chunk = response.read1(room, decode_content=True)  # what has arrived, up to room: one read of the socket
         if not chunk:
             break
         if size < MAX_READ_BYTES:
@@ -165,11 +118,7 @@ class Client:
     ) -> None:
         self.credentials, self.retry, self.timeout, self.rate = credentials, retry, timeout, rate
         self.redact = Redactor(credentials.secrets())
-        self.session = _Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=MIN_POOL, pool_maxsize=max(pool_size, MIN_POOL))
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = USER_AGENT
+        self.transport = Transport(max(pool_size, MIN_POOL), USER_AGENT)
 
     def headers(self, request: Request, *, mask: bool = False) -> dict[str, str]:
         """The headers a request goes out with (the key masked when ``mask``)."""
@@ -187,24 +136,26 @@ class Client:
         """One try, bounded by the timeout as a whole: its outcome (so far) and the Retry-After it was told."""
         deadline = time.monotonic() + self.timeout
         try:
-            response = self.session.request(request.method, request.url, data=request.body, headers=headers,
-                                            timeout=self.timeout, stream=True)
+            response, redirected, sent = self.transport.open(request.method, request.url, request.body, headers,
+                                                             self.timeout)
+            if redirected:  # a refusal blames our key only if the key went along
+                credentialed = TOKEN_HEADER in sent
             try:
-                if response.history:  # redirected: a refusal blames our key only if the key went along
-                    credentialed = TOKEN_HEADER in response.request.headers
                 raw = read_answer(response, deadline)
             finally:
-                response.close()
-        except RefusedRedirect as exc:
+                if not response.closed:  # cut short: the rest is never read, so its connection is dropped
+                    response.close()
+                response.release_conn()
+        except RefusedRedirectError as exc:
             error, failure = str(exc), "request"
-        except TIMED_OUT:
-            error, failure = f"timed out after {self.timeout:g}s", "timeout"
         except DROPPED as exc:
             error, failure = f"connection failed: {type(exc).__name__}", "connection"
-        except requests.RequestException as exc:
+        except TIMED_OUT:
+            error, failure = f"timed out after {self.timeout:g}s", "timeout"
+        except UNSENDABLE as exc:
             error, failure = f"request failed: {type(exc).__name__}", "request"
         else:
-            status, body = response.status_code, parse_body(raw)
+            status, body = response.status, parse_body(raw)
             refusal = None if 200 <= status < 300 else self.redact(f"HTTP {status}: {_error_message(body)}")
             return (Outcome(status, body, refusal, attempt, time.monotonic() - started, dict(response.headers),
                             credentialed), response.headers.get("Retry-After"))
@@ -243,4 +194,4 @@ class Client:
             time.sleep(wait)
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
