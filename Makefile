@@ -58,7 +58,7 @@ $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
 	touch $@
 
 lint: $(BIN)/lint-imports
-	$(BIN)/ruff check target_encharge
+	$(BIN)/ruff check target_encharge benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -302,8 +302,8 @@ def main() -> None:
                  f"{r['ratio']:.2f}", "<= 0.45"))
     goals.append(r["ratio"] <= 0.45)
     r = p2(1_600 // (scale // 5 or 1))
-    rows.append(("P2 one-record calls/s, 50 ms, 16 in flight", f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}",
-                 f"{r['ratio']:.2f}", ">= 0.90"))
+    rows.append(("P2 one-record calls/s, 50 ms, 16 in flight",
+                 f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}", f"{r['ratio']:.2f}", ">= 0.90"))
     goals.append(r["ratio"] >= 0.90)
     r3 = p3(20_000 // scale)
     rows.append(("P3 batched records/s, 50 ms, 8 in flight", f"{r3['records_s']:.0f} records/s",
@@ -324,8 +324,8 @@ def main() -> None:
           f"{platform.system()} {platform.release()}; load average at the end {load()} (1, 5, 15 min)\n")
     widths = [max(len(row[i]) for row in [*rows, ("benchmark", "measured", "ratio", "goal")]) for i in range(4)]
     for row in [("benchmark", "measured", "ratio", "goal"), *rows]:
-        print(" | ".join(v.ljust(w) for v, w in zip(row, widths)))
-    missed = [row[0] for row, met in zip(rows, goals) if not met]
+        print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    missed = [row[0] for row, met in zip(rows, goals, strict=True) if not met]
     print("\nGoals " + ("met." if not missed else "NOT met: " + "; ".join(missed)))
     if missed:
         raise SystemExit(1)

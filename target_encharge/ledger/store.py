@@ -117,7 +117,7 @@ _UPSERT_DELIVERIES = (
 )
 _SQLITE_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(rows=f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)})")
 _POSTGRES_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(
-    rows="SELECT * FROM unnest(%s::integer[], " + ", ".join("%s::text[]" for _ in _DELIVERY_COLUMNS[1:]) + ")"
+    rows="SELECT * FROM unnest(%s::integer[], " + ", ".join("%s::text[]" for _ in _DELIVERY_COLUMNS[1:]) + ")"  # noqa: S608
 )
 # ... and the skip-unchanged check reads through it too (half the time of a SQLAlchemy select, for every batch)
 _SQLITE_FINGERPRINTS = (
@@ -410,7 +410,7 @@ class SyncLedger:
                 connection.exec_driver_sql(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
                 return
             for chunk in _chunks(values):
-                columns = tuple(list(column) for column in zip(*chunk))
+                columns = tuple(list(column) for column in zip(*chunk, strict=True))
                 connection.exec_driver_sql(_POSTGRES_UPSERT_DELIVERIES, columns)
                 self._delete(connection, schema.failures, scope_id, columns[1])
 

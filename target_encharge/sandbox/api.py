@@ -136,7 +136,7 @@ class Api:
                 data = data.replace(key, b"***")
         return data
 
-    def check_auth(self, api: str, token: str | None) -> None:
+    def check_auth(self, api: str | None, token: str | None) -> None:
         raw = (token or "").encode()
         if api == "rest":
             if not hmac.compare_digest(raw, self._api_key):

@@ -71,7 +71,7 @@ def render(state: dict[str, Any]) -> str:
 
     lines.append(f"People ({len(people)})")
     if people:
-        rows = [(p.get("email"), p.get("userId"), _name(p), p.get("tags"),
+        rows: list[tuple] = [(p.get("email"), p.get("userId"), _name(p), p.get("tags"),
                  _fields(p, _PERSON_KEYS) + (" [archived]" if p.get("archived") else ""))
                 for p in people]
         lines += table(("email", "userId", "name", "tags", "other fields"), rows)

@@ -37,7 +37,7 @@ _REDACTED_HEADERS = frozenset(("x-encharge-token", "authorization"))
 def _check_loopback(host: str) -> None:
     """Refuse anything but a loopback address: the sandbox has fixed, published keys."""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror as exc:
         raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
     if not all(ipaddress.ip_address(addr.split("%")[0]).is_loopback for addr in addresses):
@@ -106,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -280,6 +280,7 @@ class Sandbox:
         if self._server is None:
             raise RuntimeError("the sandbox is not started: call start() first")
         host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     @property
