@@ -11,9 +11,10 @@ if t.TYPE_CHECKING:
     from target_encharge.templates import Template
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one is made for every record, and frozen ones cost twice
 class Entry:
-    """One record on its way: its place in the input, what is sent, and what identifies it."""
+    """One record on its way: its place in the input, what is sent, and what identifies it (never changed once
+    made)."""
 
     seq: int
     stream: str

@@ -14,7 +14,7 @@ import threading
 import typing as t
 import urllib.parse
 
-from target_encharge.ledger import Delivered, Failure, Scope, SyncLedger, WaitingFailure, fingerprint
+from target_encharge.ledger import Delivered, DeliveryRow, Failure, Scope, SyncLedger, WaitingFailure, fingerprint
 from target_encharge.templates import Removal, encharge_ids
 
 if t.TYPE_CHECKING:
@@ -26,15 +26,18 @@ logger = logging.getLogger("target_encharge.sync")
 EXISTS = ""  # the fingerprint of an entry known to exist in Encharge that this target did not write
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)  # not frozen: one is made for every record sent, and frozen ones cost twice
 class Mark:
-    """What the ledger knows one record by, what Encharge knows it by, and the fingerprint of what is sent."""
+    """What the ledger knows one record by, what Encharge knows it by, and the fingerprint of what is sent: once
+    Encharge answered 2xx, the very row the ledger writes (a :class:`~target_encharge.ledger.DeliveryRow`)."""
 
     identity: str
-    target: str | None  # the template's own identity (email, externalId, person and tag): what a removal names
+    encharge_id: str | None  # the template's own identity (email, externalId, person and tag): what a removal names
     fingerprint: str
     source_key: dict | None
     known: bool = False  # the ledger knew it before this run sent it (an update, not a create)
+    tags: t.ClassVar[None] = None  # (tags are the ledger's to keep: written as None, the known ones stay)
+    delivered_at: t.ClassVar[None] = None  # (now, as the ledger writes it)
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,16 +73,16 @@ class GroupCommit:
     another is writing waits for that write, then writes every row waiting since (its own among them), so under
     load one commit carries many calls' rows; alone, a worker writes at once. Each returns once its rows are in."""
 
-    def __init__(self, write: t.Callable[[list[Delivered]], None]) -> None:
+    def __init__(self, write: t.Callable[[list[DeliveryRow]], None]) -> None:
         self._write = write
         self._cond = threading.Condition()
-        self._pending: list[Delivered] = []
+        self._pending: list[DeliveryRow] = []
         self._next = 0  # the number of the group rows join now
         self._done = 0  # every group numbered below this is written
         self._writing = False
         self._failed: dict[int, BaseException] = {}
 
-    def write(self, rows: list[Delivered]) -> None:
+    def write(self, rows: list[DeliveryRow]) -> None:
         with self._cond:
             self._pending.extend(rows)
             group = self._next
@@ -203,7 +206,7 @@ class StreamSync:
             elif exists:  # create: it is there already; remembered so it is not asked again
                 sifted.skipped.append(entry)
                 if mark is not None:
-                    remembered.append(Delivered(mark.identity, EXISTS, encharge_id=mark.target,
+                    remembered.append(Delivered(mark.identity, EXISTS, encharge_id=mark.encharge_id,
                                                 source_key=mark.source_key))
             else:
                 sifted.send.append(entry)
@@ -217,8 +220,7 @@ class StreamSync:
         Returns each entry's mark (its ``known`` tells an update from a create)."""
         with self._lock:
             marks = [self._marks.pop(e.seq, None) for e in entries]
-        rows = [Delivered(m.identity, m.fingerprint, encharge_id=m.target, source_key=m.source_key)
-                for m in marks if m is not None]
+        rows: list[DeliveryRow] = [mark for mark in marks if mark is not None]
         if self.writes and rows:
             self._commit.write(rows)
         return marks

@@ -15,7 +15,17 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from helpers import PERSON_PROPS, people, record, run_target, sandbox_config, schema, state, target_command
+from helpers import (
+    PERSON_PROPS,
+    people,
+    record,
+    run_target,
+    run_target_process,
+    sandbox_config,
+    schema,
+    state,
+    target_command,
+)
 
 from target_encharge.sandbox import Sandbox
 
@@ -308,3 +318,22 @@ def test_deliveries_from_many_workers_share_commits_and_none_is_lost(tmp_path):
             thread.join()
         assert sum(commits) == 400 and len(ledger.known(scope)) == 400
         assert len(commits) < 400  # rows that arrived during a commit went together in the next one
+
+
+@pytest.mark.subprocess
+def test_an_unchanged_rerun_on_sqlite_never_imports_sqlalchemy(sandbox, tmp_path):
+    """A third of the command's start-up is importing SQLAlchemy: a current SQLite ledger is read and written
+    through the driver, so an hourly rerun (and a dry run) does without it. The first run creates the tables
+    with it."""
+    config = synced(sandbox, str(tmp_path / "ledger.db"))
+    first = run_target(config, people(20))
+    assert first.returncode == 0, first.stderr
+    sandbox.clear_requests()
+    for settings in ({}, {"dry_run": True}):
+        again = run_target_process({**config, **settings}, people(20), env={"PYTHONPROFILEIMPORTTIME": "1"})
+        assert again.returncode == 0, again.stderr
+        imported = [line.split("|")[-1].strip() for line in again.stderr.splitlines()
+                    if line.startswith("import time:")]
+        assert "target_encharge.ledger.store" in imported  # (the import times are there to be read)
+        assert not [name for name in imported if name.split(".")[0] == "sqlalchemy"]
+        assert sandbox.write_counts() == {}  # unchanged: nothing sent

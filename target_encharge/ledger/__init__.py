@@ -6,11 +6,20 @@ what is known. See store.py for the tables' meaning and connection.py for ``ledg
 
 from target_encharge.ledger.connection import DEFAULT_FILE, LedgerError, mask_url
 from target_encharge.ledger.fingerprint import canonical_json, fingerprint
-from target_encharge.ledger.store import Delivered, Failure, Scope, StreamStatus, SyncLedger, WaitingFailure
+from target_encharge.ledger.store import (
+    Delivered,
+    DeliveryRow,
+    Failure,
+    Scope,
+    StreamStatus,
+    SyncLedger,
+    WaitingFailure,
+)
 
 __all__ = [
     "DEFAULT_FILE",
     "Delivered",
+    "DeliveryRow",
     "Failure",
     "LedgerError",
     "Scope",

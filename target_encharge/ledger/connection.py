@@ -1,4 +1,5 @@
-"""From ``ledger_url`` to a SQLAlchemy engine, and what to tell the user when the ledger cannot be used.
+"""From ``ledger_url`` to a SQLAlchemy engine (or, for the SQLite file's everyday reads, a driver connection), and
+what to tell the user when the ledger cannot be used.
 
 ``ledger_url`` is a file path (SQLite), ``sqlite:///path``, or ``postgresql://user:password@host:port/db``
 (mapped to the installed driver: psycopg 3, else psycopg2). Its password is a secret: every message built here
@@ -8,17 +9,32 @@ shows the URL through :func:`mask_url`, and a driver's own text only after the p
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import math
 import re
 import sqlite3
+import types
 import typing as t
 from pathlib import Path
 from urllib.parse import unquote
 
-import sqlalchemy as sa
-
 from target_encharge.errors import ConfigError
+
+
+class LazyModule(types.ModuleType):
+    """A module imported when one of its names is first used. SQLAlchemy is a third of the command's start-up
+    (0.35 s of CPU), and a run on a SQLite ledger whose schema is current reads and writes its everyday rows
+    through the driver: an unchanged rerun, a dry run, never imports it."""
+
+    def __getattr__(self, name: str) -> t.Any:  # noqa: ANN401
+        return getattr(importlib.import_module(self.__name__), name)  # the import lock makes it thread-safe
+
+
+if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+else:
+    sa = LazyModule("sqlalchemy")
 
 DEFAULT_FILE = ".target-encharge-ledger.db"  # in the working directory: each Meltano project keeps its own
 WRITE = "ledger_write"  # execution option: this transaction writes (SQLite takes the write lock at its start)
@@ -67,10 +83,12 @@ def _password(url: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Location:
-    """Where a ledger lives: the URL as configured, the URL SQLAlchemy opens, and the messages about it."""
+    """Where a ledger lives: the URL as configured, the SQLite file or the server's URL for SQLAlchemy, and the
+    messages about it."""
 
     url: str
-    target: sa.URL
+    file: Path | None = None  # the SQLite file (None: a server)
+    server: sa.URL | None = None  # the URL SQLAlchemy opens for a server
 
     @property
     def shown(self) -> str:
@@ -79,12 +97,14 @@ class Location:
 
     @property
     def is_sqlite(self) -> bool:
-        return self.target.get_backend_name() == "sqlite"
+        return self.file is not None
 
     @property
-    def file(self) -> Path | None:
-        """The SQLite file, or None on a server."""
-        return Path(self.target.database) if self.is_sqlite and self.target.database else None
+    def target(self) -> sa.URL:
+        """The URL SQLAlchemy opens."""
+        if self.server is not None:
+            return self.server
+        return sa.URL.create("sqlite", database=str(self.file) if self.file is not None else None)
 
     def error(self, what: str) -> LedgerError:
         """A :class:`LedgerError` saying ``what`` about this ledger, on one line, without the password."""
@@ -94,7 +114,7 @@ class Location:
         """``text`` on one line, with the password (as written and percent-decoded) replaced by ``***``."""
         text = " ".join(text.split())
         secret = _password(self.url)
-        for form in {secret, unquote(secret or ""), self.target.password}:
+        for form in {secret, unquote(secret or ""), self.server.password if self.server is not None else None}:
             if form:
                 text = text.replace(str(form), "***")
         return text
@@ -130,7 +150,17 @@ class Location:
         )
 
 
-def _sqlite_connected(dbapi_connection: sqlite3.Connection, _record: t.Any) -> None:  # noqa: ANN401
+    def driver(self, timeout: float) -> sqlite3.Connection:
+        """A connection of the SQLite driver itself, set up as the engine's are (for the file's everyday reads
+        and small writes, without SQLAlchemy)."""
+        if self.file is None:
+            raise self.error("not a SQLite ledger")
+        connection = sqlite3.connect(self.file, timeout=timeout, check_same_thread=False)
+        _sqlite_connected(connection)
+        return connection
+
+
+def _sqlite_connected(dbapi_connection: sqlite3.Connection, _record: t.Any = None) -> None:  # noqa: ANN401
     """Our own BEGINs (see :func:`_sqlite_begin`); WAL so readers never wait for writers, even across processes."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -153,7 +183,7 @@ def locate(ledger_url: str | None) -> Location:
     if scheme_match is None:  # a plain path: shown resolved, so the user sees which file
         path = Path(url).expanduser().resolve()
         return _sqlite_file(str(path), path)
-    location = Location(url, sa.URL.create("sqlite"))  # for its messages until the real URL is known
+    location = Location(url)  # for its messages until the real URL is known
     scheme = scheme_match["scheme"].lower()
     try:
         parsed = sa.make_url(url)
@@ -164,7 +194,7 @@ def locate(ledger_url: str | None) -> Location:
             raise location.error("an in-memory ledger would forget everything at the end of the run; name a file")
         return _sqlite_file(url, Path(parsed.database).expanduser())
     if scheme in _POSTGRES_SCHEMES:
-        return Location(url, parsed.set(drivername=_postgres_driver(location, scheme)))
+        return Location(url, server=parsed.set(drivername=_postgres_driver(location, scheme)))
     raise location.error(
         f"unknown scheme {scheme!r}; use a file path, sqlite:///path or postgresql://user:password@host:port/db"
     )
@@ -172,7 +202,7 @@ def locate(ledger_url: str | None) -> Location:
 
 def _sqlite_file(url: str, path: Path) -> Location:
     path = path.resolve()
-    location = Location(url, sa.URL.create("sqlite", database=str(path)))
+    location = Location(url, file=path)
     if not path.parent.is_dir():
         raise location.error(f"the directory {path.parent} does not exist")
     return location

@@ -53,15 +53,16 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
     kind = type(value)
     if kind in _AS_IS:
         return value
-    if kind is dict:
+    if kind is dict:  # a record: its numbers and date-times made canonical in place of the walk below
         return {
-            key if type(key) is str else str(key): item if type(item) in _AS_IS else _plain(item)
+            key if type(key) is str else str(key):
+                item if (of := type(item)) in _AS_IS else _CANONICAL.get(of, _plain)(item)
             for key, item in value.items()
         }
     if kind is float:
         return _number(value)
     if kind is list:
-        return [item if type(item) in _AS_IS else _plain(item) for item in value]
+        return [item if (of := type(item)) in _AS_IS else _CANONICAL.get(of, _plain)(item) for item in value]
     if kind is datetime.datetime:
         return _moment(value)
     if isinstance(value, (Decimal, float)):
@@ -96,6 +97,9 @@ def _moment(value: datetime.datetime) -> str:
     if offset:
         value = value.astimezone(datetime.timezone.utc)
     return _text.encode(value)[1:-2].decode() + "+00:00"
+
+
+_CANONICAL: dict[type, t.Callable[[t.Any], t.Any]] = {float: _number, Decimal: _number, datetime.datetime: _moment}
 
 
 def canonical_json(value: t.Any) -> str:  # noqa: ANN401

@@ -11,7 +11,8 @@ import typing as t
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 3
+from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
 metadata = sa.MetaData()
@@ -23,7 +24,7 @@ Moment = sa.String(32)
 
 
 meta = sa.Table(
-    "encharge_ledger_meta",
+    META,
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
@@ -31,7 +32,7 @@ meta = sa.Table(
 
 # One row per (Encharge account, destination, stream); the other tables refer to it by id.
 scopes = sa.Table(
-    "encharge_ledger_scopes",
+    SCOPES,
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("account", sa.Text, nullable=False),
@@ -42,7 +43,7 @@ scopes = sa.Table(
 
 # What was last delivered for each identity: only ever written after Encharge answered 2xx.
 deliveries = sa.Table(
-    "encharge_ledger_deliveries",
+    DELIVERIES,
     metadata,
     sa.Column("scope_id", sa.Integer, primary_key=True),
     sa.Column("identity", sa.Text, primary_key=True),
@@ -55,7 +56,7 @@ deliveries = sa.Table(
 
 # Records that failed, with what is needed to send them again.
 failures = sa.Table(
-    "encharge_ledger_failures",
+    FAILURES,
     metadata,
     sa.Column("scope_id", sa.Integer, primary_key=True),
     sa.Column("identity", sa.Text, primary_key=True),
@@ -71,7 +72,7 @@ failures = sa.Table(
 # Version 3: which Encharge account a key belongs to (a digest of the key, never the key), as the last real run
 # learnt it from `GET /accounts/info`: a dry run, which calls nothing, finds its account's entries through it.
 accounts = sa.Table(
-    "encharge_ledger_accounts",
+    ACCOUNTS,
     metadata,
     sa.Column("key_digest", sa.String(64), primary_key=True),
     sa.Column("account", sa.Text, nullable=False),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import sqlite3
 import threading
 import types
@@ -19,12 +20,19 @@ import typing as t
 from decimal import Decimal
 
 import msgspec
-import sqlalchemy as sa
 
 from target_encharge import encoding
-from target_encharge.ledger import schema
-from target_encharge.ledger.connection import WRITE, locate
+from target_encharge.ledger.connection import WRITE, LazyModule, LedgerError, locate
 from target_encharge.ledger.fingerprint import canonical_json
+from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+
+if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from target_encharge.ledger import schema
+else:  # imported when first used: on SQLite, a run's everyday reads and writes go through the driver (_driver)
+    sa = LazyModule("sqlalchemy")
+    schema = LazyModule("target_encharge.ledger.schema")
 
 CHUNK = 1000  # identities per statement
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for a locked SQLite file or to connect to a server
@@ -39,6 +47,24 @@ class Scope:
     account: str
     destination: str
     stream: str
+
+
+class DeliveryRow(t.Protocol):
+    """What :meth:`SyncLedger.mark_delivered` reads of each row: a :class:`Delivered`, or anything that has its
+    attributes (the run hands over its own marks as they are, not a copy of each)."""
+
+    @property
+    def identity(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def encharge_id(self) -> str | None: ...
+    @property
+    def source_key(self) -> t.Mapping[str, t.Any] | None: ...
+    @property
+    def tags(self) -> frozenset[str] | None: ...
+    @property
+    def delivered_at(self) -> datetime.datetime | None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -109,23 +135,40 @@ _DELIVERY_COLUMNS = ("scope_id", "identity", "fingerprint", "delivered_at", "enc
 # cost per row); on PostgreSQL a chunk in one statement, its columns sent as arrays that the server unnests (a
 # tenth of the time of a statement per row, even pipelined).
 _UPSERT_DELIVERIES = (
-    f"INSERT INTO {schema.deliveries.name} ({', '.join(_DELIVERY_COLUMNS)}) {{rows}} "
+    f"INSERT INTO {DELIVERIES} ({', '.join(_DELIVERY_COLUMNS)}) {{rows}} "
     "ON CONFLICT (scope_id, identity) DO UPDATE SET "
     "fingerprint = excluded.fingerprint, delivered_at = excluded.delivered_at, "
-    + ", ".join(f"{c} = coalesce(excluded.{c}, {schema.deliveries.name}.{c})"
+    + ", ".join(f"{c} = coalesce(excluded.{c}, {DELIVERIES}.{c})"
                 for c in ("encharge_id", "source_key", "tags"))
 )
 _SQLITE_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(rows=f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)})")
 _POSTGRES_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(
     rows="SELECT * FROM unnest(%s::integer[], " + ", ".join("%s::text[]" for _ in _DELIVERY_COLUMNS[1:]) + ")"  # noqa: S608
 )
-# ... and the skip-unchanged check reads through it too (half the time of a SQLAlchemy select, for every batch)
+# ... and on SQLite, a run's everyday reads and writes go through the driver too: the skip-unchanged check (half
+# the time of a SQLAlchemy select, for every batch), the scopes, the accounts, the failures to send again. A run
+# on a current SQLite ledger so never imports SQLAlchemy (a third of the start-up).
 _SQLITE_FINGERPRINTS = (
-    f"SELECT identity, fingerprint FROM {schema.deliveries.name} "  # noqa: S608
+    f"SELECT identity, fingerprint FROM {DELIVERIES} "  # noqa: S608
     "WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"
 )
 _SQLITE_DELETE_FAILURES = (
-    f"DELETE FROM {schema.failures.name} WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"  # noqa: S608
+    f"DELETE FROM {FAILURES} WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"  # noqa: S608
+)
+_SQLITE_VERSION = f"SELECT value FROM {META} WHERE name = 'schema_version'"  # noqa: S608
+_SQLITE_SCOPE = f"SELECT id FROM {SCOPES} WHERE account = ? AND destination = ? AND stream = ?"  # noqa: S608
+_SQLITE_NEW_SCOPE = (
+    f"INSERT INTO {SCOPES} (account, destination, stream) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"  # noqa: S608
+)
+_SQLITE_ACCOUNT = f"SELECT account FROM {ACCOUNTS} WHERE key_digest = ?"  # noqa: S608
+_SQLITE_REMEMBER_ACCOUNT = (
+    f"INSERT INTO {ACCOUNTS} (key_digest, account) VALUES (?, ?) "  # noqa: S608
+    "ON CONFLICT (key_digest) DO UPDATE SET account = excluded.account"
+)
+_SQLITE_WAITING = (  # {conditions}: fixed column names, their values bound
+    "SELECT f.identity, f.payload, f.reason, f.status, f.retryable, s.account, s.destination, s.stream, "  # noqa: S608
+    f"f.first_failed_at, f.last_failed_at, f.attempts FROM {FAILURES} f JOIN {SCOPES} s ON s.id = f.scope_id "
+    "WHERE {conditions} ORDER BY f.first_failed_at, f.scope_id, f.identity"
 )
 
 
@@ -160,43 +203,69 @@ class SyncLedger:
         # this process's writers take turns here: SQLite's busy handler would make them sleep (up to 100 ms a
         # try) for each other's locks; other processes still wait on the file's lock (the busy timeout)
         self._write_turn = threading.RLock()
-        self._engine: sa.Engine | None = None
-        self._reader: t.Any = None  # SQLite: a pooled connection kept for the skip-unchanged check (_driver_rows)
+        self._engine: sa.Engine | None = None  # made when SQLAlchemy is first needed (at once on a server)
+        self._engine_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None  # SQLite: the driver's connection for reads (_driver_rows)
         self._read_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None  # ... and for writes (_driver_writing, in _write_turn)
         self._present = True
-        self._postgres = False
+        self._closed = False
+        self._postgres = not self.location.is_sqlite
         file = self.location.file
         if read_only and file is not None and not file.exists():
             self._present = False
             return
-        self._engine = self.location.engine(timeout)
         try:
-            self._open()
+            if self._postgres or not self._open_driver():
+                self._open()
         except BaseException:
             self.close()
             raise
-        self._postgres = self._engine.dialect.name == "postgresql"
-        dialect = self._dialect
-        self._upsert_failure = self._failure_upsert(dialect)
-        table = schema.deliveries  # built once: the skip-unchanged check runs for every batch sent
-        listed = self._listed(sa.bindparam("listed", type_=self._listing_type()))
-        self._select_fingerprints = self._select_known(
-            [table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"), listed
-        )
 
     def _open(self) -> None:
         with self._guard(), self._connection(write=not self.read_only) as connection:
-            found = schema.stored_version(connection)
-            if found > schema.SCHEMA_VERSION:
-                raise self.location.error(
-                    f"written by a newer target-encharge (ledger schema version {found}, this one knows up to "
-                    f"{schema.SCHEMA_VERSION}); upgrade target-encharge"
-                )
+            found = self._known_version(schema.stored_version(connection))
             if self.read_only:
                 self._present = found > 0
-            elif found < schema.SCHEMA_VERSION:
+            elif found < SCHEMA_VERSION:
                 schema.migrate(connection, found)
             connection.commit()
+
+    def _open_driver(self) -> bool:
+        """SQLite: the schema version read through the driver, in a transaction that takes the write lock (unless
+        read-only) to prove the file can be written. False when the tables must be created or migrated, which
+        SQLAlchemy does (:meth:`_open`)."""
+        with self._driver_writing(prove_only=True) as connection:
+            try:
+                row = connection.execute(_SQLITE_VERSION).fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                row = None  # a new file: no ledger in it yet
+        found = self._known_version(int(row[0]) if row else 0)
+        if self.read_only:
+            self._present = found > 0
+            return True
+        return found == SCHEMA_VERSION
+
+    def _known_version(self, found: int) -> int:
+        if found > SCHEMA_VERSION:
+            raise self.location.error(
+                f"written by a newer target-encharge (ledger schema version {found}, this one knows up to "
+                f"{SCHEMA_VERSION}); upgrade target-encharge"
+            )
+        return found
+
+    @functools.cached_property
+    def _upsert_failure(self) -> sa.Insert:
+        return self._failure_upsert(self._dialect)
+
+    @functools.cached_property
+    def _select_fingerprints(self) -> sa.Select:
+        """Built once: the skip-unchanged check (on a server) runs for every batch sent."""
+        table = schema.deliveries
+        listed = self._listed(sa.bindparam("listed", type_=self._listing_type()))
+        return self._select_known([table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"), listed)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
 
@@ -208,11 +277,20 @@ class SyncLedger:
         except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
             raise self.location.explain(exc, self.timeout) from None
 
+    def _usable(self) -> None:
+        if self._closed or not self._present:
+            raise self.location.error("the ledger is closed" if self._present else "the ledger does not exist")
+
+    def _get_engine(self) -> sa.Engine:
+        with self._engine_lock:
+            self._usable()
+            if self._engine is None:
+                self._engine = self.location.engine(self.timeout)
+            return self._engine
+
     @contextlib.contextmanager
     def _connection(self, *, write: bool) -> t.Iterator[sa.Connection]:
-        if self._engine is None:
-            raise self.location.error("the ledger is closed" if self._present else "the ledger does not exist")
-        with self._engine.connect() as connection:
+        with self._get_engine().connect() as connection:
             if write:
                 connection.execution_options(**{WRITE: True})
             yield connection
@@ -291,10 +369,26 @@ class SyncLedger:
             self._scope_ids[scope] = found
         return found
 
+    def _driver_scope(self, scope: Scope) -> int | None:
+        """SQLite: the id of ``scope`` if it has a row, read through the driver (None: nothing was written in it
+        yet, or a read-only ledger that does not exist)."""
+        if scope not in self._scope_ids and self._present:
+            rows = self._driver_rows(_SQLITE_SCOPE, (scope.account, scope.destination, scope.stream))
+            if rows:
+                self._scope_ids[scope] = rows[0][0]
+        return self._scope_ids.get(scope)
+
     def _scope_id(self, scope: Scope) -> int:
         """The id of ``scope``, its row created (in a transaction of its own) the first time it is written."""
         if scope in self._scope_ids:
             return self._scope_ids[scope]
+        if not self._postgres:
+            with self._driver_writing() as connection:
+                connection.execute(_SQLITE_NEW_SCOPE, (scope.account, scope.destination, scope.stream))
+            found = self._driver_scope(scope)
+            if found is None:  # never gone: forget keeps scopes
+                raise self.location.error(f"the stream {scope.stream!r} could not be recorded; run again")
+            return found
         with self._writing() as connection:
             found = self._find_scope(connection, scope)
             if found is None:
@@ -368,10 +462,11 @@ class SyncLedger:
         """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
         skip-unchanged check, lighter than :meth:`lookup`."""
         found: dict[str, str] = {}
-        scope_id = None if self._postgres else self._scope_ids.get(scope)
-        if scope_id is not None:  # SQLite, a known scope: the check of every batch, through the driver
-            for chunk in _chunks(list(dict.fromkeys(identities))):
-                found.update(self._driver_rows(_SQLITE_FINGERPRINTS, (scope_id, self._listing(chunk))))
+        if not self._postgres:  # SQLite: the check of every batch, through the driver
+            scope_id = self._driver_scope(scope)
+            if scope_id is not None:
+                for chunk in _chunks(list(dict.fromkeys(identities))):
+                    found.update(self._driver_rows(_SQLITE_FINGERPRINTS, (scope_id, self._listing(chunk))))
             return found
 
         def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
@@ -382,16 +477,34 @@ class SyncLedger:
         return found
 
     def _driver_rows(self, statement: str, params: tuple) -> list[tuple]:
-        """The rows of one SQLite statement, on a driver connection kept for them (a pool checkout and return per
-        batch cost as much as the query)."""
+        """The rows of one SQLite statement, on the driver's connection kept for reads (a pool checkout and return
+        per batch cost as much as the query)."""
         with self._guard(), self._read_lock:
             if self._reader is None:
-                if self._engine is None:
-                    raise self.location.error("the ledger is closed")
-                self._reader = self._engine.raw_connection()
-            return self._reader.driver_connection.execute(statement, params).fetchall()
+                self._usable()
+                self._reader = self.location.driver(self.timeout)
+            return self._reader.execute(statement, params).fetchall()
 
-    def mark_delivered(self, scope: Scope, rows: t.Iterable[Delivered]) -> None:
+    @contextlib.contextmanager
+    def _driver_writing(self, *, prove_only: bool = False) -> t.Iterator[sqlite3.Connection]:
+        """One SQLite transaction on the driver's connection kept for writes, taking the write lock at its start
+        (``prove_only``: opening, which reads only, and takes the lock only when the ledger may be written)."""
+        if self.read_only and not prove_only:
+            raise self.location.error("opened read-only: nothing may be written")
+        with self._write_turn, self._guard():
+            if self._writer is None:
+                self._usable()
+                self._writer = self.location.driver(self.timeout)
+            connection = self._writer
+            connection.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def mark_delivered(self, scope: Scope, rows: t.Iterable[DeliveryRow]) -> None:
         """Record that Encharge accepted ``rows`` (call only after a 2xx): each replaces what its identity held
         (an id, source key or tags given as None keep the ones known) and leaves the failures waiting."""
         latest = {row.identity: row for row in rows}  # one write per identity: the last one given
@@ -404,11 +517,12 @@ class SyncLedger:
              _json_or_none(sorted(row.tags) if row.tags is not None else None))
             for row in sorted(latest.values(), key=lambda row: row.identity)  # one lock order for every writer
         ]
+        if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
+            with self._driver_writing() as connection:
+                connection.executemany(_SQLITE_UPSERT_DELIVERIES, values)
+                connection.execute(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
+            return
         with self._writing() as connection:
-            if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
-                connection.exec_driver_sql(_SQLITE_UPSERT_DELIVERIES, values)
-                connection.exec_driver_sql(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
-                return
             for chunk in _chunks(values):
                 columns = tuple(list(column) for column in zip(*chunk, strict=True))
                 connection.exec_driver_sql(_POSTGRES_UPSERT_DELIVERIES, columns)
@@ -499,6 +613,8 @@ class SyncLedger:
     ) -> list[WaitingFailure]:
         """Failures waiting in ``account`` (optionally one destination, one stream), oldest first; by default
         only those that sending again can pass."""
+        if not self._postgres:
+            return self._driver_waiting(account, destination, stream, retryable_only=retryable_only)
         failures, scopes = schema.failures, schema.scopes
         query = (
             sa.select(failures, scopes.c.account, scopes.c.destination, scopes.c.stream)
@@ -526,6 +642,32 @@ class SyncLedger:
                 for row in connection.execute(query)
             ]
 
+    def _driver_waiting(self, account: str, destination: str | None, stream: str | None, *,
+                        retryable_only: bool) -> list[WaitingFailure]:
+        if not self._present:
+            return []
+        given = (("s.account", account), ("s.destination", destination), ("s.stream", stream))
+        conditions = [f"{column} = ?" for column, value in given if value is not None]
+        params = tuple(value for _, value in given if value is not None)
+        if retryable_only:
+            conditions.append("f.retryable = 1")
+        statement = _SQLITE_WAITING.format(conditions=" AND ".join(conditions) or "1 = 1")
+        return [
+            WaitingFailure(
+                identity=identity,
+                payload=_payload_decoder.decode(payload),
+                reason=reason,
+                status=status,
+                retryable=bool(retryable),
+                scope=Scope(scope_account, scope_destination, scope_stream),
+                first_failed_at=_when(first),
+                last_failed_at=_when(last),
+                attempts=attempts,
+            )
+            for (identity, payload, reason, status, retryable, scope_account, scope_destination, scope_stream,
+                 first, last, attempts) in self._driver_rows(statement, params)
+        ]
+
     def clear_failures(self, scope: Scope, identities: t.Iterable[str]) -> int:
         """Take ``identities`` off the failures waiting in ``scope`` (a newer version arrived, say); returns how
         many were waiting."""
@@ -540,6 +682,10 @@ class SyncLedger:
 
     def remember_account(self, key_digest: str, account: str) -> None:
         """The account a key (known by its digest) belongs to, as Encharge said in this run."""
+        if not self._postgres:
+            with self._driver_writing() as connection:
+                connection.execute(_SQLITE_REMEMBER_ACCOUNT, (key_digest, account))
+            return
         statement = self._dialect.insert(schema.accounts).values(key_digest=key_digest, account=account)
         with self._writing() as connection:
             connection.execute(statement.on_conflict_do_update(index_elements=["key_digest"],
@@ -547,6 +693,16 @@ class SyncLedger:
 
     def account_for(self, key_digest: str) -> str | None:
         """The account a key belonged to in the last real run (None: never used with this ledger)."""
+        if not self._postgres:
+            if not self._present:
+                return None
+            try:
+                rows = self._driver_rows(_SQLITE_ACCOUNT, (key_digest,))
+            except LedgerError as exc:
+                if "no such table" in str(exc):  # read-only, an older ledger
+                    return None
+                raise
+            return rows[0][0] if rows else None
         table = schema.accounts
         with self._reading() as connection:
             if connection is None or not sa.inspect(connection).has_table(table.name):  # read-only, older ledger
@@ -614,13 +770,19 @@ class SyncLedger:
 
     def close(self) -> None:
         """Release every connection; the ledger cannot be used after."""
+        self._closed = True
         with self._read_lock:
             if self._reader is not None:
-                self._reader.close()  # back to the pool, disposed of below
+                self._reader.close()
                 self._reader = None
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        with self._write_turn:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
 
     def __enter__(self) -> SyncLedger:
         return self

@@ -1,0 +1,10 @@
+"""The ledger's table names and the schema version this target writes: all the driver's own SQL needs, without
+SQLAlchemy (the tables themselves are in schema.py)."""
+
+SCHEMA_VERSION = 3
+
+META = "encharge_ledger_meta"
+SCOPES = "encharge_ledger_scopes"
+DELIVERIES = "encharge_ledger_deliveries"
+FAILURES = "encharge_ledger_failures"
+ACCOUNTS = "encharge_ledger_accounts"
