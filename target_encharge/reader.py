@@ -97,6 +97,10 @@ class Reader(SeamReader):
         except UnicodeError:
             msg = f"input line {self.line_number} is not UTF-8 text; nothing after it was read"
             raise InputError(msg) from None
+        if type(message) is dict and message.get("type") == "RECORD" and type(message.get("stream")) is str \
+                and type(message.get("record")) is dict:  # most lines: a well-formed RECORD, checked at once
+            self.stream = message["stream"]
+            return message
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             msg = f"input line {self.line_number} is not a Singer message (no 'type'); nothing after it was read"
             raise InputError(msg)

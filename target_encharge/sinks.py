@@ -100,7 +100,9 @@ class EnchargeSink(SeamSink):
         self.template: Template = template_for(self.settings, self.run.settings.api_url,
                                                self.run.settings.ingest_url)
         self.problem: str | None = None  # set by the checks the SDK runs before process_record
+        self._add_record_metadata = bool(target.config.get("add_record_metadata", False))
         super().__init__(target, stream_name, schema, key_properties)
+        self._full_at = self.max_size
         batched = self.settings.batch_records and self.template.batchable
         self.route = Route(
             stream=stream_name,
@@ -118,6 +120,18 @@ class EnchargeSink(SeamSink):
                          self.settings.sync_mode,
                          f"batches of up to {self.route.batch_size}" if batched else "one record per call",
                          "" if own else " (default: not listed in `streams`)")
+
+    @property
+    @override
+    def is_full(self) -> bool:
+        """As the SDK's, without its three properties per record (its size limit does not change in a run)."""
+        return self.current_size >= self._full_at
+
+    @property
+    @override
+    def include_sdc_metadata_properties(self) -> bool:
+        """The SDK's `add_record_metadata` setting, read once (the SDK asks for every record)."""
+        return self._add_record_metadata
 
     @override
     def setup(self) -> None:
