@@ -131,9 +131,11 @@ def _moment(stamp: str | None) -> datetime.datetime | None:
 
 _DELIVERY_COLUMNS = ("scope_id", "identity", "fingerprint", "delivered_at", "encharge_id", "source_key", "tags")
 # A delivery replaces the fingerprint and time; an id, source key or tags given as None keep the known ones.
-# Deliveries are written through the driver: on SQLite row by row with its executemany (a third of SQLAlchemy's
-# cost per row); on PostgreSQL a chunk in one statement, its columns sent as arrays that the server unnests (a
-# tenth of the time of a statement per row, even pipelined).
+# Deliveries are written through the driver, a chunk in one statement: on SQLite as many rows of parameters
+# (the driver lets other threads run during each step of a statement, and a thread that wants the interpreter
+# back waits up to 5 ms for it: a row per step, as executemany goes, had the delivery threads queue behind the
+# reading one); on PostgreSQL its columns sent as arrays that the server unnests (a tenth of the time of a
+# statement per row, even pipelined).
 _UPSERT_DELIVERIES = (
     f"INSERT INTO {DELIVERIES} ({', '.join(_DELIVERY_COLUMNS)}) {{rows}} "
     "ON CONFLICT (scope_id, identity) DO UPDATE SET "
@@ -141,20 +143,34 @@ _UPSERT_DELIVERIES = (
     + ", ".join(f"{c} = coalesce(excluded.{c}, {DELIVERIES}.{c})"
                 for c in ("encharge_id", "source_key", "tags"))
 )
-_SQLITE_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(rows=f"VALUES ({', '.join('?' for _ in _DELIVERY_COLUMNS)})")
+_SQLITE_CHUNK = 100  # rows per SQLite statement: 700 parameters, under the 999 SQLite allowed before 3.32
+
+
+@functools.lru_cache(maxsize=_SQLITE_CHUNK)
+def _sqlite_upsert_deliveries(rows: int) -> str:
+    row = "(" + ", ".join("?" for _ in _DELIVERY_COLUMNS) + ")"
+    return _UPSERT_DELIVERIES.format(rows="VALUES " + ", ".join([row] * rows))
+
+
+@functools.lru_cache(maxsize=_SQLITE_CHUNK)
+def _sqlite_fingerprints(count: int) -> str:
+    """The fingerprints of ``count`` identities as one row, a JSON array of [identity, fingerprint] pairs: one
+    step (see above), and the identities bound as parameters (SQLite's JSON reader would cut one at a NUL)."""
+    return (f"SELECT json_group_array(json_array(identity, fingerprint)) FROM {DELIVERIES} "  # noqa: S608
+            f"WHERE scope_id = ? AND identity IN ({', '.join('?' * count)})")
+
+
+@functools.lru_cache(maxsize=_SQLITE_CHUNK)
+def _sqlite_delete_failures(count: int) -> str:
+    return f"DELETE FROM {FAILURES} WHERE scope_id = ? AND identity IN ({', '.join('?' * count)})"  # noqa: S608
+
+
 _POSTGRES_UPSERT_DELIVERIES = _UPSERT_DELIVERIES.format(
     rows="SELECT * FROM unnest(%s::integer[], " + ", ".join("%s::text[]" for _ in _DELIVERY_COLUMNS[1:]) + ")"  # noqa: S608
 )
 # ... and on SQLite, a run's everyday reads and writes go through the driver too: the skip-unchanged check (half
 # the time of a SQLAlchemy select, for every batch), the scopes, the accounts, the failures to send again. A run
 # on a current SQLite ledger so never imports SQLAlchemy (a third of the start-up).
-_SQLITE_FINGERPRINTS = (
-    f"SELECT identity, fingerprint FROM {DELIVERIES} "  # noqa: S608
-    "WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"
-)
-_SQLITE_DELETE_FAILURES = (
-    f"DELETE FROM {FAILURES} WHERE scope_id = ? AND identity IN (SELECT value FROM json_each(?))"  # noqa: S608
-)
 _SQLITE_VERSION = f"SELECT value FROM {META} WHERE name = 'schema_version'"  # noqa: S608
 _SQLITE_SCOPE = f"SELECT id FROM {SCOPES} WHERE account = ? AND destination = ? AND stream = ?"  # noqa: S608
 _SQLITE_NEW_SCOPE = (
@@ -211,6 +227,7 @@ class SyncLedger:
         self._present = True
         self._closed = False
         self._postgres = not self.location.is_sqlite
+        self._chunk = CHUNK if self._postgres else _SQLITE_CHUNK  # identities per statement
         file = self.location.file
         if read_only and file is not None and not file.exists():
             self._present = False
@@ -264,7 +281,7 @@ class SyncLedger:
     def _select_fingerprints(self) -> sa.Select:
         """Built once: the skip-unchanged check (on a server) runs for every batch sent."""
         table = schema.deliveries
-        listed = self._listed(sa.bindparam("listed", type_=self._listing_type()))
+        listed = sa.bindparam("listed", type_=self._listing_type())
         return self._select_known([table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"), listed)
 
     # -- plumbing ----------------------------------------------------------------------------------------------
@@ -342,18 +359,27 @@ class SyncLedger:
         return sa.func.json_each(listing).table_valued("value")
 
     def _select_known(
-        self, columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter, listed: sa.TableValuedAlias
+        self, columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter,
+        identities: t.Sequence[str] | sa.BindParameter,
     ) -> sa.Select:
-        """The deliveries of the ``listed`` identities in the scope: on PostgreSQL a primary-key probe per
-        identity, as a lateral subquery with ``LIMIT 1`` (the planner cannot merge it into a join, which it would
-        run by reading the scope's every row into a hash: ten times slower for 1,000 identities in 100,000); on
-        SQLite ``IN`` the list (a join there would scan the scope's rows)."""
+        """The deliveries of ``identities`` in the scope: on PostgreSQL a primary-key probe per identity, as a
+        lateral subquery with ``LIMIT 1`` (the planner cannot merge it into a join, which it would run by reading
+        the scope's every row into a hash: ten times slower for 1,000 identities in 100,000); on SQLite ``IN``
+        the list (a join there would scan the scope's rows)."""
         table = schema.deliveries
         if self._postgres:
+            listed = self._listed(identities)
             probe = sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
             found = probe.limit(sa.literal_column("1")).lateral()  # a literal: the plan is made knowing it
             return sa.select(*(found.c[column.name] for column in columns)).select_from(listed).join(found, sa.true())
-        return sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity.in_(sa.select(listed.c.value)))
+        return sa.select(*columns).where(table.c.scope_id == scope_id, self._among(table.c.identity, identities))
+
+    def _among(self, column: sa.ColumnElement, identities: t.Sequence[str] | sa.BindParameter) -> sa.ColumnElement:
+        """``column IN identities``: on PostgreSQL one array parameter, unnested; on SQLite a parameter each
+        (SQLite's JSON reader would cut an identity at a NUL character), in chunks of :data:`_SQLITE_CHUNK`."""
+        if self._postgres or isinstance(identities, sa.BindParameter):
+            return column.in_(sa.select(self._listed(identities).c.value))
+        return column.in_(list(identities))
 
     def _find_scope(self, connection: sa.Connection, scope: Scope) -> int | None:
         if scope in self._scope_ids:
@@ -443,7 +469,7 @@ class SyncLedger:
             scope_id = self._find_scope(connection, scope)
             if scope_id is None:
                 return
-            for chunk in _chunks(wanted):
+            for chunk in _chunks(wanted, self._chunk):
                 read(connection, scope_id, chunk)
 
     def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
@@ -452,7 +478,7 @@ class SyncLedger:
         columns = list(schema.deliveries.c)
 
         def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
-            for row in connection.execute(self._select_known(columns, scope_id, self._listed(chunk))):
+            for row in connection.execute(self._select_known(columns, scope_id, chunk)):
                 found[row.identity] = self._delivered(row)
 
         self._read_chunks(scope, identities, read)
@@ -465,8 +491,9 @@ class SyncLedger:
         if not self._postgres:  # SQLite: the check of every batch, through the driver
             scope_id = self._driver_scope(scope)
             if scope_id is not None:
-                for chunk in _chunks(list(dict.fromkeys(identities))):
-                    found.update(self._driver_rows(_SQLITE_FINGERPRINTS, (scope_id, self._listing(chunk))))
+                for chunk in _chunks(list(dict.fromkeys(identities)), _SQLITE_CHUNK):
+                    ((pairs,),) = self._driver_rows(_sqlite_fingerprints(len(chunk)), (scope_id, *chunk))
+                    found.update(msgspec.json.decode(pairs))
             return found
 
         def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
@@ -519,8 +546,10 @@ class SyncLedger:
         ]
         if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
             with self._driver_writing() as connection:
-                connection.executemany(_SQLITE_UPSERT_DELIVERIES, values)
-                connection.execute(_SQLITE_DELETE_FAILURES, (scope_id, self._listing(list(latest))))
+                for chunk in _chunks(values, _SQLITE_CHUNK):
+                    connection.execute(_sqlite_upsert_deliveries(len(chunk)), [v for row in chunk for v in row])
+                for chunk in _chunks(list(latest), _SQLITE_CHUNK):
+                    connection.execute(_sqlite_delete_failures(len(chunk)), (scope_id, *chunk))
             return
         with self._writing() as connection:
             for chunk in _chunks(values):
@@ -561,7 +590,7 @@ class SyncLedger:
         scope_id = self._scope_id(scope)
         with self._writing() as connection:
             removed = 0
-            for chunk in _chunks(wanted):
+            for chunk in _chunks(wanted, self._chunk):
                 removed += self._delete(connection, schema.deliveries, scope_id, chunk)
                 self._delete(connection, schema.failures, scope_id, chunk)
             return removed
@@ -571,7 +600,7 @@ class SyncLedger:
     ) -> int:
         result = connection.execute(
             table.delete().where(
-                table.c.scope_id == scope_id, table.c.identity.in_(sa.select(self._listed(identities).c.value))
+                table.c.scope_id == scope_id, self._among(table.c.identity, identities)
             )
         )
         return result.rowcount
@@ -676,7 +705,8 @@ class SyncLedger:
             return 0
         scope_id = self._scope_id(scope)
         with self._writing() as connection:
-            return sum(self._delete(connection, schema.failures, scope_id, chunk) for chunk in _chunks(wanted))
+            return sum(self._delete(connection, schema.failures, scope_id, chunk)
+                       for chunk in _chunks(wanted, self._chunk))
 
     # -- accounts ----------------------------------------------------------------------------------------------
 
