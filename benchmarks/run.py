@@ -6,8 +6,9 @@ P1  per-record CPU: a dry run of 100,000 people in batches of 100, against the s
     nothing with its records (default reader and validator), same input, same run. Goal: at most 0.45 of its time.
 P2  latency-bound: 1,600 one-record calls to the sandbox with 50 ms added latency, max_concurrency 16, against a
     bare keep-alive client with 16 threads on the same sandbox. Goal: at least 90 % of the bare client's rate.
-P3  batched: 20,000 people in batches of 100, 50 ms latency, 8 in flight. Goal: at least 8,000 records/s,
-    start-up excluded (first to last request as the sandbox logged them).
+P3  batched: 20,000 people in batches of 100, 50 ms latency, 8 in flight, a first run (fresh ledger). Goal: at
+    least 8,000 records/s, start-up excluded (first to last request as the sandbox logged them); the median of
+    three runs.
 P4  memory: peak RSS of a dry run of 1,000,000 records, at most 1.2 times that of 10,000. The dry run reads the
     sync ledger P5 filled (100,000 people known: a lookup per batch, hits then misses), so the ledger is on.
 P5  sync ledger: an unchanged rerun of 100,000 people against the sandbox (a first run fills a fresh SQLite
@@ -240,19 +241,26 @@ def p2(calls: int) -> dict:
     return {"bare_calls_s": bare, "ours_calls_s": ours, "ratio": ours / bare, "ours_total_s": total}
 
 
-def p3(n: int) -> dict:
-    sandbox = Sandbox(latency_ms=50)
-    try:
-        data = singer_input(n, "p3")
-        cfg = sandbox.target_config(max_concurrency=8, batch_records=True, batch_size=100, ledger_url=ledger("p3"))
-        launched = time.time()
-        run([TARGET, "--config", str(cfg)], data)
-        sent = people_calls(sandbox.requests())
-        first = min(c["time"] for c in sent)
-        records = sum(len(c["body"]) if isinstance(c.get("body"), list) else 100 for c in sent)
-    finally:
-        sandbox.stop()
-    return {"records_s": (records - 100) / span(sent), "startup_s": first - launched, "calls": len(sent)}
+def p3(n: int, rounds: int = ROUNDS) -> dict:
+    """Records/s of a first run (a fresh ledger each time), the median of ``rounds`` runs (each moves by 10 to 20 %
+    on this VM); the start-up of the same run."""
+    found = []
+    for _ in range(rounds):
+        sandbox = Sandbox(latency_ms=50)
+        try:
+            data = singer_input(n, "p3")
+            cfg = sandbox.target_config(max_concurrency=8, batch_records=True, batch_size=100,
+                                        ledger_url=ledger("p3"))
+            launched = time.time()
+            run([TARGET, "--config", str(cfg)], data)
+            sent = people_calls(sandbox.requests())
+            first = min(c["time"] for c in sent)
+            records = sum(len(c["body"]) if isinstance(c.get("body"), list) else 100 for c in sent)
+        finally:
+            sandbox.stop()
+        found.append({"records_s": (records - 100) / span(sent), "startup_s": first - launched, "calls": len(sent)})
+    found.sort(key=lambda r: r["records_s"])
+    return {**found[len(found) // 2], "all_records_s": [round(r["records_s"]) for r in found]}
 
 
 def p4(small: int, large: int, filled_ledger: str) -> dict:
@@ -306,7 +314,8 @@ def main() -> None:
                  f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}", f"{r['ratio']:.2f}", ">= 0.90"))
     goals.append(r["ratio"] >= 0.90)
     r3 = p3(20_000 // scale)
-    rows.append(("P3 batched records/s, 50 ms, 8 in flight", f"{r3['records_s']:.0f} records/s",
+    rows.append(("P3 batched records/s, 50 ms, 8 in flight",
+                 f"{r3['records_s']:.0f} records/s (median of {', '.join(map(str, r3['all_records_s']))})",
                  f"{r3['records_s'] / 8000:.2f}", ">= 1.00 (8,000/s)"))
     goals.append(r3["records_s"] >= 8000)
     r5 = p5(100_000 // scale)

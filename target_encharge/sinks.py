@@ -57,15 +57,27 @@ class RecordCheck(BaseJSONSchemaValidator):
     def validate(self, record: dict) -> None:
         if self._check is None:
             return
+        try:
+            self._check(record)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            self._repair(record, exc)
+
+    def _repair(self, record: dict, exc: fastjsonschema.JsonSchemaValueException) -> None:
+        """Integral `5.0` values made integers where the schema wants one, then checked again; else refused."""
+        check = self._check
+        if check is None:
+            return
         for _ in range(MAX_INTEGER_REPAIRS):
+            if not _integral_decimal_made_int(record, exc):
+                self.report(f"does not match its stream's SCHEMA: {exc.message}")
+                return
             try:
-                self._check(record)
-            except fastjsonschema.JsonSchemaValueException as exc:
-                if not _integral_decimal_made_int(record, exc):
-                    self.report(f"does not match its stream's SCHEMA: {exc.message}")
-                    return
+                check(record)
+            except fastjsonschema.JsonSchemaValueException as again:
+                exc = again
             else:
                 return
+        self.report(f"does not match its stream's SCHEMA: {exc.message}")
 
 
 MAX_INTEGER_REPAIRS = 100  # `5.0` values made integers in one record before it is refused

@@ -538,13 +538,15 @@ class SyncLedger:
         if not latest:
             return
         scope_id, now = self._scope_id(scope), _stamp()
+        ordered = (sorted(latest.values(), key=lambda row: row.identity) if self._postgres  # one lock order for
+                   else latest.values())  # every writer on a server (a SQLite writer locks the whole file)
         values = [  # in the order of _DELIVERY_COLUMNS
             (scope_id, row.identity, row.fingerprint, _stamp(row.delivered_at) if row.delivered_at else now,
              row.encharge_id, _json_or_none(row.source_key),
              _json_or_none(sorted(row.tags) if row.tags is not None else None))
-            for row in sorted(latest.values(), key=lambda row: row.identity)  # one lock order for every writer
+            for row in ordered
         ]
-        if not self._postgres:  # the driver's own executemany: a third of SQLAlchemy's cost per row
+        if not self._postgres:  # through the driver, a chunk per statement (see _sqlite_upsert_deliveries)
             with self._driver_writing() as connection:
                 for chunk in _chunks(values, _SQLITE_CHUNK):
                     connection.execute(_sqlite_upsert_deliveries(len(chunk)), [v for row in chunk for v in row])
