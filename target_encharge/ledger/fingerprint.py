@@ -53,12 +53,17 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
     kind = type(value)
     if kind in _AS_IS:
         return value
-    if kind is dict:  # a record: its numbers and date-times made canonical in place of the walk below
-        return {
-            key if type(key) is str else str(key):
-                item if (of := type(item)) in _AS_IS else _CANONICAL.get(of, _plain)(item)
-            for key, item in value.items()
-        }
+    if kind is dict:  # a record: a copy with its numbers, date-times and containers made canonical (if any)
+        plain = None
+        for key, item in value.items():
+            if type(key) is not str:
+                return _plain_keys(value)
+            of = type(item)
+            if of not in _AS_IS:
+                if plain is None:
+                    plain = value.copy()
+                plain[key] = _CANONICAL.get(of, _plain)(item)
+        return value if plain is None else plain
     if kind is float:
         return _number(value)
     if kind is list:
@@ -82,6 +87,11 @@ def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
     if isinstance(value, (str, int)):  # subclasses: an enum member, a str subclass
         return value
     return str(value)
+
+
+def _plain_keys(value: dict) -> dict:
+    """A mapping with keys that are not text (not from JSON): every key as its text."""
+    return {key if type(key) is str else str(key): _plain(item) for key, item in value.items()}
 
 
 _text = msgspec.json.Encoder()
