@@ -520,6 +520,33 @@ def test_a_redirect_to_plain_http_elsewhere_is_refused(sandbox, scripted):
     assert "redirect" in dead["reason"] and "http://0.0.0.0:1" in dead["reason"]
 
 
+def test_a_303_is_followed_with_a_get_without_the_body(sandbox, scripted):
+    """As browsers and requests do: a 303 (and a 302, or a 301 to a POST) turns the call into a GET, without the
+    body or the headers that described it; a 307 or 308 repeats it as it was."""
+    calls: list[tuple[str, str, str | None]] = []
+
+    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:
+        calls.append((handler.command, handler.path, handler.headers.get("Content-Type")))
+        if n == 0:
+            reply(handler, 303, b"", {"Location": "/done"})
+        else:
+            reply(handler, 200)
+
+    server = scripted(answer)
+    run = run_target(manual_to(server, sandbox), people(1))
+    assert run.returncode == 0, run.stderr
+    assert calls == [("POST", "/hook", "application/json"), ("GET", "/done", None)]
+
+
+def test_a_redirect_loop_fails_the_record_not_the_run(sandbox, scripted):
+    server = scripted(lambda handler, n: reply(handler, 307, b"", {"Location": f"/loop{n}"}))
+    run = run_target(manual_to(server, sandbox, max_failures=-1, dead_letter_path="@work/dead.jsonl"), people(1))
+    assert run.returncode == 0, run.stderr
+    (dead,) = run.file_lines("dead.jsonl")
+    assert "TooManyRedirects" in dead["reason"]
+    assert len(server.seen) == 31  # the call and 30 redirects, as requests allows
+
+
 def test_a_401_from_a_redirect_target_fails_the_record_not_the_key(sandbox, scripted):
     foreign = scripted(lambda handler, n: reply(handler, 401, b'{"error": {"message": "no token"}}'))
 
