@@ -48,18 +48,18 @@ class Template:
         the template's own (a person by email, case-insensitive, or userId or id; a custom object by
         externalId; a tag by person and tag). None when there is nothing to know it by: an event or a manual
         request without key properties is sent every time it comes. ``ids``: ``identifiers(record)``, when found."""
-        if key_properties:
+        if key_properties:  # (JSON: a NUL character is written escaped)
             return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
         if ids is None:
             ids = self.identifiers(record)
         if self.name == "create_custom_object":
-            return f"externalId:{ids['externalId']}" if "externalId" in ids else None
+            return _nul_free(f"externalId:{ids['externalId']}") if "externalId" in ids else None
         if self.name not in ("create_or_update_person", "add_tag", "remove_tag"):
             return None
         person = person_key(ids)
         if person is None or self.name == "create_or_update_person":
-            return person
-        return f"{person} tag:{_joined_tags(record.get('tag'))}"
+            return _nul_free(person)
+        return _nul_free(f"{person} tag:{_joined_tags(record.get('tag'))}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +105,11 @@ def _tag_removal(api: str) -> t.Callable[[dict, str], Removal]:
         return Removal("DELETE", f"{api}/tags", encoding.dumps({"tag": ids["tag"], **person}))
 
     return removal
+
+
+def _nul_free(identity: str | None) -> str | None:
+    """An identity as the ledger keeps it: a NUL character (which PostgreSQL text cannot hold) as U+FFFD."""
+    return identity.replace("\x00", "\ufffd") if identity is not None and "\x00" in identity else identity
 
 
 def person_key(ids: t.Mapping[str, t.Any]) -> str | None:

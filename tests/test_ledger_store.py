@@ -161,7 +161,7 @@ def test_identities_come_back_whatever_characters_they_hold(ledger: SyncLedger) 
     """Identities are the source's own text (an email, a key as JSON): quotes, backslashes, line breaks, emoji,
     very long ones, and on SQLite a NUL, are written, found, told apart and removed exactly (SQLite's JSON reader
     would cut one at a NUL, so two people would share an entry), in more than one statement's worth (2,500).
-    PostgreSQL refuses a NUL in text: see README, Known gaps."""
+    (PostgreSQL text holds no NUL: the templates never make an identity with one, see test_sync.py.)"""
     odd = ['key:["a\\"b"]', "email:x-a@example.com", "email:x-b@example.com", "key:\\", "email:a\nb",
            "email:ünï😀@example.com", "key:" + "x" * 5000, "1", "null"]
     if ledger.location.is_sqlite:
@@ -175,6 +175,14 @@ def test_identities_come_back_whatever_characters_they_hold(ledger: SyncLedger) 
     assert ledger.remove(PEOPLE, [odd[1]]) == 1
     assert set(ledger.fingerprints(PEOPLE, odd)) == set(odd) - {odd[1]}
     assert ledger.remove(PEOPLE, many) == len(many) - 1
+
+
+def test_a_failure_whose_answer_holds_a_nul_waits_all_the_same(ledger: SyncLedger) -> None:
+    """An answer's text may hold a NUL character, which PostgreSQL text cannot: the reason keeps U+FFFD there."""
+    ledger.mark_failed(PEOPLE, [Failure(identity="email:a@example.com", payload={"email": "a@example.com"},
+                                        reason="HTTP 500: bad\x00answer", status=500, retryable=True)])
+    (waiting,) = ledger.waiting_failures(PEOPLE.account)
+    assert waiting.reason == "HTTP 500: bad\ufffdanswer"
 
 
 def test_nothing_is_delivered_until_the_caller_says_so(ledger: SyncLedger) -> None:

@@ -337,3 +337,18 @@ def test_an_unchanged_rerun_on_sqlite_never_imports_sqlalchemy(sandbox, tmp_path
         assert "target_encharge.ledger.store" in imported  # (the import times are there to be read)
         assert not [name for name in imported if name.split(".")[0] == "sqlalchemy"]
         assert sandbox.write_counts() == {}  # unchanged: nothing sent
+
+
+def test_a_nul_in_an_identifier_neither_stops_the_run_nor_the_next(sandbox, ledger_url):
+    """PostgreSQL text cannot hold a NUL character: an email that has one (a tap's bad row) is known to the ledger
+    with U+FFFD in its place, on either store, so it is delivered, remembered, and unchanged the next hour."""
+    messages = [schema("people", PERSON_PROPS, []), *people(3)[1:], state({"b": 1})]  # identity: the email itself
+    messages[2]["record"]["email"] = "odd\u0000one@example.com"
+    first = run_target(synced(sandbox, ledger_url), messages)
+    assert first.returncode == 0, first.stderr
+    assert summary(first, "people")["succeeded"] == 3
+    sandbox.clear_requests()
+    again = run_target(synced(sandbox, ledger_url), messages)
+    assert again.returncode == 0, again.stderr
+    assert summary(again, "people")["unchanged"] == 3
+    assert sandbox.write_counts() == {}

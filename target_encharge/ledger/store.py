@@ -621,7 +621,7 @@ class SyncLedger:
                 "scope_id": scope_id,
                 "identity": row.identity,
                 "payload": encoding.dumps(row.payload).decode(),
-                "reason": row.reason,
+                "reason": row.reason.replace("\x00", "\ufffd"),  # (an answer's text: PostgreSQL text holds no NUL)
                 "status": row.status,
                 "retryable": row.retryable,
                 "first_failed_at": now,
