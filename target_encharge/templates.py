@@ -50,16 +50,17 @@ class Template:
         request without key properties is sent every time it comes. ``ids``: ``identifiers(record)``, when found."""
         if key_properties:  # (JSON: a NUL character is written escaped)
             return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
-        if ids is None:
-            ids = self.identifiers(record)
+        return _nul_free(self._own_identity(record, self.identifiers(record) if ids is None else ids))
+
+    def _own_identity(self, record: dict, ids: dict) -> str | None:
         if self.name == "create_custom_object":
-            return _nul_free(f"externalId:{ids['externalId']}") if "externalId" in ids else None
+            return f"externalId:{ids['externalId']}" if "externalId" in ids else None
         if self.name not in ("create_or_update_person", "add_tag", "remove_tag"):
             return None
         person = person_key(ids)
         if person is None or self.name == "create_or_update_person":
-            return _nul_free(person)
-        return _nul_free(f"{person} tag:{_joined_tags(record.get('tag'))}")
+            return person
+        return f"{person} tag:{_joined_tags(record.get('tag'))}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -391,6 +391,25 @@ def test_a_ledger_from_an_older_version_is_migrated_keeping_its_entries(ledger_u
     engine.dispose()
 
 
+def test_reading_an_older_ledger_migrates_nothing_and_knows_no_account(ledger_url: str) -> None:
+    """A dry run on a ledger an older target-encharge wrote (version 2: no accounts table yet) reads its entries
+    as they are and knows no account for a key, without creating the table."""
+    engine = _raw_engine(ledger_url)
+    with engine.begin() as connection:
+        schema.migrate(connection, found=0, to=2)
+        connection.execute(schema.scopes.insert().values(id=1, account=PEOPLE.account,
+                                                         destination=PEOPLE.destination, stream=PEOPLE.stream))
+        connection.execute(schema.deliveries.insert().values(
+            scope_id=1, identity="ada@example.com", fingerprint="f1", delivered_at="2024-05-01T12:00:00.000000+00:00"))
+    with SyncLedger(ledger_url, read_only=True) as ledger:
+        assert ledger.account_for("digest-1") is None
+        assert ledger.fingerprints(PEOPLE, ["ada@example.com"]) == {"ada@example.com": "f1"}
+    with engine.connect() as connection:
+        assert schema.stored_version(connection) == 2
+        assert not sa.inspect(connection).has_table(schema.accounts.name)
+    engine.dispose()
+
+
 def test_reading_an_absent_ledger_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with SyncLedger(str(path), read_only=True) as ledger:

@@ -2,6 +2,7 @@
 SQLAlchemy (the tables themselves are in schema.py)."""
 
 SCHEMA_VERSION = 3
+ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
 
 META = "encharge_ledger_meta"
 SCOPES = "encharge_ledger_scopes"

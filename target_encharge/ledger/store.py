@@ -22,9 +22,9 @@ from decimal import Decimal
 import msgspec
 
 from target_encharge import encoding
-from target_encharge.ledger.connection import WRITE, LazyModule, LedgerError, locate
+from target_encharge.ledger.connection import WRITE, LazyModule, locate
 from target_encharge.ledger.fingerprint import canonical_json
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import ACCOUNTS, ACCOUNTS_SINCE, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
 
 if t.TYPE_CHECKING:
     import sqlalchemy as sa
@@ -225,6 +225,7 @@ class SyncLedger:
         self._read_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None  # ... and for writes (_driver_writing, in _write_turn)
         self._present = True
+        self._version = SCHEMA_VERSION  # the schema version of the tables (older only when opened read-only)
         self._closed = False
         self._postgres = not self.location.is_sqlite
         self._chunk = CHUNK if self._postgres else _SQLITE_CHUNK  # identities per statement
@@ -243,7 +244,7 @@ class SyncLedger:
         with self._guard(), self._connection(write=not self.read_only) as connection:
             found = self._known_version(schema.stored_version(connection))
             if self.read_only:
-                self._present = found > 0
+                self._present, self._version = found > 0, found
             elif found < SCHEMA_VERSION:
                 schema.migrate(connection, found)
             connection.commit()
@@ -261,7 +262,7 @@ class SyncLedger:
                 row = None  # a new file: no ledger in it yet
         found = self._known_version(int(row[0]) if row else 0)
         if self.read_only:
-            self._present = found > 0
+            self._present, self._version = found > 0, found
             return True
         return found == SCHEMA_VERSION
 
@@ -341,22 +342,16 @@ class SyncLedger:
 
         return sqlite
 
-    def _listing(self, identities: t.Sequence[str]) -> list[str] | str:
-        """``identities`` as the one parameter :meth:`_listed` takes: an array on PostgreSQL, JSON text on SQLite."""
-        return list(identities) if self._postgres else msgspec.json.encode(list(identities)).decode()
-
     def _listing_type(self) -> sa.types.TypeEngine:
-        return self._dialect.ARRAY(sa.Text) if self._postgres else sa.Text()
+        return self._dialect.ARRAY(sa.Text)
 
     def _listed(self, identities: t.Sequence[str] | sa.BindParameter) -> sa.TableValuedAlias:
-        """``identities`` (or a bind parameter to fill with :meth:`_listing`) as a table with one column,
-        ``value``, sent as one parameter: one statement compiled once whatever the count, which the database
-        joins by probing its primary key."""
+        """PostgreSQL: ``identities`` (or a bind parameter to fill with their list) as a table with one column,
+        ``value``, sent as one array parameter: one statement compiled once whatever the count, which the server
+        joins by probing its primary key. (SQLite binds a parameter each: see :meth:`_among`.)"""
         listing = (identities if isinstance(identities, sa.BindParameter)
-                   else sa.literal(self._listing(identities), self._listing_type()))
-        if self._postgres:
-            return sa.func.unnest(listing).table_valued("value").render_derived()
-        return sa.func.json_each(listing).table_valued("value")
+                   else sa.literal(list(identities), self._listing_type()))
+        return sa.func.unnest(listing).table_valued("value").render_derived()
 
     def _select_known(
         self, columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter,
@@ -377,13 +372,15 @@ class SyncLedger:
     def _among(self, column: sa.ColumnElement, identities: t.Sequence[str] | sa.BindParameter) -> sa.ColumnElement:
         """``column IN identities``: on PostgreSQL one array parameter, unnested; on SQLite a parameter each
         (SQLite's JSON reader would cut an identity at a NUL character), in chunks of :data:`_SQLITE_CHUNK`."""
-        if self._postgres or isinstance(identities, sa.BindParameter):
+        if self._postgres:
             return column.in_(sa.select(self._listed(identities).c.value))
         return column.in_(list(identities))
 
     def _find_scope(self, connection: sa.Connection, scope: Scope) -> int | None:
         if scope in self._scope_ids:
             return self._scope_ids[scope]
+        if not self._postgres:
+            return self._driver_scope(scope)
         found = connection.execute(
             sa.select(schema.scopes.c.id).where(
                 schema.scopes.c.account == scope.account,
@@ -497,7 +494,7 @@ class SyncLedger:
             return found
 
         def read(connection: sa.Connection, scope_id: int, chunk: t.Sequence[str]) -> None:
-            listing = {"scope_id": scope_id, "listed": self._listing(chunk)}
+            listing = {"scope_id": scope_id, "listed": list(chunk)}
             found.update(connection.execute(self._select_fingerprints, listing).all())
 
         self._read_chunks(scope, identities, read)
@@ -725,19 +722,14 @@ class SyncLedger:
 
     def account_for(self, key_digest: str) -> str | None:
         """The account a key belonged to in the last real run (None: never used with this ledger)."""
+        if not self._present or self._version < ACCOUNTS_SINCE:  # read-only: absent, or an older ledger
+            return None
         if not self._postgres:
-            if not self._present:
-                return None
-            try:
-                rows = self._driver_rows(_SQLITE_ACCOUNT, (key_digest,))
-            except LedgerError as exc:
-                if "no such table" in str(exc):  # read-only, an older ledger
-                    return None
-                raise
+            rows = self._driver_rows(_SQLITE_ACCOUNT, (key_digest,))
             return rows[0][0] if rows else None
         table = schema.accounts
         with self._reading() as connection:
-            if connection is None or not sa.inspect(connection).has_table(table.name):  # read-only, older ledger
+            if connection is None:
                 return None
             return connection.execute(sa.select(table.c.account).where(table.c.key_digest == key_digest)).scalar()
 
