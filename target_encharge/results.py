@@ -10,9 +10,13 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from target_encharge.checkpoint import RunCounts, StateGate
-from target_encharge.outputs import SUMMARY_KEY, FailureLimit, FailureLog, Outputs, TestSendSample, preview
+from target_encharge.checkpoint import StateGate
+from target_encharge.counts import RunCounts
+from target_encharge.failures import FailureLimit, FailureLog
+from target_encharge.outputs import Outputs
 from target_encharge.request import Entry, Outcome, Request, Verdict, verdict
+from target_encharge.responses import SUMMARY_KEY, preview
+from target_encharge.sampling import TestSendSample
 
 if t.TYPE_CHECKING:
     from target_encharge.sync import Sync

@@ -15,10 +15,12 @@ from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.delivery import Delivery
 from target_encharge.errors import EnchargeTargetError
+from target_encharge.failures import FailureLimit
 from target_encharge.ledger import SyncLedger
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
-from target_encharge.outputs import FailureLimit, Outputs, Progress, dead_letter_line, summary_title
+from target_encharge.outputs import Outputs
+from target_encharge.progress import Progress, dead_letter_line, summary_title
 from target_encharge.redaction import Redactor
 from target_encharge.request import Request
 from target_encharge.results import Results

@@ -32,7 +32,7 @@ from helpers import (
     target_command,
 )
 
-from target_encharge.outputs import SUMMARY_KEY
+from target_encharge.responses import SUMMARY_KEY
 
 
 def run_with_env(env: dict[str, str], messages: list[dict]) -> subprocess.CompletedProcess:
