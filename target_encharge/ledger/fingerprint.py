@@ -8,6 +8,7 @@ ISO 8601 in UTC, dates and times as ISO 8601. Strings are never reinterpreted.
 from __future__ import annotations
 
 import datetime
+import decimal
 import hashlib
 import math
 import typing as t
@@ -39,13 +40,15 @@ def _number(value: Decimal | float) -> int | Decimal | float | str:
         return str(value)
     if value == value.to_integral_value():
         return int(value)
-    return value.normalize()
+    return value.normalize(_EVERY_DIGIT)
 
 
 _AS_IS = frozenset({str, int, bool, type(None)})
 _EXACT = 2.0**53
 _PLAIN_FLOATS = (1e-4, 1e15)  # where Python's shortest repr has no exponent and a Decimal's text none either
-_PLAIN_DECIMAL = 28  # characters: fewer digits than normalize() keeps (it rounds beyond its context's 28)
+_PLAIN_DECIMAL = 28  # characters: short enough that this text is what normalize() would give
+# normalize() without rounding: the default context keeps 28 digits, so a change in the 30th would read unchanged
+_EVERY_DIGIT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 def _plain(value: t.Any) -> t.Any:  # noqa: ANN401
