@@ -14,6 +14,7 @@ import time
 import typing as t
 
 import urllib3
+from singer_sdk import metrics
 
 from target_encharge import encoding
 from target_encharge.errors import AuthError, EnchargeUnavailable
@@ -32,6 +33,7 @@ DRAIN_BYTES = 64 * 1024  # of an answer read past what is kept, and dropped: its
 MIN_POOL = 4  # keep-alive connections per host, at the least
 
 logger = logging.getLogger("target_encharge.client")
+metrics_logger = metrics.get_metrics_logger()  # the SDK's own, at the plugin's log level
 
 # No answer, and why: the connection dropped (also mid-body, or the body could not be decoded), or it timed out;
 # else the request could not be made at all (a header or URL the HTTP client refuses, too many redirects). A new
@@ -172,8 +174,10 @@ class Client:
         while True:
             attempt += 1
             self.rate.wait()
+            tried = time.monotonic()
             outcome, retry_after = self._attempt(request, headers, attempt, started,
                                                  credentialed=credential is not None)
+            _log_duration(request, outcome, time.monotonic() - tried)
             if verdict(outcome) is Verdict.AUTH_FAILURE and credential is not None:
                 msg = (f"Encharge refused the {credential.setting} (HTTP {outcome.status} from {request.method} "
                        f"{url_path(request.url)}): check that `{credential.setting}` is the right key for this account")
@@ -195,3 +199,18 @@ class Client:
 
     def close(self) -> None:
         self.transport.close()
+
+
+def _log_duration(request: Request, outcome: Outcome, seconds: float) -> None:
+    """A Singer METRIC line for one attempt, as the SDK's REST streams write it (`http_request_duration`, tagged
+    with the stream, the endpoint template, the HTTP status and whether it succeeded); never the URL, which may
+    carry a person's email or a token."""
+    if not metrics_logger.isEnabledFor(logging.INFO):
+        return
+    tags: dict[str, t.Any] = {
+        metrics.Tag.STREAM: request.stream,
+        metrics.Tag.ENDPOINT: request.endpoint,
+        metrics.Tag.HTTP_STATUS_CODE: outcome.status,
+        metrics.Tag.STATUS: metrics.Status.SUCCEEDED if outcome.ok else metrics.Status.FAILED,
+    }
+    metrics.log(metrics_logger, metrics.Point("timer", metrics.Metric.HTTP_REQUEST_DURATION, seconds, tags))
