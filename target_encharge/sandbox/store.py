@@ -334,8 +334,9 @@ class Store:
 
     def _link(self, name: str, raw_id: str, association_id: str | None, target: str | None,
               raw_target_id: str) -> Link:
-        if name != PERSON:
-            self._schema(name)
+        for side in (name, target):
+            if side is not None and side != PERSON:
+                self._schema(side)
         if association_id is None:
             definition = self._associations.default(name, str(target))
         else:
