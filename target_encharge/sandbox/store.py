@@ -234,12 +234,8 @@ class Store:
             self._schema(name)
             return self._object_fields[name].create(specs)
 
-    def dropped_fields(self) -> dict[str, dict[str, int]]:
-        """Per person or schema, the unknown fields dropped and how many values each (drop mode)."""
-        with self._lock:
-            return self._dropped()
-
     def _dropped(self) -> dict[str, dict[str, int]]:
+        """Per person or schema, the unknown fields dropped and how many values each (drop mode)."""
         sets = [self._person_fields, *self._object_fields.values()]
         return {s.owner: dict(s.dropped) for s in sets if s.dropped}
 
