@@ -541,6 +541,323 @@ def test_a_string_cannot_pose_as_an_exact_number():
     assert json.loads(tricky, parse_float=Decimal) == {"a": Decimal(BIG), "b": "\x00exact-0:0"}
 
 
+# --- fields ------------------------------------------------------------------------------------------
+
+#: What POST /v1/fields and POST /v1/schemas/{name}/fields answer for each field: PersonField's required keys.
+PERSON_FIELD_KEYS = {"name", "type", "title", "format", "readOnly", "canMapFrom", "firstClassField", "array",
+                     "createdBy"}
+FIELD_TYPES = {"string", "number", "boolean", "integer", "any"}
+
+
+def person_fields(sb: Sandbox) -> dict[str, dict]:
+    answer = rest(sb, "GET", "/fields")
+    assert answer.status_code == 200, answer.text
+    return {f["name"]: f for f in answer.json()["items"]}
+
+
+def company_schema(sb: Sandbox) -> dict:
+    return next(o for o in rest(sb, "GET", "/schemas").json()["objects"] if o["name"] == "company")
+
+
+def test_the_account_has_encharges_built_in_person_fields_some_read_only(sandbox):
+    fields = person_fields(sandbox)
+    for name in ("email", "userId", "firstName", "lastName", "name", "id", "unsubscribed", "createdAt"):
+        assert name in fields, name
+    assert all({"name", "type"} <= set(f) and f["type"] in FIELD_TYPES for f in fields.values())
+    assert fields["id"]["readOnly"] is True and fields["email"]["readOnly"] is False
+    assert fields["createdAt"]["readOnly"] is True and fields["createdAt"]["format"] == "date-time"
+    assert fields["unsubscribed"]["type"] == "boolean"
+    assert all(f["readOnly"] is False for n, f in fields.items() if n in ("email", "userId", "firstName", "name"))
+
+
+def test_a_person_field_is_created_with_its_enum_and_listed_from_then_on(sandbox):
+    answer = rest(sandbox, "POST", "/fields", [
+        {"name": "plan", "type": "string", "enum": ["free", "pro"], "allowNewEnumValues": False},
+        {"name": "signedUpAt", "title": "Signed up", "type": "string", "format": "date-time"}])
+    assert answer.status_code == 200, answer.text
+    plan, signed_up = answer.json()["items"]
+    assert set(plan) >= PERSON_FIELD_KEYS and set(signed_up) >= PERSON_FIELD_KEYS
+    assert (plan["enum"], plan["allowNewEnumValues"], plan["readOnly"]) == (["free", "pro"], False, False)
+    assert (signed_up["title"], signed_up["format"]) == ("Signed up", "date-time")
+    fields = person_fields(sandbox)
+    assert fields["plan"]["enum"] == ["free", "pro"] and fields["plan"]["allowNewEnumValues"] is False
+    assert fields["signedUpAt"]["format"] == "date-time"
+    assert sandbox.person_fields() == list(person_fields(sandbox).values())
+    # A name taken (a field that exists, or twice in one body) is refused, and then nothing is created.
+    assert_envelope(rest(sandbox, "POST", "/fields", [{"name": "seats", "type": "number"},
+                                                      {"name": "plan", "type": "string"}]), 409, "'plan' already")
+    assert_envelope(rest(sandbox, "POST", "/fields", [{"name": "email", "type": "string"}]), 409, "already exists")
+    twice = [{"name": "x", "type": "string"}, {"name": "x", "type": "number"}]
+    assert_envelope(rest(sandbox, "POST", "/fields", twice), 409, "'x'")
+    assert "seats" not in person_fields(sandbox) and "x" not in person_fields(sandbox)
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"name": "seats", "type": "number"}, "must be array"),  # the OpenAPI's body is an array of fields
+    ([{"name": "seats"}], "body[0] must contain ['type']"),
+    ([{"name": "seats", "type": "object"}], "body[0].type must be one of"),
+    ([{"name": "", "type": "string"}], "body[0].name must be longer"),
+    ([{"name": "seats", "type": "number", "colour": "red"}], "must not contain"),
+    ([{"name": "when", "type": "string", "format": "time"}], "body[0].format must be one of"),
+])
+def test_a_field_body_that_does_not_fit_the_openapi_is_refused(sandbox, body, says):
+    assert_envelope(rest(sandbox, "POST", "/fields", body), 400, says)
+    assert_envelope(rest(sandbox, "POST", "/schemas/company/fields", body), 400, says)
+    assert "seats" not in person_fields(sandbox)
+
+
+def test_custom_object_fields_are_listed_in_their_schema_and_created(sandbox):
+    fields = {f["name"]: f for f in company_schema(sandbox)["fields"]}
+    assert {"id", "externalId", "name"} <= set(fields)
+    assert fields["id"]["readOnly"] is True and fields["externalId"]["readOnly"] is False
+    answer = rest(sandbox, "POST", "/schemas/company/fields", [{"name": "industry", "type": "string"},
+                                                              {"name": "seats", "type": "integer"}])
+    assert answer.status_code == 200, answer.text
+    created = answer.json()["fields"]
+    assert [f["name"] for f in created] == ["industry", "seats"] and all(set(f) >= PERSON_FIELD_KEYS for f in created)
+    assert [f["name"] for f in company_schema(sandbox)["fields"]][-2:] == ["industry", "seats"]
+    assert rest(sandbox, "GET", "/schemas/company").json()["object"]["fields"][-1]["type"] == "integer"
+    assert [f["name"] for f in sandbox.object_fields("company")][-2:] == ["industry", "seats"]
+    assert "industry" not in {f["name"] for f in sandbox.object_fields("subscription")}
+    assert "industry" not in person_fields(sandbox)
+    assert_envelope(rest(sandbox, "POST", "/schemas/company/fields", [{"name": "industry", "type": "string"}]),
+                    409, "already exists")
+    assert_envelope(rest(sandbox, "POST", "/schemas/Company/fields", [{"name": "x", "type": "string"}]), 404,
+                    "case-sensitive")
+
+
+def test_unknown_fields_are_kept_and_listed_unless_the_account_drops_them(sandbox):
+    # By default, a field the account lacks is kept, and listed from then on (people and objects alike).
+    add_people(sandbox, {"email": "ann@example.com", "plan": "pro"})
+    rest(sandbox, "POST", "/objects/company", [{"externalId": "acme", "industry": "rockets"}])
+    assert sandbox.person(email="ann@example.com")["plan"] == "pro" and "plan" in person_fields(sandbox)
+    assert sandbox.objects("company")[0]["industry"] == "rockets"
+    assert "industry" in {f["name"] for f in company_schema(sandbox)["fields"]}
+    assert requests.get(sandbox.url + "/_sandbox/field-policy", timeout=10).json() == {
+        "fieldPolicy": {"drop_unknown_fields": False}}
+
+    switched = requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop_unknown_fields": True}, timeout=10)
+    assert switched.json() == {"fieldPolicy": {"drop_unknown_fields": True}}
+    (bo,) = add_people(sandbox, {"email": "bo@example.com", "plan": "free", "seats": 3, "tags": "vip"})
+    assert "seats" not in bo and bo["plan"] == "free" and bo["tags"] == ["vip"]  # known fields and tags stay
+    assert ingest(sandbox, {"name": "identify", "user": {"email": "cy@example.com", "seats": 4,
+                                                          "firstName": "Cy"}}).status_code == 200
+    cy = sandbox.person(email="cy@example.com")
+    assert cy["firstName"] == "Cy" and "seats" not in cy
+    (globex,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "globex", "name": "Globex",
+                                                           "revenue": 10}]).json()["objects"]
+    assert "revenue" not in globex and globex["name"] == "Globex"
+    rest(sandbox, "PATCH", "/objects/company/externalId/globex", {"revenue": 11, "industry": "chemicals"})
+    assert sandbox.objects("company")[1] == {"id": globex["id"], "externalId": "globex", "name": "Globex",
+                                             "industry": "chemicals"}
+    assert "seats" not in person_fields(sandbox)
+    assert "revenue" not in {f["name"] for f in company_schema(sandbox)["fields"]}
+    # What was dropped is counted, shown, and stops once the field is created.
+    assert sandbox.state()["droppedFields"] == {"person": {"seats": 2}, "company": {"revenue": 2}}
+    assert "person.seats x2" in sandbox.summary() and "company.revenue x2" in sandbox.summary()
+    rest(sandbox, "POST", "/fields", [{"name": "seats", "type": "number"}])
+    add_people(sandbox, {"email": "bo@example.com", "seats": 5})
+    assert sandbox.person(email="bo@example.com")["seats"] == 5
+
+    assert sandbox.set_field_policy(drop_unknown_fields=False) == {"drop_unknown_fields": False}
+    add_people(sandbox, {"email": "bo@example.com", "team": "red"})
+    assert sandbox.person(email="bo@example.com")["team"] == "red"
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop_unknown_fields": "yes"},
+                                  timeout=10), 400, "boolean")
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop": True}, timeout=10), 400)
+    with Sandbox(drop_unknown_fields=True) as sb:
+        assert sb.field_policy == {"drop_unknown_fields": True}
+        assert "plan" not in add_people(sb, {"email": "ann@example.com", "plan": "pro"})[0]
+        sb.reset()  # forgets the account, keeps the policy
+        assert sb.field_policy == {"drop_unknown_fields": True}
+
+
+def test_read_only_fields_are_listed_as_such_and_stored_as_sent(sandbox):
+    # Encharge's help: its non-editable fields can still be set through the API; the target decides to leave them out.
+    (ann,) = add_people(sandbox, {"email": "ann@example.com", "createdAt": "2024-01-02T03:04:05Z"})
+    assert ann["createdAt"] == "2024-01-02T03:04:05Z"
+    assert person_fields(sandbox)["createdAt"]["readOnly"] is True
+
+
+# --- Encharge ids and associations ----------------------------------------------------------------
+
+
+def test_people_and_objects_have_stable_encharge_ids_in_answers_and_lookups(sandbox):
+    ann, bo = add_people(sandbox, {"email": "ann@example.com"}, {"email": "bo@example.com", "userId": "u-2"})
+    (again,) = add_people(sandbox, {"email": "ann@example.com", "firstName": "Ann"})
+    assert again["id"] == ann["id"] and ann["id"] != bo["id"]
+    found = rest(sandbox, "GET", "/people", params={"people[0][email]": "ann@example.com",
+                                                    "people[1][email]": "bo@example.com"}).json()["users"]
+    assert [(u["email"], u["id"]) for u in found] == [("ann@example.com", ann["id"]), ("bo@example.com", bo["id"])]
+    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"},
+                                                             {"externalId": "globex"}]).json()["objects"]
+    assert isinstance(acme["id"], int) and acme["id"] != globex["id"]
+    assert rest(sandbox, "GET", "/objects/company/externalId/globex").json()["object"]["id"] == globex["id"]
+    put = rest(sandbox, "PUT", "/objects/company", {"externalId": "acme", "name": "Acme"}).json()
+    assert put["object"]["id"] == acme["id"]
+
+
+def test_a_person_and_a_company_are_associated_and_unlinked_by_their_encharge_ids(sandbox):
+    (ann,) = add_people(sandbox, {"email": "ann@example.com"})
+    (acme,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme"}]).json()["objects"]
+    (definition,) = company_schema(sandbox)["associations"]
+    assert {"id", "type", "fromObject", "toObject"} <= set(definition)
+    assert {definition["fromObject"], definition["toObject"]} == {"person", "company"}
+    assert definition["type"] in ("1:1", "1:M", "M:M")
+    association = definition["id"]
+
+    linked = rest(sandbox, "POST", f"/objects/person/{ann['id']}/associations/default/company/{acme['id']}")
+    assert linked.status_code == 201 and linked.content == b""
+    assert sandbox.associations() == [{"associationId": association, "fromObject": "person", "fromId": ann["id"],
+                                       "toObject": "company", "toId": acme["id"]}]
+    # Linking again, by id and from the other side (associations are two-way), is the same one link.
+    assert rest(sandbox, "POST", f"/objects/company/{acme['id']}/associations/{association}/{ann['id']}"
+                ).status_code == 201
+    assert len(sandbox.associations()) == 1
+    companies = rest(sandbox, "GET", f"/objects/person/{ann['id']}/associations/{association}").json()
+    assert companies == {"objects": [{"id": acme["id"], "externalId": "acme", "name": "Acme"}]}
+    people = rest(sandbox, "GET", f"/objects/company/{acme['id']}/associations").json()["objects"]
+    assert [p["email"] for p in people["person"]] == ["ann@example.com"]
+    assert "Associations (1)" in sandbox.summary() and "person ann@example.com" in sandbox.summary()
+    assert "company acme" in sandbox.summary()
+
+    removed = rest(sandbox, "DELETE", f"/objects/person/{ann['id']}/associations/{association}/{acme['id']}")
+    assert removed.status_code == 204 and removed.content == b""
+    assert sandbox.associations() == []
+    assert_envelope(rest(sandbox, "DELETE", f"/objects/person/{ann['id']}/associations/{association}/{acme['id']}"),
+                    404, "nothing to remove")
+    assert rest(sandbox, "GET", f"/objects/company/{acme['id']}/associations").json() == {"objects": {}}
+
+
+def test_associations_refuse_unknown_ids_objects_and_associations(sandbox):
+    (ann,) = add_people(sandbox, {"email": "ann@example.com"})
+    (acme,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).json()["objects"]
+    (sub,) = rest(sandbox, "POST", "/objects/subscription", [{"externalId": "s-1"}]).json()["objects"]
+    association = company_schema(sandbox)["associations"][0]["id"]
+    person, company = f"/objects/person/{ann['id']}", f"/objects/company/{acme['id']}"
+    for path, status, says in [
+        (f"/objects/person/00000000-0000-0000-0000-000000000000/associations/default/company/{acme['id']}", 404,
+         "no person with id"),
+        (f"{person}/associations/default/company/999", 404, "no company object with id"),
+        (f"{person}/associations/default/company/{ann['id']}", 404, "no company object with id"),  # a person's id
+        (f"{person}/associations/default/invoice/1", 404, "no custom object schema named 'invoice'"),
+        (f"/objects/Company/{acme['id']}/associations/default/person/{ann['id']}", 404, "case-sensitive"),
+        (f"{person}/associations/999/{acme['id']}", 404, "no association with id '999'"),
+        (f"{person}/associations/default/{acme['id']}", 404, "no association with id 'default'"),
+        (f"{company}/associations/default/subscription/{sub['id']}", 404, "no association between company and"),
+    ]:
+        assert_envelope(rest(sandbox, "POST", path), status, says)
+    # An association between company and subscription does not link a person.
+    defined = rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
+                                                              "toObject": "subscription", "name": "Plan"})
+    other = defined.json()["association"]["id"]
+    assert_envelope(rest(sandbox, "POST", f"{person}/associations/{other}/{sub['id']}"), 400, "not person")
+    # A second person<->company association makes the default ambiguous.
+    rest(sandbox, "POST", "/schemas/associations", {"type": "M:M", "fromObject": "company", "toObject": "person"})
+    assert_envelope(rest(sandbox, "POST", f"{person}/associations/default/company/{acme['id']}"), 400,
+                    "several associations")
+    # An archived person is out of associations, as of tagging.
+    rest(sandbox, "DELETE", "/people?email=ann@example.com")
+    assert_envelope(rest(sandbox, "POST", f"{person}/associations/{association}/{acme['id']}"), 404, "archived")
+    assert sandbox.associations() == []
+
+
+def test_association_definitions_are_added_shown_in_both_schemas_and_removed_with_their_links(sandbox):
+    answer = rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
+                                                             "toObject": "subscription", "name": "Plan"})
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()["association"]
+    assert {k: plan[k] for k in ("type", "fromObject", "toObject", "name")} == {
+        "type": "1:M", "fromObject": "company", "toObject": "subscription", "name": "Plan"}
+    assert plan in company_schema(sandbox)["associations"]
+    assert plan in rest(sandbox, "GET", "/schemas/subscription").json()["object"]["associations"]
+    (acme,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).json()["objects"]
+    (sub,) = rest(sandbox, "POST", "/objects/subscription", [{"externalId": "s-1"}]).json()["objects"]
+    assert rest(sandbox, "POST", f"/objects/subscription/{sub['id']}/associations/default/company/{acme['id']}"
+                ).status_code == 201
+    assert sandbox.associations()[0]["fromObject"] == "company"  # kept in the definition's own order
+    assert rest(sandbox, "DELETE", f"/schemas/associations/{plan['id']}").status_code == 204
+    assert sandbox.associations() == [] and plan not in company_schema(sandbox)["associations"]
+    assert_envelope(rest(sandbox, "DELETE", f"/schemas/associations/{plan['id']}"), 404)
+    assert_envelope(rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
+                                                                    "toObject": "invoice"}), 404, "invoice")
+    assert_envelope(rest(sandbox, "POST", "/schemas/associations", {"type": "many", "fromObject": "company",
+                                                                    "toObject": "person"}), 400, "type must be one of")
+
+
+def test_a_person_or_object_that_goes_takes_its_links_with_it(sandbox):
+    ann, bo = add_people(sandbox, {"email": "ann@example.com"}, {"email": "bo@example.com"})
+    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"},
+                                                             {"externalId": "globex"}]).json()["objects"]
+    for person, company in ((ann, acme), (bo, acme), (bo, globex)):
+        rest(sandbox, "POST", f"/objects/person/{person['id']}/associations/default/company/{company['id']}")
+    assert len(sandbox.associations()) == 3
+    rest(sandbox, "DELETE", "/people?email=ann@example.com&force=true")
+    assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [(bo["id"], acme["id"]),
+                                                                         (bo["id"], globex["id"])]
+    rest(sandbox, "DELETE", "/objects/company/externalId/acme")
+    assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [(bo["id"], globex["id"])]
+    rest(sandbox, "DELETE", "/people?email=bo@example.com")  # archived: the link stays, for when bo comes back
+    assert len(sandbox.associations()) == 1
+    sandbox.reset()
+    assert sandbox.associations() == [] and len(company_schema(sandbox)["associations"]) == 1
+
+
+def test_seeding_puts_fields_and_associations_in_the_account_without_a_logged_request(sandbox):
+    seeded = sandbox.seed(
+        people=[{"email": "ann@example.com"}, {"userId": "u-2"}],
+        objects={"company": [{"externalId": "acme"}]},
+        fields=[{"name": "tier", "type": "string", "enum": ["a", "b"], "allowNewEnumValues": False}],
+        object_fields={"company": [{"name": "industry", "type": "string"}]},
+        associations=[{"objectName": "person", "email": "ann@example.com", "targetObjectName": "company",
+                       "targetExternalId": "acme"},
+                      {"objectName": "person", "userId": "u-2", "targetObjectName": "company",
+                       "targetExternalId": "acme", "associationId": 1}])
+    assert seeded == {"people": 2, "tags": 0, "objects": 1, "fields": 1, "object_fields": 1, "associations": 2}
+    assert sandbox.requests() == []
+    acme = sandbox.objects("company")[0]["id"]
+    ann = sandbox.person(email="ann@example.com")["id"]
+    assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [
+        (ann, acme), (sandbox.person(userId="u-2")["id"], acme)]
+    # A company names its person by Encharge id; the same link seeded again is still one link.
+    sandbox.seed(associations=[{"objectName": "company", "externalId": "acme", "targetObjectName": "person",
+                                "targetId": ann}])
+    assert len(sandbox.associations()) == 2
+    assert person_fields(sandbox)["tier"]["allowNewEnumValues"] is False
+    assert "industry" in {f["name"] for f in company_schema(sandbox)["fields"]}
+    missing = requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={"associations": [
+        {"objectName": "person", "email": "nobody@example.com", "targetObjectName": "company",
+         "targetExternalId": "acme"}]})
+    assert_envelope(missing, 404, "nobody@example.com")
+    assert_envelope(requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={"associations": [
+        {"objectName": "person", "targetObjectName": "company", "colour": "red"}]}), 400, "must not contain")
+    sandbox.reset()  # created fields go with the account; the built-in ones stay
+    assert "tier" not in person_fields(sandbox) and "email" in person_fields(sandbox)
+
+
+# --- unsubscribe ------------------------------------------------------------------------------------
+
+
+def test_a_person_is_unsubscribed_by_email_user_id_or_id_and_the_summary_says_who(sandbox):
+    ann, bo, cy = add_people(sandbox, {"email": "ann@example.com"}, {"userId": "u-2", "email": "bo@example.com"},
+                             {"email": "cy@example.com"})
+    for query in ("email=ANN@example.com", "userId=u-2", f"id={cy['id']}"):
+        answer = rest(sandbox, "POST", f"/people/unsubscribe?{query}")
+        assert answer.status_code == 204 and answer.content == b"", query
+    assert all(p["unsubscribed"] is True for p in sandbox.people())
+    add_people(sandbox, {"email": "dee@example.com"})
+    summary = sandbox.summary()
+    assert "4 people (3 unsubscribed)" in summary
+    assert "unsubscribed: ann@example.com, bo@example.com, cy@example.com" in summary
+    assert_envelope(rest(sandbox, "POST", "/people/unsubscribe"), 400, "?email=")
+    assert_envelope(rest(sandbox, "POST", "/people/unsubscribe?userId=nobody"), 404, "nobody")
+    assert "unsubscribed" not in sandbox.person(email="dee@example.com")
+    # An upsert may change it back (the target must not send unsubscribed: false unless told to).
+    add_people(sandbox, {"email": "ann@example.com", "unsubscribed": False})
+    assert sandbox.person(email="ann@example.com")["unsubscribed"] is False
+    assert "(2 unsubscribed)" in sandbox.summary()
+
+
 # --- HTTP --------------------------------------------------------------------------------------------
 
 
@@ -948,6 +1265,27 @@ def test_the_command_takes_the_account_and_the_duplicate_mode():
                                    timeout=10)
             assert answer.status_code == 200
         assert requests.get(base + "/_sandbox/options", timeout=10).json() == {"options": {"duplicate_objects": True}}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_command_takes_the_drop_unknown_fields_policy():
+    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--drop-unknown-fields"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        base = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
+        answer = requests.post(base + "/v1/people", json=[{"email": "a@example.com", "plan": "pro"}], headers=REST,
+                               timeout=10)
+        assert answer.status_code == 200 and "plan" not in answer.json()["users"][0]
+        assert requests.get(base + "/_sandbox/field-policy", timeout=10).json() == {
+            "fieldPolicy": {"drop_unknown_fields": True}}
+        summary = subprocess.run([*sandbox_command(), "summary", "--url", base], capture_output=True, text=True,
+                                 timeout=30)
+        assert summary.returncode == 0 and "person.plan x1" in summary.stdout
+        bad = subprocess.run([*sandbox_command(), "summary", "--url", "file:///etc/passwd"], capture_output=True,
+                             text=True, timeout=30)
+        assert bad.returncode == 2 and "http://" in bad.stderr and "root:" not in bad.stdout
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -37,6 +37,9 @@ def _serve_parser() -> argparse.ArgumentParser:
                         help="the account name GET /v1/accounts/info answers (default %(default)r)")
     parser.add_argument("--duplicate-objects", action="store_true",
                         help="POST /v1/objects/{name} with an existing externalId stores a duplicate (default: 409)")
+    parser.add_argument("--drop-unknown-fields", action="store_true",
+                        help="person and custom object writes drop fields the account does not have "
+                             "(default: keep them, and list the field from then on)")
     parser.add_argument("--latency-ms", type=float, default=0, help="latency added to every API answer")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of API answers that are 500s")
     parser.add_argument("--drop-rate", type=float, default=0.0, help="share of API requests dropped unanswered")
@@ -57,8 +60,11 @@ def _summary(argv: Sequence[str]) -> int:
     for suffix in ("/ingest/v1", "/v1"):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
+    if not base.startswith(("http://", "https://")):
+        print(f"target-encharge-sandbox: --url must be an http:// URL, not {args.url!r}", file=sys.stderr)
+        return 2
     try:
-        with urllib.request.urlopen(base + "/_sandbox/summary", timeout=10) as answer:
+        with urllib.request.urlopen(base + "/_sandbox/summary", timeout=10) as answer:  # noqa: S310 - http(s) only
             sys.stdout.write(answer.read().decode())
     except (urllib.error.URLError, OSError) as exc:
         print(f"target-encharge-sandbox: no sandbox answering at {base} ({exc})", file=sys.stderr)
@@ -77,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           host=args.host, port=args.port, latency_ms=args.latency_ms, error_rate=args.error_rate,
                           drop_rate=args.drop_rate, rate_limit=args.rate_limit, retry_after=args.retry_after,
                           seed=args.seed, verbose=args.verbose, account_id=args.account_id,
-                          account_name=args.account_name, duplicate_objects=args.duplicate_objects).start()
+                          account_name=args.account_name, duplicate_objects=args.duplicate_objects,
+                          drop_unknown_fields=args.drop_unknown_fields).start()
     except (ValueError, OSError) as exc:
         print(f"target-encharge-sandbox: {exc}", file=sys.stderr)
         return 2

@@ -79,10 +79,19 @@ class Api:
                                              "DELETE": self.delete_object}),
             (("objects", "{name}", "externalId", "{externalId}"),
              {"GET": self.get_object, "PATCH": self.update_object, "DELETE": self.delete_object}),
+            (("objects", "{name}", "{id}", "associations"), {"GET": self.all_associated}),
+            (("objects", "{name}", "{id}", "associations", "{associationId}"), {"GET": self.associated}),
+            (("objects", "{name}", "{id}", "associations", "{associationId}", "{targetId}"),
+             {"POST": self.associate, "DELETE": self.dissociate}),
+            (("objects", "{name}", "{id}", "associations", "default", "{targetObjectName}", "{targetId}"),
+             {"POST": self.associate_by_default}),
             (("schemas",), {"GET": self.list_schemas}),
+            (("schemas", "associations"), {"POST": self.define_association}),
+            (("schemas", "associations", "{associationId}"), {"DELETE": self.undefine_association}),
             (("schemas", "{name}"), {"GET": self.get_schema}),
+            (("schemas", "{name}", "fields"), {"POST": self.create_object_fields}),
             (("accounts", "info"), {"GET": self.account_info}),
-            (("fields",), {"GET": self.fields}),
+            (("fields",), {"GET": self.fields, "POST": self.create_fields}),
         ]
 
     # --- routing and auth -----------------------------------------------------------------------
@@ -106,7 +115,7 @@ class Api:
         if len(pattern) != len(segments):
             return None
         params: dict[str, str] = {}
-        for part, segment in zip(pattern, segments):
+        for part, segment in zip(pattern, segments, strict=True):
             if part.startswith("{"):
                 if not segment:
                     return None
@@ -152,7 +161,7 @@ class Api:
     # --- helpers --------------------------------------------------------------------------------
 
     @staticmethod
-    def _body(call: Call, validate: Callable[[Any], None]) -> Any:
+    def _body(call: Call, validate: Callable[[Any], None]) -> Any:  # noqa: ANN401 - any JSON value
         if call.body_error is not None:
             raise ApiError(400, call.body_error)
         if call.body is None:
@@ -221,7 +230,7 @@ class Api:
     def get_people(self, call: Call) -> Answer:
         """The people named that exist (none is an empty list); archived ones only with includeArchived=true."""
         include_archived = call.query.get("includeArchived", "").lower() == "true"
-        return 200, {"users": self.store.get_people(self._people_query(call), include_archived)}
+        return 200, {"users": self.store.get_people(self._people_query(call), include_archived=include_archived)}
 
     def all_people(self, call: Call) -> Answer:
         limit, offset = self._number(call, "limit", 100), self._number(call, "offset", 0)
@@ -229,7 +238,7 @@ class Api:
 
     def archive_people(self, call: Call) -> Answer:
         force = call.query.get("force", "").lower() == "true"
-        self.store.archive_people(self._people_query(call), force)
+        self.store.archive_people(self._people_query(call), force=force)
         return 204, NO_BODY
 
     def unsubscribe(self, call: Call) -> Answer:
@@ -254,13 +263,14 @@ class Api:
         self.store.remove_tags(*self._tag_call(call))
         return 204, NO_BODY
 
-    def fields(self, call: Call) -> Answer:
-        items = [{"name": name, "title": title, "type": kind, "readOnly": False, "array": False,
-                  "firstClassField": name in ("email", "userId", "firstName", "lastName", "name")}
-                 for name, title, kind in self.store.person_fields()]
-        return 200, {"items": items}
+    def fields(self, _call: Call) -> Answer:
+        return 200, {"items": self.store.person_fields()}
 
-    def account_info(self, call: Call) -> Answer:
+    def create_fields(self, call: Call) -> Answer:
+        """POST /v1/fields: an array of IPersonField, answered as {"items": [PersonField, ...]}."""
+        return 200, {"items": self.store.create_person_fields(self._body(call, schemas.validate_fields))}
+
+    def account_info(self, _call: Call) -> Answer:
         return 200, {"accountId": self.account_id, "name": self.account_name, "site": "sandbox.local",
                      "status": "active", "timezone": "UTC", "peopleCount": self.store.people_count(),
                      "services": {}, "activeServices": []}
@@ -300,6 +310,7 @@ class Api:
         return 200, {"count": self.store.count_objects(call.params["name"])}
 
     def _describe_schema(self, name: str) -> dict[str, Any]:
+        """A CustomObjectSchema: names, display fields, its fields, and the associations it is a side of."""
         return {
             "name": name,
             "displayNameSingular": name[:1].upper() + name[1:],
@@ -308,22 +319,66 @@ class Api:
             "primaryField": "name",
             "secondaryFields": [],
             "searchableFields": ["name"],
-            "fields": [{"name": "externalId", "title": "External ID", "type": "string"},
-                       {"name": "name", "title": "Name", "type": "string"}],
-            "associations": [],
+            "fields": self.store.object_fields(name),
+            "associations": self.store.associations_of(name),
         }
 
-    def list_schemas(self, call: Call) -> Answer:
+    def list_schemas(self, _call: Call) -> Answer:
         return 200, {"objects": [self._describe_schema(name) for name in self.store.schema_names]}
 
     def get_schema(self, call: Call) -> Answer:
         return 200, {"object": self._describe_schema(self._schema_name(call))}
 
+    def create_object_fields(self, call: Call) -> Answer:
+        """POST /v1/schemas/{name}/fields: an array of CustomObjectField, answered as {"fields": [...]}."""
+        name = self._schema_name(call)
+        return 200, {"fields": self.store.create_object_fields(name, self._body(call, schemas.validate_fields))}
+
+    def define_association(self, call: Call) -> Answer:
+        """POST /v1/schemas/associations: {type, fromObject, toObject, name?}, answered as {"association": ...}."""
+        return 200, {"association": self.store.define_association(self._body(call, schemas.validate_association))}
+
+    def undefine_association(self, call: Call) -> Answer:
+        self.store.undefine_association(call.params["associationId"])
+        return 204, NO_BODY
+
+    # --- associations (by Encharge ids: a person's id string, a custom object's number) ---------------
+
+    def associate(self, call: Call) -> Answer:
+        p = call.params
+        self.store.associate(p["name"], p["id"], p["targetId"], association_id=p["associationId"])
+        return 201, NO_BODY
+
+    def associate_by_default(self, call: Call) -> Answer:
+        p = call.params
+        self.store.associate(p["name"], p["id"], p["targetId"], target=p["targetObjectName"])
+        return 201, NO_BODY
+
+    def dissociate(self, call: Call) -> Answer:
+        p = call.params
+        self.store.dissociate(p["name"], p["id"], p["associationId"], p["targetId"])
+        return 204, NO_BODY
+
+    def associated(self, call: Call) -> Answer:
+        """GET .../associations/{associationId}: {"objects": [...]}, the people or objects on the other side."""
+        p = call.params
+        return 200, {"objects": [item for _, item in self.store.associated(p["name"], p["id"], p["associationId"])]}
+
+    def all_associated(self, call: Call) -> Answer:
+        """GET .../associations: {"objects": {...: [...]}}. The OpenAPI gives the map no key; the sandbox keys it
+        by the other side's object name ("company", "person")."""
+        grouped: dict[str, list[Any]] = {}
+        for other, item in self.store.associated(call.params["name"], call.params["id"]):
+            grouped.setdefault(other, []).append(item)
+        return 200, {"objects": grouped}
+
     # --- seeding (the /_sandbox/seed endpoint: no auth, not logged) ---------------------------------
 
-    def seed(self, body: Any) -> dict[str, int]:
-        """Put people, tags and objects in the account as a flow or another tool would have; checked like the
-        API's own bodies, applied in that order; returns how many of each."""
+    def seed(self, body: Any) -> dict[str, int]:  # noqa: ANN401 - any JSON, checked here
+        """Put fields, people, tags, objects and associations in the account as a flow or another tool would have;
+        checked like the API's own bodies, applied in that order; returns how many of each (fields, object fields
+        and associations only when given). Associations are resolved last: one naming a person or object that
+        is not there is 404, after what came before it was applied."""
         try:
             schemas.validate_seed(body)
         except BodyError as exc:
@@ -333,14 +388,24 @@ class Api:
             self._identifier(person, f"body.people[{index}]")
         tags = [(self._identifier(item, f"body.tags[{index}]"), split_tags(item["tag"]))
                 for index, item in enumerate(body.get("tags", []))]
-        for name in objects:
+        object_fields, associations = body.get("object_fields", {}), body.get("associations", [])
+        for name in [*objects, *object_fields]:
             self.store.require_schema(name)
+        if body.get("fields"):
+            self.store.create_person_fields(body["fields"])
+        for name, specs in object_fields.items():
+            self.store.create_object_fields(name, specs)
         self.store.upsert_people(people)
         for ident, names in tags:
             self.store.add_tags(ident, names)
         for name, items in objects.items():
             self.store.create_objects(name, items)
-        return {"people": len(people), "tags": len(tags), "objects": sum(len(items) for items in objects.values())}
+        for spec in associations:
+            self.store.seed_association(spec)
+        counts = {"people": len(people), "tags": len(tags), "objects": sum(len(items) for items in objects.values())}
+        extra = {"fields": len(body.get("fields", [])), "associations": len(associations),
+                 "object_fields": sum(len(specs) for specs in object_fields.values())}
+        return {**counts, **{name: n for name, n in extra.items() if n}}
 
     # --- ingest ---------------------------------------------------------------------------------
 

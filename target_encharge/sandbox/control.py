@@ -1,4 +1,4 @@
-"""The /_sandbox/ endpoints: inspect what arrived, change faults and modes, seed the account, reset.
+"""The /_sandbox/ endpoints: inspect what arrived, change faults, modes and the field policy, seed, reset.
 
 No auth, no faults, not in the request log. Each endpoint is one method of the Sandbox it serves.
 """
@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from . import exact_json
 from .api import envelope
 from .errors import ApiError
-from .schemas import BodyError, validate_faults, validate_options, validate_seed
+from .schemas import BodyError, validate_faults, validate_field_policy, validate_options, validate_seed
 
 if TYPE_CHECKING:
     from .server import Sandbox
@@ -23,7 +23,7 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 Answer = tuple[int, Any, str]
 
 
-def handle(sandbox: "Sandbox", method: str, path: str, query_string: str, raw: bytes) -> Answer:
+def handle(sandbox: Sandbox, method: str, path: str, query_string: str, raw: bytes) -> Answer:
     """Answer one /_sandbox/ request: (status, payload, content type)."""
     query = dict(parse_qsl(query_string))
     name = path[len(PREFIX):].rstrip("/")
@@ -33,7 +33,7 @@ def handle(sandbox: "Sandbox", method: str, path: str, query_string: str, raw: b
         if (method, name) == ("GET", "requests"):
             limit = int(query.get("limit") or 0)
             writes_only = query.get("writes", "").lower() == "true"
-            return 200, {"requests": sandbox.requests(limit or None, writes_only)}, JSON_TYPE
+            return 200, {"requests": sandbox.requests(limit or None, writes_only=writes_only)}, JSON_TYPE
         if (method, name) == ("DELETE", "requests"):
             sandbox.clear_requests()
             return 200, {"cleared": True}, JSON_TYPE
@@ -53,6 +53,12 @@ def handle(sandbox: "Sandbox", method: str, path: str, query_string: str, raw: b
             changes = exact_json.loads(raw or b"{}")
             validate_options(changes)
             return 200, {"options": sandbox.set_options(**changes)}, JSON_TYPE
+        if (method, name) == ("GET", "field-policy"):
+            return 200, {"fieldPolicy": sandbox.field_policy}, JSON_TYPE
+        if (method, name) == ("POST", "field-policy"):
+            changes = exact_json.loads(raw or b"{}")
+            validate_field_policy(changes)
+            return 200, {"fieldPolicy": sandbox.set_field_policy(**changes)}, JSON_TYPE
         if (method, name) == ("POST", "seed"):
             parts = exact_json.loads(raw or b"{}")
             validate_seed(parts)

@@ -16,7 +16,7 @@ from typing import AbstractSet, Any
 from .errors import ApiError
 
 
-def object_id(value: Any) -> int | None:
+def object_id(value: object) -> int | None:
     """An object id from a path segment or a JSON number; None when it cannot be one."""
     if isinstance(value, str):
         return int(value) if value.isdigit() else None
@@ -38,7 +38,7 @@ class CustomObjects:
         """The objects with this externalId, oldest first (none, one, or duplicates)."""
         return [self.items[i] for i in self.by_external_id.get(external_id, ())]
 
-    def matches(self, key: Any, by: str) -> list[dict[str, Any]]:
+    def matches(self, key: Any, by: str) -> list[dict[str, Any]]:  # noqa: ANN401 - an id or an externalId
         """The objects with this id, or with this externalId (oldest first); ApiError 404 when none."""
         if by == "externalId":
             found = self.with_external_id(key)
@@ -49,10 +49,11 @@ class CustomObjects:
             raise ApiError(404, f"No {self.name} object with {by} {key!r}")
         return found
 
-    def find(self, key: Any, by: str) -> dict[str, Any]:
+    def find(self, key: Any, by: str) -> dict[str, Any]:  # noqa: ANN401 - as matches
         return self.matches(key, by)[0]
 
-    def check_new(self, external_id: Any, where: str, duplicates: bool, taken: AbstractSet[str] = frozenset()) -> None:
+    def check_new(self, external_id: Any, where: str, *, duplicates: bool,  # noqa: ANN401 - any JSON value
+                  taken: AbstractSet[str] = frozenset()) -> None:
         """409 when a create would repeat an existing externalId (unless duplicates are stored)."""
         if duplicates or external_id is None:
             return
@@ -67,7 +68,7 @@ class CustomObjects:
         self._assign(obj, fields)
         return obj
 
-    def update(self, obj: dict[str, Any], fields: dict[str, Any], duplicates: bool) -> None:
+    def update(self, obj: dict[str, Any], fields: dict[str, Any], *, duplicates: bool) -> None:
         external_id = fields.get("externalId")
         if external_id is not None and external_id != obj.get("externalId"):
             owners = self.by_external_id.get(external_id, ())

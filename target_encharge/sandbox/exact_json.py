@@ -27,16 +27,16 @@ def parse_number(text: str) -> float | Decimal:
     return value if exact.is_finite() and Decimal(repr(value)) == exact else exact
 
 
-def loads(raw: bytes | str) -> Any:
+def loads(raw: bytes | str) -> Any:  # noqa: ANN401 - any JSON value
     """Parse JSON keeping numbers exact (ValueError when it is not JSON)."""
     return json.loads(raw, parse_float=parse_number)
 
 
-def dumps(value: Any, indent: int | None = None) -> str:
+def dumps(value: Any, indent: int | None = None) -> str:  # noqa: ANN401 - any JSON value
     """Compact JSON (or indented), Decimals as exact numbers; anything else unknown as its str()."""
     exact: list[str] = []
 
-    def default(obj: Any) -> Any:
+    def default(obj: object) -> object:
         if isinstance(obj, Decimal):
             exact.append(str(obj))
             return f"{_MARK}{len(exact) - 1}"

@@ -49,10 +49,10 @@ class FaultInjector:
         self.faults = faults
         self._seed = seed
         self._lock = threading.Lock()
-        self._rng = random.Random(seed)
+        self._rng = random.Random(seed)  # noqa: S311 - fault choices, repeatable from a seed; no secret
         self._window: deque[float] = deque()
 
-    def set(self, **changes: Any) -> Faults:
+    def set(self, **changes: float) -> Faults:
         """Change the given settings only; `rate_limit=0` (or None over HTTP) removes the limit."""
         with self._lock:
             self.faults = replace(self.faults, **changes)
@@ -62,7 +62,7 @@ class FaultInjector:
         """Forget the rate window and restart the random sequence from the seed."""
         with self._lock:
             self._window.clear()
-            self._rng = random.Random(self._seed)
+            self._rng = random.Random(self._seed)  # noqa: S311 - as above
 
     def decide(self) -> str | None:
         faults = self.faults

@@ -38,7 +38,7 @@ class RequestLog:
                     old["body"] = None
                     self._body_bytes -= size
 
-    def entries(self, limit: int | None = None, writes_only: bool = False) -> list[dict[str, Any]]:
+    def entries(self, limit: int | None = None, *, writes_only: bool = False) -> list[dict[str, Any]]:
         """The last `limit` entries (all when None), only the writes when asked."""
         with self._lock:
             entries = list(self._entries)

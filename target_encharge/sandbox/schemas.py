@@ -1,7 +1,8 @@
 """Request body schemas of the sandbox, written from what Encharge's OpenAPI document says.
 
 Only the shapes the sandbox checks are here: people (EndUser), tag bodies (tag + EndUserIdentifiers),
-custom objects (ICustomObjectCreatable), Ingest events, and the sandbox's own settings (faults, options, seed).
+custom objects (ICustomObjectCreatable), fields (IPersonField), association definitions
+(CustomObjectSchemaAssociationCreatable), Ingest events, and the sandbox's own settings (faults, options, seed).
 They are compiled once with fastjsonschema, so a check costs microseconds per request.
 """
 
@@ -55,6 +56,47 @@ CUSTOM_OBJECT: dict[str, Any] = {
 #: POST /v1/objects/{objectName}: an array of objects to create.
 CUSTOM_OBJECTS: dict[str, Any] = {"type": "array", "items": CUSTOM_OBJECT}
 
+#: IPersonField (CustomObjectField is the same): name and type required, no other keys than its own.
+FIELD: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "type"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "title": {"type": "string"},
+        "type": {"enum": ["string", "number", "boolean", "integer", "any"]},
+        "format": {"enum": ["date", "date-time", None]},
+        "displayType": {"enum": ["text", "textarea", "date", "datetime", "number", "select", "multiselect",
+                                 "checkbox", "radio", "email", "url", "phone", "integer", "decimal", "currency",
+                                 "currencyCents"]},
+        "readOnly": {"type": "boolean"},
+        "tooltip": {"type": "string"},
+        "icon": {"type": "string"},
+        "array": {"type": "boolean"},
+        "enum": {"type": "array", "items": {"type": "string"}},
+        "enumNames": {"type": "array", "items": {"type": "string"}},
+        "allowNewEnumValues": {"type": "boolean"},
+        "canMapFrom": {"type": "boolean"},
+        "firstClassField": {"type": "boolean"},
+        "createdBy": {"type": "string"},
+    },
+}
+
+#: POST /v1/fields and POST /v1/schemas/{objectName}/fields: an array of fields to create.
+FIELDS: dict[str, Any] = {"type": "array", "items": FIELD}
+
+#: POST /v1/schemas/associations: CustomObjectSchemaAssociationCreatable.
+ASSOCIATION: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "fromObject", "toObject"],
+    "properties": {
+        "type": {"enum": ["1:1", "1:M", "M:M"]},
+        "fromObject": {"type": "string", "minLength": 1},
+        "toObject": {"type": "string", "minLength": 1},
+        "name": {"type": "string"},
+    },
+}
+
 #: POST to the Ingest URL: one event, done by one person.
 EVENT: dict[str, Any] = {
     "type": "object",
@@ -88,6 +130,32 @@ OPTIONS: dict[str, Any] = {
     "properties": {"duplicate_objects": {"type": "boolean"}},
 }
 
+#: POST /_sandbox/field-policy: what the account does with fields it does not have.
+FIELD_POLICY: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"drop_unknown_fields": {"type": "boolean"}},
+}
+
+#: One link to seed: the source by its Encharge id or identifiers (a person's email/userId, an object's
+#: externalId), the target by targetId or targetExternalId; associationId optional (the default association).
+SEED_ASSOCIATION: dict[str, Any] = {
+    "type": "object",
+    "required": ["objectName", "targetObjectName"],
+    "additionalProperties": False,
+    "properties": {
+        "objectName": {"type": "string", "minLength": 1},
+        "targetObjectName": {"type": "string", "minLength": 1},
+        "associationId": {"type": "number"},
+        "id": {"type": ["string", "number"]},
+        "email": {"type": "string"},
+        "userId": {"type": "string"},
+        "externalId": {"type": "string"},
+        "targetId": {"type": ["string", "number"]},
+        "targetExternalId": {"type": "string"},
+    },
+}
+
 #: POST /_sandbox/seed: what a flow or another tool put in the account, each part optional.
 SEED: dict[str, Any] = {
     "type": "object",
@@ -96,6 +164,9 @@ SEED: dict[str, Any] = {
         "people": PEOPLE,
         "tags": {"type": "array", "items": TAG},
         "objects": {"type": "object", "additionalProperties": CUSTOM_OBJECTS},
+        "fields": FIELDS,
+        "object_fields": {"type": "object", "additionalProperties": FIELDS},
+        "associations": {"type": "array", "items": SEED_ASSOCIATION},
     },
 }
 
@@ -107,7 +178,7 @@ class BodyError(ValueError):
 def _compile(schema: dict[str, Any]) -> Callable[[Any], None]:
     check = fastjsonschema.compile(schema)
 
-    def validate(body: Any) -> None:
+    def validate(body: object) -> None:
         try:
             check(body)
         except fastjsonschema.JsonSchemaValueException as exc:
@@ -124,6 +195,9 @@ validate_tag = _compile(TAG)
 validate_custom_object = _compile(CUSTOM_OBJECT)
 validate_custom_objects = _compile(CUSTOM_OBJECTS)
 validate_event = _compile(EVENT)
+validate_fields = _compile(FIELDS)
+validate_association = _compile(ASSOCIATION)
+validate_field_policy = _compile(FIELD_POLICY)
 validate_faults = _compile(FAULTS)
 validate_options = _compile(OPTIONS)
 validate_seed = _compile(SEED)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import socket
@@ -49,7 +50,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], sandbox: "Sandbox") -> None:
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.sandbox = sandbox
@@ -57,12 +58,12 @@ class _Server(ThreadingHTTPServer):
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:  # noqa: ANN401 - as socketserver has them
         with self._connections_lock:
             self._connections.add(request)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request: Any) -> None:
+    def shutdown_request(self, request: Any) -> None:  # noqa: ANN401 - as socketserver has it
         with self._connections_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
@@ -72,12 +73,10 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ANN401 - as socketserver has them
         if self.sandbox.verbose:
             super().handle_error(request, client_address)
 
@@ -102,7 +101,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._api(sandbox, path, query_string, raw, received)
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+    # http.server dispatches on these names (do_<METHOD>): every method takes the same way in.
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET  # noqa: N815
 
     def _read_body(self) -> bytes | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -126,12 +126,12 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(size) if size else b""
 
-    def _api(self, sandbox: "Sandbox", path: str, query_string: str, raw: bytes, received: float) -> None:
+    def _api(self, sandbox: Sandbox, path: str, query_string: str, raw: bytes, received: float) -> None:
         api = sandbox._api
         route = api.route(self.command, path)
         query = dict(parse_qsl(query_string, keep_blank_values=True)) if query_string else {}
         header_token, query_token = self.headers.get("X-Encharge-Token"), query.get("token")
-        token = header_token if header_token is not None or route.api != "rest" else query_token
+        token = query_token if header_token is None and route.api == "rest" else header_token
         call = Call(self.command, dict(query), params=route.params)
         content_type = self.headers.get("Content-Type", "")
         logged_body = _parse_body(raw, content_type, call)
@@ -167,12 +167,12 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not None:
             self._answer(status, payload, _JSON, extra)
 
-    def _log(self, sandbox: "Sandbox", endpoint: str, path: str, query: dict[str, str], body: Any, size: int,
+    def _log(self, sandbox: Sandbox, endpoint: str, path: str, query: dict[str, str], body: Any, size: int,  # noqa: ANN401
              status: int | None, fault: str | None, received: float, auth: str | None) -> None:
         """One request log entry, with the keys replaced by *** wherever they appear."""
         api = sandbox._api
         if "token" in query:
-            query["token"] = "***"
+            query["token"] = "***"  # noqa: S105 - the token replaced, not one
         headers = {name.lower(): value for name, value in self.headers.items()}
         for name in _REDACTED_HEADERS.intersection(headers):
             headers[name] = "***"
@@ -188,7 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
             took = (time.time() - received) * 1000
             sys.stderr.write(f"{self.command} {path} {status or 'dropped'} {took:.1f}ms\n")
 
-    def _answer(self, status: int, payload: Any, content_type: str = _JSON,
+    def _answer(self, status: int, payload: Any, content_type: str = _JSON,  # noqa: ANN401 - any JSON value
                 extra: Iterable[tuple[str, str]] = ()) -> None:
         """The whole answer in one write (no Nagle stalls), with an exact Content-Length; 201/204 bodiless."""
         if payload is None:
@@ -208,12 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.wfile.write(head if self.command == "HEAD" else head + body)
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         if self.server.sandbox.verbose:
             super().log_message(format, *args)
 
 
-def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:
+def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:  # noqa: ANN401 - any JSON value
     """Fill call.body (JSON with exact numbers, or a form when sent as one) or call.body_error; return what
     the log keeps."""
     if not raw:
@@ -234,17 +234,20 @@ class Sandbox:
     """A local stand-in for Encharge's REST and Ingest APIs, for rehearsing pipelines and for tests."""
 
     def __init__(self, api_key: str = DEFAULT_API_KEY, write_key: str = DEFAULT_WRITE_KEY,
-                 schemas: Iterable[str] = DEFAULT_SCHEMAS, host: str = "127.0.0.1", port: int = 0,
+                 schemas: Iterable[str] = DEFAULT_SCHEMAS, host: str = "127.0.0.1", port: int = 0, *,
                  latency_ms: float = 0, error_rate: float = 0.0, drop_rate: float = 0.0,
                  rate_limit: float | None = None, retry_after: float = 1, seed: int | None = None,
                  verbose: bool = False, account_id: int = DEFAULT_ACCOUNT_ID,
-                 account_name: str = DEFAULT_ACCOUNT_NAME, duplicate_objects: bool = False) -> None:
+                 account_name: str = DEFAULT_ACCOUNT_NAME, duplicate_objects: bool = False,
+                 drop_unknown_fields: bool = False) -> None:
         """`account_id`/`account_name`: what GET /v1/accounts/info answers (two sandboxes, two accounts).
         `duplicate_objects`: POST /v1/objects/{name} with an existing externalId stores a second object
-        instead of answering 409."""
+        instead of answering 409. `drop_unknown_fields`: a person or custom object write with a field the
+        account does not have (GET /v1/fields, GET /v1/schemas) stores nothing of that field, as an account
+        may; off, the value is kept and the field listed from then on."""
         _check_loopback(host)
         self.host, self.port, self.verbose = host, port, verbose
-        self._store = Store(schemas, duplicate_objects)
+        self._store = Store(schemas, duplicate_objects=duplicate_objects, drop_unknown_fields=drop_unknown_fields)
         self._api = Api(self._store, api_key, write_key, account_id, account_name)
         self._faults = FaultInjector(Faults(latency_ms, error_rate, drop_rate, rate_limit, retry_after), seed)
         self._log = RequestLog()
@@ -254,7 +257,7 @@ class Sandbox:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
             self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -269,10 +272,10 @@ class Sandbox:
             server.server_close()
             server.close_connections()
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property
@@ -314,11 +317,22 @@ class Sandbox:
         """The sandbox's modes: {"duplicate_objects": bool}."""
         return {"duplicate_objects": self._store.duplicate_objects}
 
-    def set_options(self, duplicate_objects: bool | None = None) -> dict[str, Any]:
+    def set_options(self, *, duplicate_objects: bool | None = None) -> dict[str, Any]:
         """Change the given modes only; returns them all."""
         if duplicate_objects is not None:
             self._store.duplicate_objects = bool(duplicate_objects)
         return self.options
+
+    @property
+    def field_policy(self) -> dict[str, Any]:
+        """What the account does with fields it does not have: {"drop_unknown_fields": bool}."""
+        return {"drop_unknown_fields": self._store.drop_unknown_fields}
+
+    def set_field_policy(self, *, drop_unknown_fields: bool | None = None) -> dict[str, Any]:
+        """Change the given policy only; returns it all."""
+        if drop_unknown_fields is not None:
+            self._store.drop_unknown_fields = bool(drop_unknown_fields)
+        return self.field_policy
 
     @property
     def account(self) -> dict[str, Any]:
@@ -326,10 +340,16 @@ class Sandbox:
         return {"accountId": self._api.account_id, "name": self._api.account_name}
 
     def seed(self, people: Iterable[dict[str, Any]] = (), tags: Iterable[dict[str, Any]] = (),
-             objects: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, int]:
+             objects: dict[str, list[dict[str, Any]]] | None = None, *, fields: Iterable[dict[str, Any]] = (),
+             object_fields: dict[str, list[dict[str, Any]]] | None = None,
+             associations: Iterable[dict[str, Any]] = ()) -> dict[str, int]:
         """Put people, tags ({"tag": "a,b", "email": ...}) and objects ({"company": [...]}) in the account as a
-        flow or another tool would have: checked like API bodies, not in the request log. Returns the counts."""
-        body = {"people": list(people), "tags": list(tags), "objects": dict(objects or {})}
+        flow or another tool would have: checked like API bodies, not in the request log. Returns the counts.
+        `fields` and `object_fields` ({"company": [...]}) as POST /v1/fields takes them; `associations` as a
+        record names a link: {"objectName": "person", "email": ..., "targetObjectName": "company",
+        "targetExternalId": ...} (or "id"/"userId"/"externalId", "targetId", and "associationId")."""
+        body = {"people": list(people), "tags": list(tags), "objects": dict(objects or {}), "fields": list(fields),
+                "object_fields": dict(object_fields or {}), "associations": list(associations)}
         return self._api.seed(body)
 
     def clear_requests(self) -> None:
@@ -337,7 +357,8 @@ class Sandbox:
         self._log.clear()
 
     def reset(self) -> None:
-        """Forget people, objects, events and the request log; faults, options, schemas and account stay."""
+        """Forget people, objects, events, associations, the fields and association definitions added since the
+        start, and the request log; faults, options, the field policy, schemas and account stay."""
         self._store.clear()
         self._log.clear()
         self._faults.reset()
@@ -352,8 +373,8 @@ class Sandbox:
         """The identifiers of people deleted for good (DELETE /v1/people?force=true), with "deletedAt"."""
         return self._store.deleted_people()
 
-    def person(self, email: str | None = None, userId: str | None = None,
-               id: str | None = None) -> dict[str, Any] | None:  # noqa: A002 - Encharge's names
+    def person(self, email: str | None = None, userId: str | None = None,  # noqa: N803 - Encharge's names
+               id: str | None = None) -> dict[str, Any] | None:
         return self._store.person({"id": id, "userId": userId, "email": email})
 
     def objects(self, name: str) -> list[dict[str, Any]]:
@@ -362,9 +383,22 @@ class Sandbox:
     def events(self) -> list[dict[str, Any]]:
         return self._store.events()
 
-    def requests(self, limit: int | None = None, writes_only: bool = False) -> list[dict[str, Any]]:
+    def associations(self) -> list[dict[str, Any]]:
+        """Every link made, oldest first: {"associationId", "fromObject", "fromId", "toObject", "toId"} (the
+        ids are Encharge's: a person's id string, a custom object's number)."""
+        return self._store.associations()
+
+    def person_fields(self) -> list[dict[str, Any]]:
+        """The person fields, as GET /v1/fields lists them."""
+        return self._store.person_fields()
+
+    def object_fields(self, name: str) -> list[dict[str, Any]]:
+        """A custom object schema's fields, as GET /v1/schemas lists them."""
+        return self._store.object_fields(name)
+
+    def requests(self, limit: int | None = None, *, writes_only: bool = False) -> list[dict[str, Any]]:
         """The request log (the last `limit` entries); only POST, PUT, PATCH and DELETE with writes_only."""
-        return [dict(entry) for entry in self._log.entries(limit, writes_only)]
+        return [dict(entry) for entry in self._log.entries(limit, writes_only=writes_only)]
 
     def write_counts(self) -> dict[str, int]:
         """Write requests (POST, PUT, PATCH, DELETE) per endpoint, e.g. {"POST /v1/people": 2}, any answer."""
@@ -378,6 +412,7 @@ class Sandbox:
                              "writes": self._log.writes()}
         state["faults"] = self.faults
         state["options"] = self.options
+        state["fieldPolicy"] = self.field_policy
         state["account"] = self.account
         state["schemas"] = list(self._store.schema_names)
         return state

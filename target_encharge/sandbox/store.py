@@ -4,8 +4,10 @@ Semantics follow Encharge's documentation: people are upserted, matched by id, t
 an archived person is out of lookups, listings and tagging until an upsert brings them back; a forced delete
 takes the person with their tags and events (the identifiers stay listed, for tests, as deleted people);
 tags are added to and removed from existing people only; custom objects live in named, case-sensitive
-schemas; `identify` events update the person only, other events are recorded. Every method takes the one
-lock, checks everything it can before changing anything, and raises ApiError with the HTTP status to answer.
+schemas; `identify` events update the person only, other events are recorded. People and custom objects
+have fields (fields.py) and are linked by associations (associations.py), by their Encharge ids. Every method
+takes the one lock, checks everything it can before changing anything, and raises ApiError with the HTTP
+status to answer.
 """
 
 from __future__ import annotations
@@ -14,23 +16,16 @@ import copy
 import threading
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any, Iterable
 
+from .associations import PERSON, Associations, Link
 from .custom_objects import CustomObjects
 from .errors import ApiError
+from .fields import OBJECT_FIELDS, PERSON_FIELDS, FieldSet
 from .schemas import IDENTIFIERS
 
-#: Person fields every Encharge account has (GET /v1/fields lists them first).
-STANDARD_FIELDS = (
-    ("email", "Email", "string"),
-    ("userId", "User ID", "string"),
-    ("firstName", "First name", "string"),
-    ("lastName", "Last name", "string"),
-    ("name", "Name", "string"),
-)
-_SYSTEM_KEYS = frozenset(("id", "tags", "archived", "unsubscribed")) | {name for name, _, _ in STANDARD_FIELDS}
-_JSON_TYPES = {bool: "boolean", int: "number", float: "number", Decimal: "number", str: "string"}
+#: Keys of a person body that are not person fields.
+_NOT_FIELDS = ("tags",)
 
 
 def split_tags(value: str | list[str] | None) -> list[str]:
@@ -65,10 +60,14 @@ def _same_person(user: dict[str, Any], person: dict[str, Any]) -> bool:
 class Store:
     """One Encharge account in memory, safe to use from many handler threads."""
 
-    def __init__(self, schemas: Iterable[str] = ("company", "subscription"), duplicate_objects: bool = False) -> None:
+    def __init__(self, schemas: Iterable[str] = ("company", "subscription"), *, duplicate_objects: bool = False,
+                 drop_unknown_fields: bool = False) -> None:
         self.schema_names = tuple(schemas)
         #: POST /objects with an externalId that exists: False answers 409, True stores a duplicate.
         self.duplicate_objects = duplicate_objects
+        #: A person or object write with a field the account does not have: False keeps it (and lists the
+        #: field from then on), True drops it.
+        self.drop_unknown_fields = drop_unknown_fields
         self._lock = threading.Lock()
         self.clear()
 
@@ -80,7 +79,9 @@ class Store:
             self._deleted: list[dict[str, Any]] = []
             self._schemas = {name: CustomObjects(name) for name in self.schema_names}
             self._events: list[dict[str, Any]] = []
-            self._custom_fields: dict[str, str] = {}
+            self._person_fields = FieldSet(PERSON, PERSON_FIELDS)
+            self._object_fields = {name: FieldSet(name, OBJECT_FIELDS) for name in self.schema_names}
+            self._associations = Associations(self.schema_names)
 
     # --- people ---------------------------------------------------------------------------------
 
@@ -100,7 +101,7 @@ class Store:
                 return self._people[person_id]
         return None
 
-    def _existing(self, ident: dict[str, Any], archived_too: bool = False) -> dict[str, Any]:
+    def _existing(self, ident: dict[str, Any], *, archived_too: bool = False) -> dict[str, Any]:
         person = self._find(ident)
         if person is None:
             raise ApiError(404, f"No person with {_describe(ident)}")
@@ -122,6 +123,7 @@ class Store:
                 raise ApiError(409, f"{where}: {key} {value!r} already belongs to another person")
 
     def _upsert(self, fields: dict[str, Any]) -> dict[str, Any]:
+        fields = self._person_fields.admit(fields, drop=self.drop_unknown_fields, keep=_NOT_FIELDS)
         person = self._find(fields)
         if person is None:
             person = {"id": str(uuid.uuid4())}
@@ -137,8 +139,6 @@ class Store:
                     self._reindex(person, key, value)
             else:
                 person[key] = value
-                if key not in _SYSTEM_KEYS and key not in self._custom_fields:
-                    self._custom_fields[key] = _JSON_TYPES.get(type(value), "string")
         person.setdefault("tags", [])
         return person
 
@@ -159,6 +159,7 @@ class Store:
         if person.get("userId"):
             self._by_user_id.pop(person["userId"], None)
         self._events = [e for e in self._events if not _same_person(e["user"], person)]
+        self._associations.forget(PERSON, person["id"])
         self._deleted.append({**{k: person[k] for k in IDENTIFIERS if person.get(k)}, "deletedAt": _now()})
 
     @staticmethod
@@ -177,7 +178,7 @@ class Store:
                 self._check_upsert(fields, f"body[{index}]")
             return [self._public(self._upsert(fields)) for fields in people]
 
-    def get_people(self, idents: list[dict[str, Any]], include_archived: bool = False) -> list[dict[str, Any]]:
+    def get_people(self, idents: list[dict[str, Any]], *, include_archived: bool = False) -> list[dict[str, Any]]:
         """The people that exist among those named, each once, in the order named."""
         with self._lock:
             found: dict[str, dict[str, Any]] = {}
@@ -192,7 +193,7 @@ class Store:
             people = [p for p in self._people.values() if not p.get("archived")][offset:offset + limit]
             return [self._public(p) for p in people]
 
-    def archive_people(self, idents: list[dict[str, Any]], force: bool) -> None:
+    def archive_people(self, idents: list[dict[str, Any]], *, force: bool) -> None:
         """Archive (or, forced, delete) every person named; 404 and no change when one of them is not found."""
         with self._lock:
             people = [self._existing(ident, archived_too=True) for ident in idents]
@@ -215,10 +216,28 @@ class Store:
             person = self._existing(ident)
             person["tags"] = [tag for tag in person["tags"] if tag not in tags]
 
-    def person_fields(self) -> list[tuple[str, str, str]]:
+    def person_fields(self) -> list[dict[str, Any]]:
         with self._lock:
-            custom = [(name, name, kind) for name, kind in self._custom_fields.items()]
-        return list(STANDARD_FIELDS) + custom
+            return self._person_fields.listed()
+
+    def create_person_fields(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._person_fields.create(specs)
+
+    def object_fields(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            self._schema(name)
+            return self._object_fields[name].listed()
+
+    def create_object_fields(self, name: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        with self._lock:
+            self._schema(name)
+            return self._object_fields[name].create(specs)
+
+    def _dropped(self) -> dict[str, dict[str, int]]:
+        """Per person or schema, the unknown fields dropped and how many values each (drop mode)."""
+        sets = [self._person_fields, *self._object_fields.values()]
+        return {s.owner: dict(s.dropped) for s in sets if s.dropped}
 
     def people_count(self) -> int:
         with self._lock:
@@ -240,10 +259,11 @@ class Store:
             schema = self._schema(name)
             seen: set[str] = set()
             for index, fields in enumerate(objects):
-                schema.check_new(fields.get("externalId"), f"body[{index}]", self.duplicate_objects, seen)
+                schema.check_new(fields.get("externalId"), f"body[{index}]", duplicates=self.duplicate_objects,
+                                 taken=seen)
                 if fields.get("externalId") is not None:
                     seen.add(fields["externalId"])
-            return [dict(schema.create(fields)) for fields in objects]
+            return [dict(schema.create(self._admit(name, fields))) for fields in objects]
 
     def upsert_object(self, name: str, fields: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
         """PUT: update the object with this id (404 if none), or those with this externalId, else create one."""
@@ -253,18 +273,20 @@ class Store:
                 found = schema.matches(fields["id"], "id")
             else:
                 found = schema.with_external_id(fields["externalId"])
+            fields = self._admit(name, fields)
             if not found:
                 return True, dict(schema.create(fields))
             for obj in found:
-                schema.update(obj, fields, self.duplicate_objects)
+                schema.update(obj, fields, duplicates=self.duplicate_objects)
             return False, dict(found[0])
 
     def update_object(self, name: str, key: str, by: str, fields: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             schema = self._schema(name)
             found = schema.matches(key, by)
+            fields = self._admit(name, fields)
             for obj in found:
-                schema.update(obj, fields, self.duplicate_objects)
+                schema.update(obj, fields, duplicates=self.duplicate_objects)
             return dict(found[0])
 
     def delete_object(self, name: str, key: str, by: str) -> None:
@@ -272,6 +294,7 @@ class Store:
             schema = self._schema(name)
             for obj in schema.matches(key, by):
                 schema.delete(obj)
+                self._associations.forget(name, obj["id"])
 
     def get_object(self, name: str, key: str, by: str) -> dict[str, Any]:
         with self._lock:
@@ -290,6 +313,102 @@ class Store:
     def require_schema(self, name: str) -> None:
         """ApiError 404 unless the account has a custom object schema of exactly this name."""
         self._schema(name)
+
+    def _admit(self, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._object_fields[name].admit(fields, drop=self.drop_unknown_fields)
+
+    # --- associations ---------------------------------------------------------------------------
+
+    def _key(self, name: str, raw_id: Any) -> Any:  # noqa: ANN401 - a person's id string or an object's number
+        """The Encharge id of an existing person (not archived) or custom object; ApiError 404 when none."""
+        if name == PERSON:
+            person = self._people.get(str(raw_id))
+            if person is None or person.get("archived"):
+                raise ApiError(404, f"No person with id {raw_id!r}" + (" (archived)" if person else ""))
+            return person["id"]
+        return self._schema(name).find(raw_id, "id")["id"]
+
+    def _link(self, name: str, raw_id: str, association_id: str | None, target: str | None,
+              raw_target_id: str) -> Link:
+        for side in (name, target):
+            if side is not None and side != PERSON:
+                self._schema(side)
+        if association_id is None:
+            definition = self._associations.default(name, str(target))
+        else:
+            definition = self._associations.get(association_id)
+        other = self._associations.other_side(definition, name)
+        if target is not None and target != other:
+            raise ApiError(400, f"Association {definition['id']} links {name} to {other}, not {target}")
+        key, target_key = self._key(name, raw_id), self._key(other, raw_target_id)
+        return self._associations.link_of(definition, name, key, target_key)
+
+    def associate(self, name: str, raw_id: str, raw_target_id: str, *, target: str | None = None,
+                  association_id: str | None = None) -> None:
+        """Link two existing ids under an association: the one named, or the one between name and target."""
+        with self._lock:
+            self._associations.add(self._link(name, raw_id, association_id, target, raw_target_id))
+
+    def dissociate(self, name: str, raw_id: str, association_id: str, raw_target_id: str) -> None:
+        with self._lock:
+            self._associations.remove(self._link(name, raw_id, association_id, None, raw_target_id))
+
+    def associated(self, name: str, raw_id: str, association_id: str | None = None) -> list[tuple[str, Any]]:
+        """(object name, the person or object) of everything linked to an existing person or object."""
+        with self._lock:
+            if name != PERSON:
+                self._schema(name)
+            number = None if association_id is None else self._associations.get(association_id)["id"]
+            found = self._associations.linked(name, self._key(name, raw_id), number)
+            return [(other, self._entity(other, key)) for other, key in found]
+
+    def _entity(self, name: str, key: Any) -> dict[str, Any]:  # noqa: ANN401 - as _key
+        if name == PERSON:
+            return self._public(self._people[key])
+        return dict(self._schemas[name].items[key])
+
+    def _seed_key(self, name: str, ident: dict[str, Any]) -> Any:  # noqa: ANN401 - as _key
+        """The Encharge id of a person named by id, userId or email, or of an object by id or externalId."""
+        if name == PERSON:
+            person = self._find(ident)
+            if person is None:
+                raise ApiError(404, f"No person with {_describe(ident) or 'no identifier'}")
+            return person["id"]
+        if ident.get("externalId") is not None:
+            return self._schema(name).find(ident["externalId"], "externalId")["id"]
+        return ident.get("id")
+
+    def seed_association(self, spec: dict[str, Any]) -> None:
+        """A link as a record names it: the source by identifiers, the target by targetId or targetExternalId."""
+        with self._lock:
+            name, target = spec["objectName"], spec["targetObjectName"]
+            key = self._seed_key(name, spec)
+            target_key = self._seed_key(target, {"id": spec.get("targetId"),
+                                                 "externalId": spec.get("targetExternalId")})
+            association_id = spec.get("associationId")
+            self._associations.add(self._link(name, key, None if association_id is None else str(association_id),
+                                              target, target_key))
+
+    def define_association(self, spec: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            for side in (spec["fromObject"], spec["toObject"]):
+                if side != PERSON:
+                    self._schema(side)
+            return self._associations.define(spec)
+
+    def undefine_association(self, raw_id: str) -> None:
+        with self._lock:
+            self._associations.undefine(raw_id)
+
+    def associations_of(self, name: str) -> list[dict[str, Any]]:
+        """The association definitions with this object on either side."""
+        with self._lock:
+            return self._associations.of(name)
+
+    def associations(self) -> list[dict[str, Any]]:
+        """Every link made, oldest first."""
+        with self._lock:
+            return self._associations.listed()
 
     # --- events ---------------------------------------------------------------------------------
 
@@ -314,6 +433,9 @@ class Store:
                 "objects": {name: list(s.items.values()) for name, s in self._schemas.items()},
                 "duplicateObjects": {name: s.duplicates() for name, s in self._schemas.items() if s.duplicates()},
                 "events": self._events,
+                "associations": self._associations.listed(),
+                "associationSchemas": list(self._associations.definitions.values()),
+                "droppedFields": self._dropped(),
             }
             return copy.deepcopy(state)
 
