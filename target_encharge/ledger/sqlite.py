@@ -101,6 +101,19 @@ def _among_sql(count: int) -> str:
     return f"scope_id = ? AND identity IN ({', '.join('?' * count)})"
 
 
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection, begin: str) -> t.Iterator[sqlite3.Connection]:
+    """One transaction (the driver's connections are in autocommit mode): committed when the block ends, rolled
+    back when it raises."""
+    connection.execute(begin)
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
 def _conditions(matching: dict[str, str], prefix: str = "") -> str:
     """``matching``'s columns (fixed names, never a caller's text) each equal to a bound parameter."""
     return " AND ".join(f"{prefix}{column} = ?" for column in matching) or "1 = 1"
@@ -177,35 +190,21 @@ class SQLiteLedger(SyncLedger):
     @contextlib.contextmanager
     def _read_transaction(self) -> t.Iterator[sqlite3.Connection]:
         """Several reads that see one moment of the file."""
-        with self._guard(), self._read_lock:
-            connection = self._reading()
-            connection.execute("BEGIN")
-            try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+        with self._guard(), self._read_lock, _transaction(self._reading(), "BEGIN") as connection:
+            yield connection
 
     @contextlib.contextmanager
     def _write_transaction(self, *, prove_only: bool = False) -> t.Iterator[sqlite3.Connection]:
-        """One transaction on the connection kept for writes, taking the write lock at its start: committed when
-        the block ends, rolled back when it raises (``prove_only``: opening, which reads only, and takes the lock
-        only when the ledger may be written)."""
+        """One transaction on the connection kept for writes, taking the write lock at its start (``prove_only``:
+        opening, which reads only, and takes the lock only when the ledger may be written)."""
         if not prove_only:
             self._writable()
         with self._write_turn, self._guard():
             if self._writer is None:
                 self._usable()
                 self._writer = self.location.driver(self.timeout)
-            connection = self._writer
-            connection.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._writer, "BEGIN" if self.read_only else "BEGIN IMMEDIATE") as connection:
                 yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
 
     @override
     def _close(self) -> None:
