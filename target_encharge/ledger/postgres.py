@@ -111,8 +111,6 @@ def _scopes_matching(matching: dict[str, str]) -> list[sa.ColumnElement]:
 class PostgresLedger(SyncLedger):
     """The ledger on a PostgreSQL server: SQLAlchemy's engine and its pool of connections."""
 
-    chunk = CHUNK
-
     def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
         self._engine: sa.Engine | None = None
         self._engine_lock = threading.Lock()

@@ -123,8 +123,6 @@ class SQLiteLedger(SyncLedger):
     """The ledger in a SQLite file: a driver connection kept for reads, another for writes (taking turns in
     ``_write_turn``), in WAL mode so readers never wait for the writer, even in other processes."""
 
-    chunk = CHUNK
-
     def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()

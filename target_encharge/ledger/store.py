@@ -147,8 +147,6 @@ class SyncLedger(abc.ABC):
 
     A store implements the hooks (the abstract methods below): each a query or a write in its own language."""
 
-    chunk: t.ClassVar[int]  # identities per statement
-
     @staticmethod
     def open(
         ledger_url: str | None = None, *, timeout: float = DEFAULT_LEDGER_TIMEOUT, read_only: bool = False
