@@ -28,7 +28,7 @@ def measure(url: str, records: int, chunk: int) -> dict[str, float]:
     rows = [Delivered(p["email"], fingerprint(p)) for p in payloads]
     identities = [row.identity for row in rows]
     figures = {}
-    with SyncLedger(url) as ledger:
+    with SyncLedger.open(url) as ledger:
         missed = written = 0.0
         for start in range(0, records, chunk):
             began = time.perf_counter()

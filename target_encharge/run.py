@@ -79,7 +79,7 @@ class Run:
         results = Results(outputs, limit, masked_headers=lambda request: client.headers(request, mask=True))
         delivery = Delivery(client, results.on_result, settings.max_concurrency, dry_run=settings.dry_run)
         looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
-        ledger = SyncLedger(settings.ledger_url, read_only=looking)
+        ledger = SyncLedger.open(settings.ledger_url, read_only=looking)
         results.sync = Sync(ledger, skip_unchanged=settings.skip_unchanged, resync=settings.resync,
                             writes=not looking, redact=client.redact.value)
         return cls(

@@ -32,6 +32,8 @@ RESPONSE_OUTPUTS = ("none", "state", "stream")
 SYNC_MODES = ("upsert", "update", "create", "mirror")
 DELETE_ACTIONS = ("archive", "delete")
 DEFAULT_DEAD_LETTER_PATH = "target-encharge-dead-letters.jsonl"
+DEFAULT_LEDGER_FILE = ".target-encharge-ledger.db"  # ledger_url unset: in the working directory, a project's own
+DEFAULT_LEDGER_TIMEOUT = 30.0  # seconds the ledger waits for a locked SQLite file or to connect to its server
 BATCHED_BY_DEFAULT = ("create_or_update_person", "create_custom_object")  # their API takes arrays
 MAX_CONCURRENCY = 64  # calls in flight at once, at the most
 MIN_KEY_CHARS = 8  # a shorter key could not be masked in outputs without masking ordinary text
@@ -154,7 +156,7 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         secret=True,
         description="Where the sync ledger (what was delivered, remembered between runs) lives: a file path, "
         "`sqlite:///path`, or `postgresql://user:password@host:port/db` (extra `target-encharge[postgres]`). "
-        "Unset: `.target-encharge-ledger.db` in the working directory.",
+        f"Unset: `{DEFAULT_LEDGER_FILE}` in the working directory.",
     ),
     th.Property(
         "skip_unchanged",

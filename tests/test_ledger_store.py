@@ -51,7 +51,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def ledger(ledger_url: str) -> SyncLedger:
-    with SyncLedger(ledger_url) as opened:
+    with SyncLedger.open(ledger_url) as opened:
         yield opened
 
 
@@ -133,23 +133,23 @@ def test_fingerprint_is_stable_across_processes_and_releases() -> None:
 def test_delivered_entries_come_back_as_written(ledger: SyncLedger) -> None:
     before = datetime.datetime.now(datetime.timezone.utc)
     ledger.mark_delivered(PEOPLE, [
-        Delivered("ada@example.com", "f1", encharge_id="enc-1", source_key={"id": 7}),
+        Delivered("ada@example.com", "f1", encharge_id="enc-1"),
         Delivered("bob@example.com", "f2", tags=frozenset({"vip", "beta"})),
     ])
     found = ledger.lookup(PEOPLE, ["ada@example.com", "bob@example.com", "unknown@example.com"])
     assert set(found) == {"ada@example.com", "bob@example.com"}
     ada = found["ada@example.com"]
-    assert (ada.fingerprint, ada.encharge_id, ada.source_key, ada.tags) == ("f1", "enc-1", {"id": 7}, None)
+    assert (ada.fingerprint, ada.encharge_id, ada.tags) == ("f1", "enc-1", None)
     assert found["bob@example.com"].tags == frozenset({"vip", "beta"})
     assert before - datetime.timedelta(seconds=1) <= ada.delivered_at <= datetime.datetime.now(datetime.timezone.utc)
     assert ada.delivered_at.tzinfo == datetime.timezone.utc
 
 
 def test_a_new_delivery_replaces_the_fingerprint_and_keeps_what_it_does_not_say(ledger: SyncLedger) -> None:
-    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f1", encharge_id="enc-1", source_key={"id": 7})])
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f1", encharge_id="enc-1", tags=frozenset({"vip"}))])
     ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f2")])
     ada = ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"]
-    assert (ada.fingerprint, ada.encharge_id, ada.source_key) == ("f2", "enc-1", {"id": 7})
+    assert (ada.fingerprint, ada.encharge_id, ada.tags) == ("f2", "enc-1", frozenset({"vip"}))
 
 
 def test_the_same_identity_twice_in_one_write_keeps_the_last(ledger: SyncLedger) -> None:
@@ -167,11 +167,11 @@ def test_identities_come_back_whatever_characters_they_hold(ledger: SyncLedger) 
     if ledger.location.is_sqlite:
         odd[1:3] = ["email:x\x00a@example.com", "email:x\x00b@example.com"]
     many = [*odd, *(f"email:user{i}@example.com" for i in range(2500))]
-    ledger.mark_delivered(PEOPLE, [Delivered(identity, f"fp-{i}", encharge_id=identity, source_key={"k": identity})
+    ledger.mark_delivered(PEOPLE, [Delivered(identity, f"fp-{i}", encharge_id=identity)
                                    for i, identity in enumerate(many)])
     assert ledger.fingerprints(PEOPLE, many) == {identity: f"fp-{i}" for i, identity in enumerate(many)}
     found = ledger.lookup(PEOPLE, odd)
-    assert {i: (d.encharge_id, d.source_key) for i, d in found.items()} == {i: (i, {"k": i}) for i in odd}
+    assert {i: d.encharge_id for i, d in found.items()} == {i: i for i in odd}
     assert ledger.remove(PEOPLE, [odd[1]]) == 1
     assert set(ledger.fingerprints(PEOPLE, odd)) == set(odd) - {odd[1]}
     assert ledger.remove(PEOPLE, many) == len(many) - 1
@@ -206,15 +206,8 @@ def test_scopes_never_see_each_other(ledger: SyncLedger) -> None:
 
 
 def test_mirror_finds_what_it_wrote_and_removes_it(ledger: SyncLedger) -> None:
-    ledger.mark_delivered(PEOPLE, [
-        Delivered("ada@example.com", "f1", source_key={"id": 1, "region": "eu"}),
-        Delivered("bob@example.com", "f2", source_key={"id": Decimal("2")}),
-    ])
+    ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "f1"), Delivered("bob@example.com", "f2")])
     assert set(ledger.known(PEOPLE)) == {"ada@example.com", "bob@example.com"}
-    # a log-based delete carries only the key properties, in any order, numbers as the tap sends them
-    assert ledger.by_source_key(PEOPLE, {"region": "eu", "id": 1}).identity == "ada@example.com"
-    assert ledger.by_source_key(PEOPLE, {"id": 2.0}).identity == "bob@example.com"
-    assert ledger.by_source_key(PEOPLE, {"id": 3}) is None
     ledger.mark_failed(PEOPLE, [Failure(identity="bob@example.com", payload={}, reason="503", status=503)])
     assert ledger.remove(PEOPLE, ["bob@example.com", "never@example.com"]) == 1
     assert set(ledger.known(PEOPLE)) == {"ada@example.com"}
@@ -275,6 +268,98 @@ def test_forget_needs_something_to_forget(ledger: SyncLedger) -> None:
         ledger.forget()
 
 
+def test_forget_narrows_by_every_choice_given(ledger: SyncLedger) -> None:
+    scopes = [Scope(account, destination, stream) for account in ("account-1", "account-2")
+              for destination in ("create_or_update_person", "add_tag") for stream in ("people", "customers")]
+    for scope in scopes:
+        ledger.mark_delivered(scope, people(2))
+        ledger.mark_failed(scope, [Failure(identity="x", payload={}, reason="503", status=503)])
+    assert ledger.forget(account="account-2", destination="add_tag", stream="people") == 3
+    assert ledger.forget(account="account-1", stream="customers") == 6
+    left = {row.scope: (row.records, row.failures_waiting) for row in ledger.status()}
+    assert left == {scope: (2, 1) for scope in scopes
+                    if scope not in {Scope("account-2", "add_tag", "people")} and not (
+                        scope.account == "account-1" and scope.stream == "customers")}
+    assert [f.scope.destination for f in ledger.waiting_failures("account-2", stream="people")] == [
+        "create_or_update_person"]
+
+
+def test_failures_go_when_their_records_do_whatever_their_count(ledger: SyncLedger) -> None:
+    """Deliveries, removals and clearing take failures off in chunks (a SQLite statement holds 100 identities,
+    a PostgreSQL one 1,000): none is left behind past a chunk's end."""
+    many = [f"person-{n}@example.com" for n in range(2_345)]
+    ledger.mark_failed(PEOPLE, [Failure(identity=identity, payload={"n": n}, reason="503", status=503)
+                                for n, identity in enumerate(many)])
+    assert len(ledger.waiting_failures(PEOPLE.account)) == len(many)
+    ledger.mark_delivered(PEOPLE, [Delivered(identity, "f") for identity in many[:1_234]])
+    assert {f.identity for f in ledger.waiting_failures(PEOPLE.account)} == set(many[1_234:])
+    assert ledger.clear_failures(PEOPLE, many[1_234:2_000]) == 2_000 - 1_234
+    ledger.mark_failed(PEOPLE, [Failure(identity=identity, payload={}, reason="503") for identity in many[:1_100]])
+    assert ledger.remove(PEOPLE, many) == 1_234
+    assert ledger.waiting_failures(PEOPLE.account) == []
+    assert ledger.known(PEOPLE) == {}
+
+
+def test_a_ledger_opened_read_only_writes_nothing(ledger_url: str) -> None:
+    """A dry run reads the ledger a real run wrote, and every write is refused in one line, even in a scope it
+    has just read."""
+    with SyncLedger.open(ledger_url) as ledger:
+        ledger.mark_delivered(PEOPLE, people(2))
+        ledger.mark_failed(PEOPLE, [Failure(identity="x", payload={}, reason="503")])
+        ledger.remember_account("digest-1", "41@api.example")
+    with SyncLedger.open(ledger_url, read_only=True) as ledger:
+        assert len(ledger.lookup(PEOPLE, [row.identity for row in people(2)])) == 2
+        for write in (lambda: ledger.mark_delivered(PEOPLE, people(3)), lambda: ledger.remove(PEOPLE, ["x"]),
+                      lambda: ledger.clear_failures(PEOPLE, ["x"]), lambda: ledger.forget(stream="people"),
+                      lambda: ledger.mark_failed(PEOPLE, [Failure(identity="y", payload={}, reason="503")]),
+                      lambda: ledger.remember_account("digest-1", "42@api.example")):
+            with pytest.raises(LedgerError, match="opened read-only: nothing may be written"):
+                write()
+    with SyncLedger.open(ledger_url, read_only=True) as ledger:
+        assert [(row.records, row.failures_waiting) for row in ledger.status()] == [(2, 1)]
+        assert ledger.account_for("digest-1") == "41@api.example"
+
+
+def test_the_store_is_chosen_by_the_url(tmp_path: Path, postgres_url: str) -> None:
+    from target_encharge.ledger.postgres import PostgresLedger
+    from target_encharge.ledger.sqlite import SQLiteLedger
+
+    for url in (str(tmp_path / "a.db"), f"sqlite:///{tmp_path / 'b.db'}"):
+        with SyncLedger.open(url) as ledger:
+            assert isinstance(ledger, SQLiteLedger)
+    with SyncLedger.open(postgres_url) as ledger:
+        assert isinstance(ledger, PostgresLedger)
+    with pytest.raises(TypeError):
+        SyncLedger(locate(str(tmp_path / "c.db")), timeout=1, read_only=False)  # the interface: no store of its own
+
+
+def test_sqlite_reads_and_writes_a_current_ledger_through_the_driver_alone(tmp_path: Path) -> None:
+    """A third of the command's start-up is importing SQLAlchemy: on a current SQLite ledger, every read and
+    write goes through the driver (SQLAlchemy only creates or migrates the tables)."""
+    url = str(tmp_path / "ledger.db")
+    SyncLedger.open(url).close()
+    script = textwrap.dedent("""
+        import sys
+        from target_encharge.ledger import Delivered, Failure, Scope, SyncLedger
+        scope = Scope("a", "create_or_update_person", "people")
+        with SyncLedger.open(sys.argv[1]) as ledger:
+            ledger.mark_delivered(scope, [Delivered("p1", "f", tags=frozenset({"vip"})), Delivered("p2", "f")])
+            ledger.mark_failed(scope, [Failure(identity="p3", payload={"n": 1}, reason="503")])
+            ledger.remember_account("digest", "a")
+            assert ledger.lookup(scope, ["p1"])["p1"].tags == frozenset({"vip"})
+            assert len(ledger.known(scope)) == 2 and ledger.fingerprints(scope, ["p2"]) == {"p2": "f"}
+            assert [f.identity for f in ledger.waiting_failures("a")] == ["p3"] and ledger.account_for("digest") == "a"
+            assert ledger.status()[0].records == 2 and ledger.clear_failures(scope, ["p3"]) == 1
+            assert ledger.remove(scope, ["p1"]) == 1 and ledger.forget(account="a") == 1
+        with SyncLedger.open(sys.argv[1], read_only=True) as ledger:
+            assert ledger.status() == []
+        print(sorted(name for name in sys.modules if name.split(".")[0] == "sqlalchemy"))
+    """)
+    run = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
 # -- concurrency ---------------------------------------------------------------------------------------------
 
 
@@ -307,7 +392,7 @@ WRITER = textwrap.dedent("""
     from target_encharge.ledger import Delivered, Failure, Scope, SyncLedger
     url, account, stream = sys.argv[1:4]
     scope, shared = Scope(account, "create_or_update_person", stream), Scope("shared", "create_or_update_person", "all")
-    with SyncLedger(url, timeout=60) as ledger:
+    with SyncLedger.open(url, timeout=60) as ledger:
         for batch in range(40):
             ledger.mark_delivered(scope, [Delivered(f"{stream}-{batch}-{n}", account) for n in range(50)])
             ledger.mark_delivered(shared, [Delivered(f"same-{n}", account) for n in range(batch, batch + 50)])
@@ -318,13 +403,13 @@ WRITER = textwrap.dedent("""
 
 
 def test_two_processes_share_one_ledger(ledger_url: str) -> None:
-    SyncLedger(ledger_url).close()  # created once, as the first pipeline would
+    SyncLedger.open(ledger_url).close()  # created once, as the first pipeline would
     runs = [subprocess.Popen([sys.executable, "-c", WRITER, ledger_url, account, stream], stderr=subprocess.PIPE,
                              text=True) for account, stream in (("account-1", "people"), ("account-2", "customers"))]
     for run in runs:
         _, stderr = run.communicate(timeout=240)
         assert run.returncode == 0, stderr
-    with SyncLedger(ledger_url) as ledger:
+    with SyncLedger.open(ledger_url) as ledger:
         for account, stream in (("account-1", "people"), ("account-2", "customers")):
             known = ledger.known(Scope(account, "create_or_update_person", stream))
             assert len(known) == 40 * 50
@@ -360,32 +445,38 @@ def _raw_engine(ledger_url: str) -> sa.Engine:
 
 
 def test_a_ledger_from_a_newer_version_is_refused(ledger_url: str) -> None:
-    SyncLedger(ledger_url).close()
+    SyncLedger.open(ledger_url).close()
     engine = _raw_engine(ledger_url)
     with engine.begin() as connection:
         connection.execute(schema.meta.update().values(value=str(schema.SCHEMA_VERSION + 1)))
     engine.dispose()
     with pytest.raises(LedgerError, match="newer target-encharge.*upgrade target-encharge"):
-        SyncLedger(ledger_url)
+        SyncLedger.open(ledger_url)
     with pytest.raises(LedgerError, match="newer"):
-        SyncLedger(ledger_url, read_only=True)
+        SyncLedger.open(ledger_url, read_only=True)
 
 
-def test_a_ledger_from_an_older_version_is_migrated_keeping_its_entries(ledger_url: str) -> None:
+@pytest.mark.parametrize("older", [1, 2, 3])
+def test_a_ledger_from_an_older_version_is_migrated_keeping_its_entries(ledger_url: str, older: int) -> None:
+    """Versions 1 to 3 kept each delivery's source key (indexed from version 2), which nothing read: migrated, a
+    ledger keeps its entries, tags and ids, and loses that column and its index."""
     engine = _raw_engine(ledger_url)
     with engine.begin() as connection:
-        schema.migrate(connection, found=0, to=1)
+        schema.migrate(connection, found=0, to=older)
         connection.execute(schema.scopes.insert().values(id=1, account=PEOPLE.account,
                                                          destination=PEOPLE.destination, stream=PEOPLE.stream))
-        connection.execute(schema.deliveries.insert().values(
-            scope_id=1, identity="ada@example.com", fingerprint="f1", source_key=canonical_json({"id": 1}),
-            delivered_at="2024-05-01T12:00:00.000000+00:00"))
-    assert not any(index["name"] == schema.source_key_index.name
-                   for index in sa.inspect(engine).get_indexes(schema.deliveries.name))
-    with SyncLedger(ledger_url) as ledger:
-        assert ledger.by_source_key(PEOPLE, {"id": 1}).fingerprint == "f1"
-    assert any(index["name"] == schema.source_key_index.name
-               for index in sa.inspect(engine).get_indexes(schema.deliveries.name))
+        connection.execute(sa.text(
+            f"INSERT INTO {schema.deliveries.name} (scope_id, identity, fingerprint, source_key, delivered_at, "
+            "encharge_id, tags) VALUES (1, 'ada@example.com', 'f1', :key, '2024-05-01T12:00:00.000000+00:00', "
+            "'enc-1', :tags)"), {"key": canonical_json({"id": 1}), "tags": canonical_json(["vip"])})
+    with SyncLedger.open(ledger_url) as ledger:
+        ada = ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"]
+        assert (ada.fingerprint, ada.encharge_id, ada.tags) == ("f1", "enc-1", frozenset({"vip"}))
+        ledger.mark_delivered(PEOPLE, [Delivered("bob@example.com", "f2")])
+        assert set(ledger.known(PEOPLE)) == {"ada@example.com", "bob@example.com"}
+    inspector = sa.inspect(engine)
+    assert "source_key" not in {column["name"] for column in inspector.get_columns(schema.deliveries.name)}
+    assert not any("source_key" in index["name"] for index in inspector.get_indexes(schema.deliveries.name))
     with engine.connect() as connection:
         assert schema.stored_version(connection) == schema.SCHEMA_VERSION
     engine.dispose()
@@ -401,7 +492,7 @@ def test_reading_an_older_ledger_migrates_nothing_and_knows_no_account(ledger_ur
                                                          destination=PEOPLE.destination, stream=PEOPLE.stream))
         connection.execute(schema.deliveries.insert().values(
             scope_id=1, identity="ada@example.com", fingerprint="f1", delivered_at="2024-05-01T12:00:00.000000+00:00"))
-    with SyncLedger(ledger_url, read_only=True) as ledger:
+    with SyncLedger.open(ledger_url, read_only=True) as ledger:
         assert ledger.account_for("digest-1") is None
         assert ledger.fingerprints(PEOPLE, ["ada@example.com"]) == {"ada@example.com": "f1"}
     with engine.connect() as connection:
@@ -412,7 +503,7 @@ def test_reading_an_older_ledger_migrates_nothing_and_knows_no_account(ledger_ur
 
 def test_reading_an_absent_ledger_creates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    with SyncLedger(str(path), read_only=True) as ledger:
+    with SyncLedger.open(str(path), read_only=True) as ledger:
         assert ledger.status() == []
         assert ledger.lookup(PEOPLE, ["ada@example.com"]) == {}
         with pytest.raises(LedgerError, match="read-only"):
@@ -446,7 +537,7 @@ def test_mask_url_hides_every_password() -> None:
 def test_an_unreachable_server(unused_port: int) -> None:
     url = f"postgresql://ledger:{PASSWORD}@127.0.0.1:{unused_port}/ledger"
     with pytest.raises(LedgerError) as caught:
-        SyncLedger(url, timeout=2)
+        SyncLedger.open(url, timeout=2)
     assert "cannot reach the server" in assert_one_masked_line(caught.value, url, PASSWORD)
 
 
@@ -454,7 +545,7 @@ def test_wrong_credentials(postgres_url: str) -> None:
     wrong = "wrong-" + PASSWORD
     url = postgres_url.replace(PASSWORD, wrong)
     with pytest.raises(LedgerError) as caught:
-        SyncLedger(url)
+        SyncLedger.open(url)
     message = assert_one_masked_line(caught.value, url, wrong)
     assert "refused the user name or password" in message
     assert PASSWORD not in message
@@ -464,14 +555,14 @@ def test_a_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     path.write_bytes(b"this is not a database, whatever its name says\n" * 200)
     with pytest.raises(LedgerError) as caught:
-        SyncLedger(str(path))
+        SyncLedger.open(str(path))
     assert "corrupt" in assert_one_masked_line(caught.value, str(path))
     assert path.read_bytes().startswith(b"this is not a database")  # left as it was for the user to look at
 
 
 def test_a_file_locked_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    SyncLedger(str(path)).close()
+    SyncLedger.open(str(path)).close()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sqlite3, sys, time\n"
          "c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE')\n"
@@ -480,24 +571,24 @@ def test_a_file_locked_by_another_process(tmp_path: Path) -> None:
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LedgerError) as caught:
-            SyncLedger(str(path), timeout=0.5)
+            SyncLedger.open(str(path), timeout=0.5)
     finally:
         holder.kill()
         holder.wait()
     assert "locked by another process" in assert_one_masked_line(caught.value, str(path))
-    SyncLedger(str(path), timeout=0.5).close()  # usable again once the other process is gone
+    SyncLedger.open(str(path), timeout=0.5).close()  # usable again once the other process is gone
 
 
 def test_an_unknown_scheme_and_a_missing_directory(tmp_path: Path) -> None:
     url = f"mysql://ledger:{PASSWORD}@db.example/ledger"
     with pytest.raises(LedgerError) as caught:
-        SyncLedger(url)
+        SyncLedger.open(url)
     assert "unknown scheme 'mysql'" in assert_one_masked_line(caught.value, url, PASSWORD)
     missing = str(tmp_path / "no-such-dir" / "ledger.db")
     with pytest.raises(LedgerError, match="does not exist"):
-        SyncLedger(missing)
+        SyncLedger.open(missing)
     with pytest.raises(LedgerError, match="in-memory"):
-        SyncLedger("sqlite://")
+        SyncLedger.open("sqlite://")
 
 
 @pytest.fixture
@@ -520,7 +611,7 @@ def write_config(tmp_path: Path, ledger_url: str) -> str:
 
 def test_status_command_shows_a_table_without_the_password(ledger_url: str, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    with SyncLedger(ledger_url) as ledger:
+    with SyncLedger.open(ledger_url) as ledger:
         ledger.mark_delivered(PEOPLE, people(3))
         ledger.mark_failed(PEOPLE, [Failure(identity="x", payload={}, reason="Encharge answered 503", status=503)])
     assert commands.main(["status", "--config", write_config(tmp_path, ledger_url)]) == 0
@@ -537,13 +628,13 @@ def test_status_command_shows_a_table_without_the_password(ledger_url: str, tmp_
 def test_forget_command_removes_one_stream(ledger_url: str, capsys: pytest.CaptureFixture,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     customers = Scope(PEOPLE.account, PEOPLE.destination, "customers")
-    with SyncLedger(ledger_url) as ledger:
+    with SyncLedger.open(ledger_url) as ledger:
         ledger.mark_delivered(PEOPLE, people(3))
         ledger.mark_delivered(customers, people(2))
     monkeypatch.setenv(commands.ENVIRONMENT_URL, ledger_url)  # as Meltano passes it
     assert commands.main(["forget", "--stream", "people"]) == 0
     assert "Forgot 3 entries (stream people)" in capsys.readouterr().out
-    with SyncLedger(ledger_url) as ledger:
+    with SyncLedger.open(ledger_url) as ledger:
         assert ledger.known(PEOPLE) == {}
         assert len(ledger.known(customers)) == 2
 
@@ -596,7 +687,7 @@ def test_replay_refuses_a_bad_line_before_printing_anything(tmp_path: Path, caps
 
 def test_the_console_script_reads_the_environment(tmp_path: Path) -> None:
     url = str(tmp_path / "ledger.db")
-    with SyncLedger(url) as ledger:
+    with SyncLedger.open(url) as ledger:
         ledger.mark_delivered(PEOPLE, people(2))
     script = Path(sys.executable).parent / "target-encharge-ledger"
     assert script.exists(), "reinstall the project (pip install -e .) to get the target-encharge-ledger command"

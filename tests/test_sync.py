@@ -298,7 +298,7 @@ def test_deliveries_from_many_workers_share_commits_and_none_is_lost(tmp_path):
 
     scope = Scope("1@sandbox", "create_or_update_person", "people")
     commits = []
-    with SyncLedger(str(tmp_path / "ledger.db")) as ledger:
+    with SyncLedger.open(str(tmp_path / "ledger.db")) as ledger:
         def write(rows):
             commits.append(len(rows))
             ledger.mark_delivered(scope, rows)

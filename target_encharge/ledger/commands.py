@@ -81,14 +81,14 @@ def format_status(location: str, rows: list[StreamStatus]) -> str:
 
 
 def _status(args: argparse.Namespace) -> None:
-    with SyncLedger(ledger_url(args.config), read_only=True) as ledger:
+    with SyncLedger.open(ledger_url(args.config), read_only=True) as ledger:
         sys.stdout.write(format_status(ledger.location.shown, ledger.status()))
 
 
 def _forget(args: argparse.Namespace) -> None:
     if not (args.account or args.destination or args.stream):
         raise CommandError("forget needs --stream, --destination or --account (any together narrow it)")
-    with SyncLedger(ledger_url(args.config)) as ledger:
+    with SyncLedger.open(ledger_url(args.config)) as ledger:
         removed = ledger.forget(account=args.account, destination=args.destination, stream=args.stream)
         chosen = ", ".join(
             f"{name} {value}" for name, value in

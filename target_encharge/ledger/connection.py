@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from target_encharge.errors import ConfigError
+from target_encharge.settings import DEFAULT_LEDGER_FILE
 
 
 class LazyModule(types.ModuleType):
@@ -36,7 +37,6 @@ if t.TYPE_CHECKING:
 else:
     sa = LazyModule("sqlalchemy")
 
-DEFAULT_FILE = ".target-encharge-ledger.db"  # in the working directory: each Meltano project keeps its own
 WRITE = "ledger_write"  # execution option: this transaction writes (SQLite takes the write lock at its start)
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*)://")
@@ -177,8 +177,8 @@ def _sqlite_begin(connection: sa.Connection) -> None:
 
 
 def locate(ledger_url: str | None) -> Location:
-    """The :class:`Location` of ``ledger_url`` (None: :data:`DEFAULT_FILE` in the working directory)."""
-    url = ledger_url or DEFAULT_FILE
+    """The :class:`Location` of ``ledger_url`` (None: the settings' default file in the working directory)."""
+    url = ledger_url or DEFAULT_LEDGER_FILE
     scheme_match = _SCHEME.match(url)
     if scheme_match is None:  # a plain path: shown resolved, so the user sees which file
         path = Path(url).expanduser().resolve()

@@ -1,7 +1,7 @@
 """The ledger's table names and the schema version this target writes: all the driver's own SQL needs, without
 SQLAlchemy (the tables themselves are in schema.py)."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
 
 META = "encharge_ledger_meta"

@@ -50,7 +50,6 @@ deliveries = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("delivered_at", Moment, nullable=False),
     sa.Column("encharge_id", sa.Text),  # the id Encharge answered, where it gives one
-    sa.Column("source_key", sa.Text),  # the record's key properties, canonical JSON
     sa.Column("tags", sa.Text),  # add_tag: the tags this target added, a sorted JSON array
 )
 
@@ -78,25 +77,45 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
-# Version 2: a log-based delete carries only the record's key properties; this finds its identity.
-source_key_index = sa.Index("encharge_ledger_deliveries_source_key", deliveries.c.scope_id, deliveries.c.source_key)
+# Versions 1 to 3 kept each delivery's `source_key` (its record's key properties, canonical JSON), indexed from
+# version 2; nothing read it, and version 4 drops it. The deliveries table as those versions had it:
+_deliveries_v1 = sa.Table(
+    DELIVERIES,
+    sa.MetaData(),
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("delivered_at", Moment, nullable=False),
+    sa.Column("encharge_id", sa.Text),
+    sa.Column("source_key", sa.Text),
+    sa.Column("tags", sa.Text),
+)
+_SOURCE_KEY_INDEX = "encharge_ledger_deliveries_source_key"
 
 
 def _create_tables(connection: sa.Connection) -> None:
-    for table in (meta, scopes, deliveries, failures):
+    for table in (meta, scopes, _deliveries_v1, failures):
         connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
 
 
 def _index_source_keys(connection: sa.Connection) -> None:
-    connection.execute(sa.schema.CreateIndex(source_key_index, if_not_exists=True))
+    index = sa.Index(_SOURCE_KEY_INDEX, _deliveries_v1.c.scope_id, _deliveries_v1.c.source_key)
+    connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
 def _create_accounts(connection: sa.Connection) -> None:
     connection.execute(sa.schema.CreateTable(accounts, if_not_exists=True))
 
 
+def _drop_source_keys(connection: sa.Connection) -> None:
+    connection.execute(sa.text(f"DROP INDEX IF EXISTS {_SOURCE_KEY_INDEX}"))
+    connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
-MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (_create_tables, _index_source_keys, _create_accounts)
+MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
+    _create_tables, _index_source_keys, _create_accounts, _drop_source_keys,
+)
 
 
 def stored_version(connection: sa.Connection) -> int:

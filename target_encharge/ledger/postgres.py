@@ -1,0 +1,304 @@
+"""The sync ledger on a PostgreSQL server, through SQLAlchemy's Core (psycopg 3, else psycopg2).
+
+A list of identities goes as one array parameter, unnested by the server (one statement compiled once whatever
+the count); a chunk of deliveries goes as its columns, arrays the server unnests into rows (a tenth of the time
+of a statement per row, even pipelined). Writers lock rows in one order, their identities', so two runs writing
+the same scope never deadlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import typing as t
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from typing_extensions import override
+
+from target_encharge.ledger import schema
+from target_encharge.ledger.connection import Location
+from target_encharge.ledger.names import SCHEMA_VERSION
+from target_encharge.ledger.store import (
+    DELIVERY_COLUMNS,
+    FAILURE_UPDATES,
+    DeliveredRow,
+    DeliveryRow,
+    DeliveryValues,
+    FailureRow,
+    Scope,
+    ScopeRow,
+    SyncLedger,
+    chunks,
+)
+
+CHUNK = 1000  # identities per statement
+
+_LISTING = postgresql.ARRAY(sa.Text)
+
+
+def _listed(identities: t.Sequence[str] | sa.BindParameter) -> sa.TableValuedAlias:
+    """``identities`` (or a bind parameter to fill with their list) as a table with one column, ``value``, sent as
+    one array parameter, which the server joins by probing its primary key."""
+    listing = identities if isinstance(identities, sa.BindParameter) else sa.literal(list(identities), _LISTING)
+    return sa.func.unnest(listing).table_valued("value").render_derived()
+
+
+def _among(column: sa.ColumnElement, identities: t.Sequence[str]) -> sa.ColumnElement:
+    return column.in_(sa.select(_listed(identities).c.value))
+
+
+def _select_known(columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter,
+                  identities: t.Sequence[str] | sa.BindParameter) -> sa.Select:
+    """The deliveries of ``identities`` in the scope: a primary-key probe per identity, as a lateral subquery with
+    ``LIMIT 1`` (the planner cannot merge it into a join, which it would run by reading the scope's every row into
+    a hash: ten times slower for 1,000 identities in 100,000)."""
+    table = schema.deliveries
+    listed = _listed(identities)
+    probe = sa.select(*columns).where(table.c.scope_id == scope_id, table.c.identity == listed.c.value)
+    found = probe.limit(sa.literal_column("1")).lateral()  # a literal: the plan is made knowing it
+    return sa.select(*(found.c[column.name] for column in columns)).select_from(listed).join(found, sa.true())
+
+
+def _delivered_columns() -> list[sa.ColumnElement]:
+    """What a lookup reads, in the order :data:`~target_encharge.ledger.store.DeliveredRow` has it."""
+    table = schema.deliveries
+    return [table.c.identity, table.c.fingerprint, table.c.encharge_id, table.c.tags, table.c.delivered_at]
+
+
+@functools.cache
+def _upsert_deliveries() -> sa.Insert:
+    """A chunk of deliveries, its columns as arrays (``DELIVERY_COLUMNS``, each a parameter of that name) the
+    server unnests into rows; an id or tags given as NULL keep the known ones."""
+    table = schema.deliveries
+    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in DELIVERY_COLUMNS]
+    rows = sa.func.unnest(*arrays).table_valued(*DELIVERY_COLUMNS).render_derived()
+    insert = postgresql.insert(table).from_select(list(DELIVERY_COLUMNS), sa.select(*rows.c))
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.scope_id, table.c.identity],
+        set_={
+            "fingerprint": insert.excluded.fingerprint,
+            "delivered_at": insert.excluded.delivered_at,
+            **{name: sa.func.coalesce(insert.excluded[name], table.c[name]) for name in ("encharge_id", "tags")},
+        },
+    )
+
+
+@functools.cache
+def _upsert_failures() -> sa.Insert:
+    """A failure already waiting takes the new payload and reason, and counts one more attempt."""
+    table = schema.failures
+    insert = postgresql.insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.scope_id, table.c.identity],
+        set_={**{name: insert.excluded[name] for name in FAILURE_UPDATES}, "attempts": table.c.attempts + 1},
+    )
+
+
+@functools.cache
+def _select_fingerprints() -> sa.Select:
+    """Built once: the skip-unchanged check runs for every batch sent."""
+    table = schema.deliveries
+    return _select_known([table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"),
+                         sa.bindparam("listed", type_=_LISTING))
+
+
+def _scopes_matching(matching: dict[str, str]) -> list[sa.ColumnElement]:
+    return [schema.scopes.c[column] == value for column, value in matching.items()]
+
+
+class PostgresLedger(SyncLedger):
+    """The ledger on a PostgreSQL server: SQLAlchemy's engine and its pool of connections."""
+
+    def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
+        self._engine: sa.Engine | None = None
+        self._engine_lock = threading.Lock()
+        super().__init__(location, timeout=timeout, read_only=read_only)
+
+    @override
+    def _open(self) -> None:
+        """The tables created or migrated, one process at a time (schema.stored_version takes a lock)."""
+        with self._guard(), self._connection() as connection:
+            found = self._found_version(schema.stored_version(connection))
+            if not self.read_only and found < SCHEMA_VERSION:
+                schema.migrate(connection, found)
+            connection.commit()
+
+    @override
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sa.exc.SQLAlchemyError,)
+
+    @contextlib.contextmanager
+    def _connection(self) -> t.Iterator[sa.Connection]:
+        with self._engine_lock:
+            self._usable()
+            if self._engine is None:
+                self._engine = self.location.engine(self.timeout)
+            engine = self._engine
+        with engine.connect() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _reading(self) -> t.Iterator[sa.Connection]:
+        with self._guard(), self._connection() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _writing(self) -> t.Iterator[sa.Connection]:
+        """One transaction that writes: committed when the block ends, rolled back when it raises."""
+        self._writable()
+        with self._write_turn, self._guard(), self._connection() as connection, connection.begin():
+            yield connection
+
+    @override
+    def _close(self) -> None:
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    # -- scopes ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _scope_row(connection: sa.Connection, scope: Scope) -> int | None:
+        scopes = schema.scopes
+        return connection.execute(
+            sa.select(scopes.c.id).where(scopes.c.account == scope.account,
+                                         scopes.c.destination == scope.destination, scopes.c.stream == scope.stream)
+        ).scalar()
+
+    @override
+    def _select_scope(self, scope: Scope) -> int | None:
+        with self._reading() as connection:
+            return self._scope_row(connection, scope)
+
+    @override
+    def _insert_scope(self, scope: Scope) -> None:
+        with self._writing() as connection:
+            if self._scope_row(connection, scope) is None:
+                connection.execute(
+                    postgresql.insert(schema.scopes)
+                    .values(account=scope.account, destination=scope.destination, stream=scope.stream)
+                    .on_conflict_do_nothing()
+                )
+
+    # -- deliveries and failures -------------------------------------------------------------------------------
+
+    @override
+    def _in_write_order(self, rows: t.Iterable[DeliveryRow]) -> t.Iterable[DeliveryRow]:
+        return sorted(rows, key=lambda row: row.identity)  # one lock order for every writer
+
+    @override
+    def _upsert_deliveries(self, scope_id: int, values: list[DeliveryValues]) -> None:
+        with self._writing() as connection:
+            for chunk in chunks(values, CHUNK):
+                columns = dict(zip(DELIVERY_COLUMNS, (list(column) for column in zip(*chunk, strict=True)),
+                                   strict=True))
+                connection.execute(_upsert_deliveries(), columns)
+                self._delete_in(connection, schema.failures, scope_id, columns["identity"])
+
+    @staticmethod
+    def _delete_in(connection: sa.Connection, table: sa.Table, scope_id: int, identities: t.Sequence[str]) -> int:
+        where = (table.c.scope_id == scope_id, _among(table.c.identity, identities))
+        return connection.execute(table.delete().where(*where)).rowcount
+
+    @override
+    def _deliveries(self, scope_id: int, identities: t.Sequence[str] | None) -> list[DeliveredRow]:
+        columns = _delivered_columns()
+        with self._reading() as connection:
+            if identities is None:
+                everything = sa.select(*columns).where(schema.deliveries.c.scope_id == scope_id)
+                return [tuple(row) for row in connection.execute(everything)]
+            return [tuple(row) for chunk in chunks(identities, CHUNK)
+                    for row in connection.execute(_select_known(columns, scope_id, chunk))]
+
+    @override
+    def _fingerprints(self, scope_id: int, identities: t.Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        with self._reading() as connection:
+            for chunk in chunks(identities, CHUNK):
+                listing = {"scope_id": scope_id, "listed": list(chunk)}
+                found.update(connection.execute(_select_fingerprints(), listing).all())
+        return found
+
+    @override
+    def _delete(self, scope_id: int, identities: t.Sequence[str], *, deliveries: bool) -> int:
+        counted, *others = (schema.deliveries, schema.failures) if deliveries else (schema.failures,)
+        removed = 0
+        with self._writing() as connection:
+            for chunk in chunks(identities, CHUNK):
+                removed += self._delete_in(connection, counted, scope_id, chunk)
+                for table in others:
+                    self._delete_in(connection, table, scope_id, chunk)
+        return removed
+
+    @override
+    def _upsert_failures(self, params: list[dict[str, t.Any]]) -> None:
+        with self._writing() as connection:
+            for chunk in chunks(params, CHUNK):
+                connection.execute(_upsert_failures(), list(chunk))
+
+    @override
+    def _waiting(self, matching: dict[str, str], *, retryable_only: bool) -> list[FailureRow]:
+        failures, scopes = schema.failures, schema.scopes
+        query = (
+            sa.select(failures.c.identity, failures.c.payload, failures.c.reason, failures.c.status,
+                      failures.c.retryable, scopes.c.account, scopes.c.destination, scopes.c.stream,
+                      failures.c.first_failed_at, failures.c.last_failed_at, failures.c.attempts)
+            .join(scopes, scopes.c.id == failures.c.scope_id)
+            .where(*_scopes_matching(matching))
+            .order_by(failures.c.first_failed_at, failures.c.scope_id, failures.c.identity)
+        )
+        if retryable_only:
+            query = query.where(failures.c.retryable.is_(True))
+        with self._reading() as connection:
+            return [tuple(row) for row in connection.execute(query)]
+
+    # -- accounts, forget, status ------------------------------------------------------------------------------
+
+    @override
+    def _write_account(self, key_digest: str, account: str) -> None:
+        statement = postgresql.insert(schema.accounts).values(key_digest=key_digest, account=account)
+        with self._writing() as connection:
+            connection.execute(statement.on_conflict_do_update(index_elements=["key_digest"],
+                                                               set_={"account": account}))
+
+    @override
+    def _read_account(self, key_digest: str) -> str | None:
+        table = schema.accounts
+        with self._reading() as connection:
+            return connection.execute(sa.select(table.c.account).where(table.c.key_digest == key_digest)).scalar()
+
+    @override
+    def _forget(self, matching: dict[str, str]) -> int:
+        scope_ids = sa.select(schema.scopes.c.id).where(*_scopes_matching(matching)).scalar_subquery()
+        with self._writing() as connection:
+            return sum(
+                connection.execute(table.delete().where(table.c.scope_id.in_(scope_ids))).rowcount
+                for table in (schema.deliveries, schema.failures)
+            )
+
+    @override
+    def _status(self) -> tuple[dict[int, tuple[int, str]], dict[int, dict[str, int]], list[ScopeRow]]:
+        scopes, deliveries, failures = schema.scopes, schema.deliveries, schema.failures
+        with self._reading() as connection:
+            known = {
+                scope_id: (records, last)
+                for scope_id, records, last in connection.execute(
+                    sa.select(deliveries.c.scope_id, sa.func.count(), sa.func.max(deliveries.c.delivered_at))
+                    .group_by(deliveries.c.scope_id)
+                )
+            }
+            waiting: dict[int, dict[str, int]] = {}
+            for scope_id, reason, count in connection.execute(
+                sa.select(failures.c.scope_id, failures.c.reason, sa.func.count())
+                .group_by(failures.c.scope_id, failures.c.reason)
+                .order_by(sa.func.count().desc(), failures.c.reason)
+            ):
+                waiting.setdefault(scope_id, {})[reason] = count
+            rows = connection.execute(
+                sa.select(scopes.c.id, scopes.c.account, scopes.c.destination, scopes.c.stream)
+                .order_by(scopes.c.account, scopes.c.destination, scopes.c.stream)
+            ).all()
+        return known, waiting, [tuple(row) for row in rows]
