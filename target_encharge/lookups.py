@@ -10,8 +10,8 @@ import urllib.parse
 
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.request import Request
-from target_encharge.templates import NOT_FOUND, PERSON_IDS, person_key
-from target_encharge.verdicts import Verdict
+from target_encharge.templates import PERSON_IDS, person_key
+from target_encharge.verdicts import NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.client import Client

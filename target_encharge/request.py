@@ -4,16 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing as t
 
-from target_encharge.verdicts import Verdict
+from target_encharge.verdicts import NO_ANSWERS, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.templates import Template
-
-
-NO_ANSWERS: t.Mapping[int, Verdict] = types.MappingProxyType({})
 
 
 @dataclasses.dataclass(slots=True)  # not frozen: one is made for every record, and frozen ones cost twice

@@ -1,8 +1,12 @@
 """Encharge's endpoint templates as data: how a record becomes a request, and what it must carry.
 
 Each template says which method and URL a record goes to, how a list of records becomes a body, what a
-record needs before it may be sent, and which of its fields identify it (for ordering, logs and dead letters).
-The generic `manual` template is built from the stream's settings the same way.
+record needs before it may be sent, and which of its fields identify it (for ordering, logs and dead letters);
+and everything else the run asks of its records: their kind, what the ledger knows them by, whether they are
+people or events, how Encharge is asked what exists, the custom object schema to check at start-up, how mirror
+removes them, and what a 404 or a 409 means for them. Nothing outside this module tests a template's name: a
+new template is one entry in :func:`encharge_templates`. The generic `manual` template is built from the
+stream's settings the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import urllib.parse
 from target_encharge import encoding
 from target_encharge.errors import ConfigError
 from target_encharge.urls import check_url, join_url
-from target_encharge.verdicts import Verdict
+from target_encharge.verdicts import CONFLICT, NO_ANSWERS, NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.settings import StreamSettings
@@ -27,14 +31,15 @@ OBJECT_IDS = ("externalId", "id")
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
-Identity = t.Callable[[dict, dict], "str | None"]  # (record, its `identifiers`) -> its template identity
-Ordering = t.Callable[[dict, str], "tuple[str, ...]"]  # (its `identifiers`, its URL) -> its ordering keys
+Identity = t.Callable[[dict, dict], str | None]  # (record, its `identifiers`) -> its template identity
+Ordering = t.Callable[[dict, str], tuple[str, ...]]  # (its `identifiers`, its URL) -> its ordering keys
 Kind = t.Literal["person", "tag", "custom object", "event", "manual"]
 Lookup = t.Literal["people", "object"]  # how Encharge is asked whether a record's person or object exists
 ALL_MODES = ("upsert", "update", "create", "mirror")
-NOT_FOUND, CONFLICT = 404, 409
-REMOVAL_ANSWERS: t.Mapping[int, Verdict] = types.MappingProxyType({NOT_FOUND: Verdict.ABSENT})  # already gone
-NO_ANSWERS: t.Mapping[int, Verdict] = types.MappingProxyType({})
+# what a refusal's status means (see Template.answers)
+REMOVAL_ANSWERS = types.MappingProxyType({NOT_FOUND: Verdict.ABSENT})  # a 404 to a removal: already gone
+PERSON_LATER = types.MappingProxyType({NOT_FOUND: Verdict.LATER})  # the person may come later in the run
+UPDATE_ON_CONFLICT = types.MappingProxyType({CONFLICT: Verdict.EXISTS})  # a create of what exists: update it
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -356,14 +361,14 @@ def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[
     objects = f"{api}/objects/{urllib.parse.quote(object_name, safe='')}"
     tag = Template(name="add_tag", kind="tag", url=_fixed(f"{api}/tags"), body=_tag_body, needs=_needs_tag,
                    identifiers=person_identifiers, own_identity=_tag_identity, ordering=_person_keys, people=True,
-                   answers={NOT_FOUND: Verdict.LATER})  # its person may come later in the run (another stream)
+                   answers=PERSON_LATER)  # (from another stream)
     create_object = Template(
         name="create_custom_object", kind="custom object", url=_fixed(objects), body=encoding.dumps,
         needs=_nothing_needed, identifiers=_object_identifiers, own_identity=_object_identity,
         ordering=_object_keys, batchable=True, lookup="object", object_schema=object_name,
         requires=("object_name",), destination=f"create_custom_object {object_name}",
         removal=_object_removal(objects), modes=ALL_MODES,
-        answers={CONFLICT: Verdict.EXISTS},  # it exists: updated by externalId instead, one per call
+        answers=UPDATE_ON_CONFLICT,  # updated by externalId instead, one per call
     )
     return [
         Template(name="create_or_update_person", kind="person", url=_fixed(f"{api}/people"), body=encoding.dumps,

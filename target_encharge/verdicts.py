@@ -8,6 +8,10 @@ beyond that (a 404 to a tag: its person is not there yet; a 409 to a custom obje
 from __future__ import annotations
 
 import enum
+import types
+import typing as t
+
+NOT_FOUND, CONFLICT = 404, 409
 
 
 class Verdict(enum.Enum):
@@ -31,3 +35,4 @@ class Verdict(enum.Enum):
 
 
 REFUSALS = frozenset((Verdict.REFUSED, Verdict.LATER, Verdict.ABSENT, Verdict.EXISTS))
+NO_ANSWERS: t.Mapping[int, Verdict] = types.MappingProxyType({})  # no status means more than verdict() reads
