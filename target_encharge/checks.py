@@ -6,8 +6,9 @@ from __future__ import annotations
 import typing as t
 
 from target_encharge.errors import ConfigError
-from target_encharge.request import Request, Verdict, verdict
+from target_encharge.request import Request
 from target_encharge.urls import join_url
+from target_encharge.verdicts import Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.client import Client
@@ -32,8 +33,8 @@ class StartupChecks:
             raise ConfigError(msg)
         if credential and credential.setting == "api_key":
             self.account()
-        object_name = settings.object_name
-        if template.name == "create_custom_object" and object_name:
+        object_name = template.object_schema
+        if object_name:
             schemas = self.schemas()
             if object_name not in schemas:
                 msg = (f"stream '{stream}': object_name {object_name!r} is not a custom object schema of this "
@@ -57,8 +58,9 @@ class StartupChecks:
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
         """A start-up GET on the REST API, with the same retries as any call."""
-        outcome = self.client.send(Request.check(self.api_url + path))
-        if verdict(outcome) is not Verdict.DELIVERED:
+        request = Request.check(self.api_url + path)
+        outcome = self.client.send(request)
+        if request.verdict(outcome) is not Verdict.DELIVERED:
             msg = (f"GET {path} failed after {outcome.attempts} attempt(s): {outcome.error}; "
                    f"is api_url ({self.api_url}) Encharge's REST API?")
             raise ConfigError(msg)

@@ -17,13 +17,13 @@ import threading
 import typing as t
 
 from target_encharge.errors import EnchargeUnavailable
-from target_encharge.request import Outcome, Request, Verdict, verdict
+from target_encharge.request import Outcome, Request
+from target_encharge.verdicts import Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.client import Client
 
 logger = logging.getLogger("target_encharge.delivery")
-CONFLICT = 409  # a create of what exists
 QUEUED_PER_WORKER = 4  # requests waiting per worker before submit blocks (bounded memory)
 
 
@@ -137,19 +137,21 @@ class Delivery:
 
     def _deliver(self, request: Request) -> None:
         outcome = self.client.send(request)
-        if verdict(outcome) is Verdict.RETRY:  # retries used up: held until we know whether Encharge is down
+        judged = request.verdict(outcome)
+        if judged is Verdict.RETRY:  # retries used up: held until we know whether Encharge is down
             self._hold(request, outcome)
             return
         self._release_failing()
-        if verdict(outcome) is Verdict.REFUSED and request.splittable:
+        if judged.refused and request.splittable:
             logger.info("Encharge refused a batch of %d (%s); splitting it to find the records at fault",
                         len(request.entries), outcome.error)
             self.on_result(request, outcome, settle=False)
             for half in request.halves():
                 self._deliver(half)
             return
-        if verdict(outcome) is Verdict.REFUSED and outcome.status == CONFLICT and request.upserts_on_conflict:
-            logger.info("Encharge answered 409 to the create of a record that exists: updating it instead")
+        if judged is Verdict.EXISTS:  # its template says: a create of what exists is sent again as an update
+            logger.info("Encharge answered %s to the create of a record that exists: updating it instead",
+                        outcome.status)
             self.on_result(request, outcome, settle=False)
             for upsert in request.as_upserts():
                 self._deliver(upsert)

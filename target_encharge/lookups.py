@@ -4,18 +4,22 @@
 
 from __future__ import annotations
 
+import types
 import typing as t
 import urllib.parse
 
 from target_encharge.errors import EnchargeTargetError
-from target_encharge.request import Request, Verdict, verdict
+from target_encharge.request import Request
 from target_encharge.templates import PERSON_IDS, person_key
+from target_encharge.verdicts import NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.client import Client
+    from target_encharge.request import Entry
+    from target_encharge.templates import Template
 
 PEOPLE_PER_LOOKUP = 50  # people named in one GET (the URL stays well under common limits)
-NOT_FOUND = 404
+LOOKUP_ANSWERS = types.MappingProxyType({NOT_FOUND: Verdict.ABSENT})  # a 404: there is none
 
 
 class EnchargeLookupError(EnchargeTargetError):
@@ -47,6 +51,12 @@ class Lookups:
         return [any(person_key({n: ids[n]}) in found for n in PERSON_IDS if ids.get(n) not in (None, ""))
                 for ids in people]
 
+    def exist(self, template: Template, entries: t.Sequence[Entry]) -> list[bool]:
+        """For each entry, whether its person or custom object is in Encharge (as ``template.lookup`` asks)."""
+        if template.lookup == "object":
+            return self.objects(template.url({}), [e.ids.get("externalId") for e in entries])
+        return self.people([e.ids for e in entries])
+
     def objects(self, objects_url: str, external_ids: t.Sequence[t.Any]) -> list[bool]:
         """For each externalId, whether the custom object exists."""
         return [self._get(f"{objects_url}/externalId/{urllib.parse.quote(str(e), safe='')}", "object") is not None
@@ -54,11 +64,12 @@ class Lookups:
 
     def _get(self, url: str, what: str) -> t.Any:  # noqa: ANN401
         """The body of a lookup; None for a 404 (nothing there)."""
-        outcome = self.client.send(Request.check(url))
-        judged = verdict(outcome)
+        request = Request.check(url, LOOKUP_ANSWERS)
+        outcome = self.client.send(request)
+        judged = request.verdict(outcome)
         if judged is Verdict.DELIVERED:
             return outcome.body if outcome.body is not None else {}
-        if outcome.status == NOT_FOUND:
+        if judged is Verdict.ABSENT:
             return None
         msg = f"could not ask Encharge which {what} exist (GET {urllib.parse.urlsplit(url).path}): {outcome.error}"
         raise EnchargeLookupError(msg)

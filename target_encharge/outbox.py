@@ -13,7 +13,7 @@ import time
 import typing as t
 
 from target_encharge.request import Entry, Request
-from target_encharge.templates import Template, ordering_keys
+from target_encharge.templates import Template
 
 if t.TYPE_CHECKING:
     from target_encharge.sync import StreamSync
@@ -62,7 +62,7 @@ class Outbox:
 
     def add(self, route: Route, entry: Entry, url: str) -> None:
         """Send ``entry`` to ``url``: at once, or into its route's open batch for that URL and group."""
-        keys = ordering_keys(route.template, entry.ids, url)
+        keys = route.template.ordering_keys(entry.ids, url)
         group = entry.record.get(route.group_by) if route.group_by else None
         batches = self._open.setdefault(route, {})
         self._flush_holding(keys, batches.get((url, group)))
@@ -116,15 +116,10 @@ class Outbox:
                         self.unsent(route.stream, unsent, why)
             for entry in sifted.update:
                 self.submit(Request.upsert(route.template, route.headers, entry,
-                                           ordering_keys(route.template, entry.ids, url)))
+                                           route.template.ordering_keys(entry.ids, url)))
             entries = sifted.send
         if entries:
             self.submit(route.request(entries, url, keys))
-
-    @property
-    def open_records(self) -> int:
-        """Records waiting in open batches."""
-        return sum(len(b.entries) for batches in self._open.values() for b in batches.values())
 
     def flush_holding_of(self, keys: t.Iterable[str]) -> None:
         """Send the open batches holding any of ``keys`` (a request for that person goes next, in order)."""

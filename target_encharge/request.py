@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import typing as t
+
+from target_encharge.verdicts import NO_ANSWERS, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.templates import Template
@@ -36,8 +37,14 @@ class Request:
     entries: tuple[Entry, ...] = ()
     keys: tuple[str, ...] = ()  # ordering keys: requests sharing one go out in input order
     template: Template | None = None  # what the body was built with; a batch is split through it
-    removal: bool = False  # mirror removing what left the source: a 404 means it is already gone
+    removal: bool = False  # mirror removing what left the source (a 404 means it is already gone)
     note: str | None = None  # why it is sent, shown in previews (a removal's reason)
+    # what a refusal's status means for it (its template's, or a removal's or lookup's own)
+    answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: NO_ANSWERS)
+
+    def verdict(self, outcome: Outcome) -> Verdict:
+        """What ``outcome`` means for this request's records."""
+        return verdict(outcome, self.answers)
 
     @classmethod
     def for_entries(cls, template: Template, headers: t.Mapping[str, str], entries: t.Sequence[Entry], url: str,
@@ -46,19 +53,13 @@ class Request:
         return cls(stream=entries[0].stream, endpoint=template.name, method=template.method, url=url,
                    content_type=template.content_type, headers=headers,
                    body=template.body([e.record for e in entries]), entries=tuple(entries), keys=tuple(keys),
-                   template=template)
+                   template=template, answers=template.answers)
 
     @classmethod
     def upsert(cls, template: Template, headers: t.Mapping[str, str], entry: Entry, keys: t.Iterable[str]) -> Request:
         """The request that updates ``entry``'s record where it exists (a custom object: PUT, one per call)."""
         upsert = template.upsert or template
         return cls.for_entries(upsert, headers, [entry], upsert.url(entry.record), keys)
-
-    @property
-    def upserts_on_conflict(self) -> bool:
-        """A create that Encharge refused with 409 (it exists) is sent again as an update."""
-        upsert = self.template.upsert if self.template is not None else None
-        return upsert is not None and self.method != upsert.method
 
     def as_upserts(self) -> tuple[Request, ...]:
         """Each record of this create, as an update (one per call)."""
@@ -67,9 +68,10 @@ class Request:
         return tuple(Request.upsert(self.template, self.headers, entry, self.keys) for entry in self.entries)
 
     @classmethod
-    def check(cls, url: str) -> Request:
-        """A start-up GET that carries no record."""
-        return cls(stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None)
+    def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
+        """A GET that carries no record (a start-up check, a lookup)."""
+        return cls(stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None,
+                   answers=answers)
 
     @property
     def splittable(self) -> bool:
@@ -108,23 +110,13 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
-class Verdict(enum.Enum):
-    """What an outcome means for the records it carried."""
-
-    DELIVERED = "delivered"  # 2xx: the records are done
-    DRY_RUN = "dry run"  # not sent: done as far as this run goes
-    RETRY = "retry"  # 408, 429, 5xx, a timeout or a dropped connection: worth another try
-    REFUSED = "refused"  # any other answer: the records (or some of a batch) fail
-    FAILED = "failed"  # no answer, and none would come of trying again (the request could not be made)
-    AUTH_FAILURE = "auth failure"  # 401/403 on one of our keys: every further call would fail the same way
-
-
 TRANSIENT_FAILURES = frozenset(("timeout", "connection"))
 RETRIED_STATUSES = frozenset((408, 429))  # request timeout, too many requests: like a 5xx, worth another try
 
 
-def verdict(outcome: Outcome) -> Verdict:
-    """The one reading of an outcome."""
+def verdict(outcome: Outcome, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Verdict:
+    """The one reading of an outcome; ``answers``: what a refusal's status means for the request (its template's,
+    or a lookup's: a 404 to a tag means its person is not there yet, to a removal that it is already gone)."""
     status = outcome.status
     if outcome.attempts == 0:
         return Verdict.DRY_RUN
@@ -136,4 +128,4 @@ def verdict(outcome: Outcome) -> Verdict:
         return Verdict.AUTH_FAILURE
     if status in RETRIED_STATUSES or status >= 500:
         return Verdict.RETRY
-    return Verdict.REFUSED
+    return answers.get(status, Verdict.REFUSED)

@@ -1,8 +1,10 @@
 """What comes of each record: numbered, counted, written out (previews, responses, dead letters), and settled,
-which lets the STATE after it through the checkpoint's gate.
+which lets the STATE after it through the checkpoint's gate. Every outcome settles here, and only here: a record
+refused before sending (:meth:`Results.refuse`), left unsent by the sync ledger (:meth:`Results.unsent`), and
+each answer to a request (:meth:`Results.on_result`: a 2xx, a removal, a failure for good, a failure kept for
+the next run), as :meth:`Request.verdict <target_encharge.request.Request.verdict>` reads it.
 
-Delivery reports each request's outcome to :meth:`Results.on_result`; sinks report records refused before
-sending to :meth:`Results.fail`. Thread-safe: workers report while the reader numbers new records.
+Thread-safe: workers report while the reader numbers new records.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from target_encharge.checkpoint import StateGate
 from target_encharge.counts import RunCounts
 from target_encharge.failures import FailureLimit, FailureLog
 from target_encharge.outputs import Outputs
-from target_encharge.request import Entry, Outcome, Request, Verdict, verdict
+from target_encharge.request import Entry, Outcome, Request
 from target_encharge.responses import SUMMARY_KEY, preview
 from target_encharge.sampling import TestSendSample
+from target_encharge.verdicts import Verdict
 
 if t.TYPE_CHECKING:
-    from target_encharge.sync import Sync
-
-NOT_FOUND = 404
-TAGGING = ("add_tag", "remove_tag")  # a tag's person may come later in the run (another stream)
+    from target_encharge.sync import StreamSync, Sync
 
 logger = logging.getLogger("target_encharge")
 
@@ -37,7 +37,7 @@ class Results:
         self.sample = TestSendSample(on=outputs.sample_only)
         self.failure_log = FailureLog()
         self.sync: Sync | None = None  # the sync ledger, told what was delivered and what failed
-        self.later: list[Request] = []  # tags whose person was not there yet: tried again at the end
+        self.later: list[Request] = []  # requests whose person was not there yet (tags): tried again at the end
         self._retried_later: set[int] = set()  # entries already tried again once
         self._last_payload: dict | None = None  # what went out with the last STATE
 
@@ -61,6 +61,15 @@ class Results:
         self.counts.add(stream, why, len(entries))
         self.gate.done(*(e.seq for e in entries))
 
+    def deleted_kept(self, stream: str) -> None:
+        """A record the tap marks deleted in a mode that removes nothing: never upserted back (skipped)."""
+        self.counts.record_seen(stream)
+        self.counts.add(stream, "skipped")
+
+    def sent_again(self, stream: str) -> None:
+        """A record that failed in an earlier run, sent again before the stream's own."""
+        self.counts.add(stream, "retried_from_earlier_runs")
+
     def add_state(self, state: dict) -> None:
         """A STATE from the tap: out once every record before it is done."""
         self.gate.add_state(state)
@@ -70,7 +79,7 @@ class Results:
     def on_result(self, request: Request, outcome: Outcome, *, settle: bool = True) -> None:
         """Count a sent (or, in a dry run, previewed) request and, unless it is a refused batch about to be split
         (``settle`` False), settle its records."""
-        judged = verdict(outcome)
+        judged = request.verdict(outcome)
         sent = judged is not Verdict.DRY_RUN
         if self.out.previews is not None:
             self.out.previews.write(preview(request, self.masked_headers(request), outcome if sent else None))
@@ -80,7 +89,7 @@ class Results:
         if not settle:
             return
         sync = self.sync.of(request.stream) if self.sync is not None else None
-        if request.removal and (judged is Verdict.DELIVERED or outcome.status == NOT_FOUND):  # 404: already gone
+        if request.removal and judged in (Verdict.DELIVERED, Verdict.ABSENT):  # ABSENT: already gone
             if sync is not None:
                 sync.removed_entries(request.entries)
             self.counts.add(request.stream, "removed", len(request.entries))
@@ -96,19 +105,31 @@ class Results:
                         self.counts.add(request.stream, kind, count)
             self.gate.done(*(e.seq for e in request.entries))
             return
-        no_person_yet = request.endpoint in TAGGING and outcome.status == NOT_FOUND and not request.removal
-        if no_person_yet and not self._retried_later.intersection(e.seq for e in request.entries):
+        not_yet = judged is Verdict.LATER
+        if not_yet and not self._retried_later.intersection(e.seq for e in request.entries):
             self.later.append(request)  # its person may be created by a stream later in the run
             return
         reason = outcome.error or f"HTTP {outcome.status}"
-        retryable = judged is Verdict.RETRY or no_person_yet
-        if sync is not None and not request.removal:
-            sync.failed(request.entries, reason, outcome.status, retryable=retryable)
-        for entry in request.entries:
-            self.fail(entry, reason, outcome.status, outcome.body, sent=True)
+        self._failed(sync if not request.removal else None, request.entries, reason, outcome.status, outcome.body,
+                     retryable=judged is Verdict.RETRY or not_yet, sent=True)
+
+    def refuse(self, entry: Entry, problem: str) -> None:
+        """A record refused before sending (``problem``: why it cannot be sent): failed for good, in the ledger
+        too (sending it again cannot pass)."""
+        sync = self.sync.of(entry.stream) if self.sync is not None else None
+        self._failed(sync, (entry,), f"refused before sending: {problem}", None, None, retryable=False)
+
+    def _failed(self, sync: StreamSync | None, entries: t.Sequence[Entry], reason: str, status: int | None,
+                response: t.Any, *, retryable: bool, sent: bool = False) -> None:  # noqa: ANN401
+        """Records that failed in this run: the stream's ledger (``sync``; None for a removal's) keeps them, to
+        send again next run when ``retryable``; each fails for good here; the failure limit is checked."""
+        if sync is not None:
+            sync.failed(entries, reason, status, retryable=retryable)
+        for entry in entries:
+            self._fail(entry, reason, status, response, sent=sent)
         self.check_failures()  # as they happen: sending stops once Encharge refused more than allowed
 
-    def fail(
+    def _fail(
         self,
         entry: Entry,
         reason: str,

@@ -1,6 +1,6 @@
 """One run's parts, built once from its settings and shared by the target and its sinks: the client and the
 delivery scheduler, the outbox, the results (STATE gate, counts, outputs), the start-up checks, the progress
-line, and the run's ending."""
+line, and the run's ending. A sink sees only the few methods of :class:`~target_encharge.sinks.SinkRun`."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ from target_encharge.results import Results
 from target_encharge.retry import RetryPolicy
 from target_encharge.settings import RunSettings, StreamSettings
 from target_encharge.sync import DeleteGuardError, Planned, StreamSync, Sync, account_name
-from target_encharge.templates import ordering_keys
+from target_encharge.templates import template_for
 from target_encharge.urls import Credentials
 
 if t.TYPE_CHECKING:
     from target_encharge.outbox import Route
+    from target_encharge.request import Entry
     from target_encharge.templates import Template
 
 def _digest(key: str) -> str:
@@ -97,6 +98,50 @@ class Run:
             lookups=None if settings.dry_run else Lookups(client, settings.api_url),
         )
 
+    # what a sink asks of its run (sinks.SinkRun)
+
+    def template(self, settings: StreamSettings) -> Template:
+        """The template a stream's settings route it to, at this run's REST API and Ingest URLs."""
+        return template_for(settings, self.settings.api_url, self.settings.ingest_url)
+
+    def open_stream(self, stream: str, template: Template, settings: StreamSettings,
+                    key_properties: t.Sequence[str]) -> StreamSync | None:
+        """Before a stream's first record: its key is there and accepted and its custom object schema exists
+        (not in a dry run, which sends nothing); its sync in the ledger."""
+        if not self.settings.dry_run:
+            self.checks.before_sending(stream, template, settings)
+        sync = self.stream_sync(stream, template, settings, key_properties)
+        self.progress.start()
+        return sync
+
+    @property
+    def retry_failed(self) -> bool:
+        """Records that failed in earlier runs are sent again before a stream's own."""
+        return self.settings.retry_failed
+
+    def admit(self, stream: str) -> bool:
+        """Whether a record of ``stream`` is to be handled (the run has not stopped; a test send: its first)."""
+        self.delivery.raise_if_fatal()
+        return self.results.admit(stream)
+
+    def entry(self, route: Route, record: dict, *, again: bool = False) -> Entry:
+        """A record of ``route``'s stream, numbered and counted (``again``: one that failed in an earlier run)."""
+        template = route.template
+        entry = self.results.entry(route.stream, record, template.identifiers(record))
+        if again:
+            self.results.sent_again(route.stream)
+        elif template.people:
+            self.case_merges.saw(entry.ids.get("email"))
+        return entry
+
+    def refuse(self, entry: Entry, problem: str) -> None:
+        """A record that cannot be sent (``problem``: why): failed for good."""
+        self.results.refuse(entry, problem)
+
+    def send(self, route: Route, entry: Entry) -> None:
+        """A record to Encharge, through the outbox (at once, or in its route's batch)."""
+        self.outbox.add(route, entry, route.template.url(entry.record))
+
     # the sync ledger
 
     def account(self, template: Template) -> str:
@@ -133,20 +178,16 @@ class Run:
 
     def _exists(self, template: Template, settings: StreamSettings) -> t.Callable[..., list[bool]] | None:
         lookups = self.lookups
-        if lookups is None or settings.sync_mode not in ("update", "create"):
+        if lookups is None or settings.sync_mode not in ("update", "create") or template.lookup is None:
             return None
-        if template.name == "create_custom_object":
-            objects_url = template.url({})
-            return lambda entries: lookups.objects(objects_url, [e.ids.get("externalId") for e in entries])
-        return lambda entries: lookups.people([e.ids for e in entries])
+        return lambda entries: lookups.exist(template, entries)
 
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None:
         """A record the tap marks deleted (`_sdc_deleted_at`): `mirror` removes what it wrote for it; other modes
         never upsert it back (skipped, counted)."""
         plan = sync.deleted(record) if sync is not None and mode == "mirror" else None
         if plan is None:
-            self.results.counts.record_seen(route.stream)
-            self.results.counts.add(route.stream, "skipped")
+            self.results.deleted_kept(route.stream)
             return
         self._remove(route, sync, plan)  # type: ignore[arg-type]
 
@@ -168,12 +209,12 @@ class Run:
     def _remove(self, route: Route, sync: StreamSync, plan: Planned) -> None:
         entry = self.results.entry(route.stream, plan.ids, plan.ids, counted=False)
         sync.removing(entry.seq, plan)
-        keys = ordering_keys(route.template, plan.ids, plan.removal.url)
+        keys = route.template.ordering_keys(plan.ids, plan.removal.url)
         self.outbox.flush_holding_of(keys)  # what is waiting for that person goes first, in input order
         self.delivery.submit(Request(
             stream=route.stream, endpoint=route.template.name, method=plan.removal.method, url=plan.removal.url,
             content_type="application/json", headers=route.headers, body=plan.removal.body, entries=(entry,),
-            keys=keys, removal=True, note=plan.why))
+            keys=keys, removal=True, note=plan.why, answers=route.template.removal_answers))
 
     def on_state(self, state: dict) -> None:
         """A STATE from the tap: batches open a while go first, and the STATE waits for what came before it."""

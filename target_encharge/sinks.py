@@ -20,21 +20,37 @@ from target_encharge.errors import InputError
 from target_encharge.outbox import Route
 from target_encharge.sdk import SeamSink
 from target_encharge.settings import resolve
-from target_encharge.templates import Template, template_for
 
 if t.TYPE_CHECKING:
     from singer_sdk import Target
 
-    from target_encharge.run import Run
+    from target_encharge.request import Entry
+    from target_encharge.settings import StreamSettings
     from target_encharge.sync import StreamSync
+    from target_encharge.templates import Template
 
-PEOPLE = ("create_or_update_person", "add_tag", "remove_tag", "track_event")  # templates whose records are people
+
+class SinkRun(t.Protocol):
+    """What a sink asks of the run it belongs to (run.py's ``Run``), and no more."""
+
+    @property
+    def retry_failed(self) -> bool: ...  # records that failed in earlier runs go first
+    def template(self, settings: StreamSettings) -> Template: ...
+    def open_stream(self, stream: str, template: Template, settings: StreamSettings,
+                    key_properties: t.Sequence[str]) -> StreamSync | None: ...
+    def admit(self, stream: str) -> bool: ...
+    def entry(self, route: Route, record: dict, *, again: bool = False) -> Entry: ...
+    def refuse(self, entry: Entry, problem: str) -> None: ...
+    def send(self, route: Route, entry: Entry) -> None: ...
+    def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None: ...
+    def mirror(self, route: Route, sync: StreamSync) -> None: ...
 
 
 class HasRun(t.Protocol):
     """What a sink needs of its target: the run it belongs to."""
 
-    run: Run
+    @property
+    def run(self) -> SinkRun: ...
 
 
 class RecordCheck(BaseJSONSchemaValidator):
@@ -106,11 +122,10 @@ class EnchargeSink(SeamSink):
     """Any stream, sent through the Encharge template its settings route it to."""
 
     def __init__(self, target: Target, stream_name: str, schema: dict, key_properties: t.Any) -> None:  # noqa: ANN401
-        self.run: Run = t.cast("HasRun", target).run
+        self.run: SinkRun = t.cast("HasRun", target).run
         self.reader = target.message_reader  # its line number names a bad record's line
         self.settings = resolve(target.config, stream_name)
-        self.template: Template = template_for(self.settings, self.run.settings.api_url,
-                                               self.run.settings.ingest_url)
+        self.template: Template = self.run.template(self.settings)
         self.problem: str | None = None  # set by the checks the SDK runs before process_record
         self._add_record_metadata = bool(target.config.get("add_record_metadata", False))
         super().__init__(target, stream_name, schema, key_properties)
@@ -125,7 +140,6 @@ class EnchargeSink(SeamSink):
             group_by=self.settings.group_by if self.settings.grouping_algorithm == "by_field" else None,
         )
         self.exclude = self.settings.exclude_attributes
-        self.person = self.template.name in PEOPLE  # its email names a person (case merges are told)
         own = stream_name in (target.config.get("streams") or {})
         self.sync: StreamSync | None = None  # set up before the first record (it needs the account)
         self.logger.info("Stream '%s' goes to %s (mode: %s; %s)%s", stream_name, self.template.name,
@@ -150,15 +164,11 @@ class EnchargeSink(SeamSink):
         """Before any record: the stream's key is there and accepted, its custom object schema exists (not in a
         dry run, which sends nothing)."""
         super().setup()
-        run = self.run
-        if not run.settings.dry_run:
-            run.checks.before_sending(self.stream_name, self.template, self.settings)
-        self.sync = run.stream_sync(self.stream_name, self.template, self.settings, self.key_properties or ())
+        self.sync = self.run.open_stream(self.stream_name, self.template, self.settings, self.key_properties or ())
         if self.sync is not None:
             self.route = dataclasses.replace(self.route, sync=self.sync)
-            if run.settings.retry_failed:
+            if self.run.retry_failed:
                 self._send_again(self.sync)
-        run.progress.start()
 
     def _send_again(self, sync: StreamSync) -> None:
         """Records of this stream that failed in earlier runs for a reason that can pass go first."""
@@ -168,10 +178,7 @@ class EnchargeSink(SeamSink):
         self.logger.info("Stream '%s': sending again %d record(s) that failed in earlier runs (oldest: %s)",
                          self.stream_name, len(waiting), waiting[0].reason)
         for failure in waiting:
-            record = dict(failure.payload)
-            entry = self.run.results.entry(self.stream_name, record, self.template.identifiers(record))
-            self.run.results.counts.add(self.stream_name, "retried_from_earlier_runs")
-            self.run.outbox.add(self.route, entry, self.template.url(record))
+            self.run.send(self.route, self.run.entry(self.route, dict(failure.payload), again=True))
 
     @override
     def activate_version(self, new_version: int) -> None:
@@ -220,9 +227,7 @@ class EnchargeSink(SeamSink):
     @override
     def process_record(self, record: dict, context: dict) -> None:
         run = self.run
-        run.delivery.raise_if_fatal()
-        results = run.results
-        if not results.admit(self.stream_name):
+        if not run.admit(self.stream_name):
             self.problem = None
             return  # a test send: only the first record of each stream
         deleted, self.deleted_at = self.deleted_at or record.get("_sdc_deleted_at"), None
@@ -234,18 +239,13 @@ class EnchargeSink(SeamSink):
             return
         if self.sync is not None:
             self.sync.saw(record)
-        entry = results.entry(self.stream_name, record, self.template.identifiers(record))
-        if self.person:
-            run.case_merges.saw(entry.ids.get("email"))
+        entry = run.entry(self.route, record)
         problem, self.problem = self.problem, None
         problem = problem or self.template.needs(record, entry.ids)
         if problem:
-            if self.sync is not None:
-                self.sync.failed([entry], f"refused before sending: {problem}", None, retryable=False)
-            results.fail(entry, f"refused before sending: {problem}")
-            results.check_failures()
+            run.refuse(entry, problem)
             return
-        run.outbox.add(self.route, entry, self.template.url(record))
+        run.send(self.route, entry)
 
 
 def _allows_plain_text(spec: dict) -> bool:

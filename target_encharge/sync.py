@@ -34,7 +34,6 @@ class Mark:
     identity: str
     encharge_id: str | None  # the template's own identity (email, externalId, person and tag): what a removal names
     fingerprint: str
-    source_key: dict | None
     known: bool = False  # the ledger knew it before this run sent it (an update, not a create)
     tags: t.ClassVar[None] = None  # (tags are the ledger's to keep: written as None, the known ones stay)
     delivered_at: t.ClassVar[None] = None  # (now, as the ledger writes it)
@@ -123,7 +122,7 @@ class StreamSync:
         self.key_properties = tuple(key_properties)
         self.mode, self.delete_action = mode, delete_action
         self.skip_unchanged, self.resync, self.writes, self.exists = skip_unchanged, resync, writes, exists
-        self.events = template.name == "track_event"  # an event with an id is sent once, changed or not
+        self.events = template.events  # an event with an id is sent once, changed or not
         self.seen: dict[str, str | None] = {}  # mirror: identity -> its template identity, since the last version
         self._marks: dict[int, Mark] = {}  # by entry seq, from sifting until the answer
         self._removing: dict[int, str] = {}  # by entry seq: the identity a removal request removes
@@ -140,9 +139,7 @@ class StreamSync:
         if identity is None:
             return None
         record = entry.record
-        key = {k: record.get(k) for k in self.key_properties} if self.key_properties else None
-        return Mark(identity, self._target(record, identity, entry.ids), fingerprinted or fingerprint(record), key,
-                    known)
+        return Mark(identity, self._target(record, identity, entry.ids), fingerprinted or fingerprint(record), known)
 
     def _target(self, record: dict, identity: str, ids: dict | None = None) -> str | None:
         """The template's own identity of ``record`` (what a removal names), given its ledger ``identity``."""
@@ -206,8 +203,7 @@ class StreamSync:
             elif exists:  # create: it is there already; remembered so it is not asked again
                 sifted.skipped.append(entry)
                 if mark is not None:
-                    remembered.append(Delivered(mark.identity, EXISTS, encharge_id=mark.encharge_id,
-                                                source_key=mark.source_key))
+                    remembered.append(Delivered(mark.identity, EXISTS, encharge_id=mark.encharge_id))
             else:
                 sifted.send.append(entry)
         if self.writes and remembered:
@@ -242,11 +238,6 @@ class StreamSync:
         """Failures of earlier runs that sending again can pass, oldest first."""
         return self.ledger.waiting_failures(self.scope.account, destination=self.scope.destination,
                                             stream=self.scope.stream)
-
-    def forget_failures(self, failures: t.Iterable[WaitingFailure]) -> None:
-        """These failures are being sent again in this run; their answer writes the ledger anew."""
-        if self.writes:
-            self.ledger.clear_failures(self.scope, [f.identity for f in failures])
 
     # mirror
 

@@ -1,8 +1,12 @@
 """Encharge's endpoint templates as data: how a record becomes a request, and what it must carry.
 
 Each template says which method and URL a record goes to, how a list of records becomes a body, what a
-record needs before it may be sent, and which of its fields identify it (for ordering, logs and dead letters).
-The generic `manual` template is built from the stream's settings the same way.
+record needs before it may be sent, and which of its fields identify it (for ordering, logs and dead letters);
+and everything else the run asks of its records: their kind, what the ledger knows them by, whether they are
+people or events, how Encharge is asked what exists, the custom object schema to check at start-up, how mirror
+removes them, and what a 404 or a 409 means for them. Nothing outside this module tests a template's name: a
+new template is one entry in :func:`encharge_templates`. The generic `manual` template is built from the
+stream's settings the same way.
 """
 
 from __future__ import annotations
@@ -10,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import types
 import typing as t
 import urllib.parse
 
 from target_encharge import encoding
 from target_encharge.errors import ConfigError
 from target_encharge.urls import check_url, join_url
+from target_encharge.verdicts import CONFLICT, NO_ANSWERS, NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.settings import StreamSettings
@@ -25,23 +31,45 @@ OBJECT_IDS = ("externalId", "id")
 PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 
-@dataclasses.dataclass(frozen=True)
+Identity = t.Callable[[dict, dict], str | None]  # (record, its `identifiers`) -> its template identity
+Ordering = t.Callable[[dict, str], tuple[str, ...]]  # (its `identifiers`, its URL) -> its ordering keys
+Kind = t.Literal["person", "tag", "custom object", "event", "manual"]
+Lookup = t.Literal["people", "object"]  # how Encharge is asked whether a record's person or object exists
+ALL_MODES = ("upsert", "update", "create", "mirror")
+# what a refusal's status means (see Template.answers)
+REMOVAL_ANSWERS = types.MappingProxyType({NOT_FOUND: Verdict.ABSENT})  # a 404 to a removal: already gone
+PERSON_LATER = types.MappingProxyType({NOT_FOUND: Verdict.LATER})  # the person may come later in the run
+UPDATE_ON_CONFLICT = types.MappingProxyType({CONFLICT: Verdict.EXISTS})  # a create of what exists: update it
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Template:
-    """One Encharge endpoint: record in, request out."""
+    """One Encharge endpoint: record in, request out, and everything the run asks of its records."""
 
     name: str
+    kind: Kind  # what its records are in Encharge
     url: t.Callable[[dict], str]  # the URL a record goes to (KeyError names a missing placeholder field)
     body: t.Callable[[list[dict]], bytes | None]  # records (already filtered) -> request body
     needs: t.Callable[[dict, dict], str | None]  # (record, its `identifiers`) -> why it cannot be sent, or None
     identifiers: t.Callable[[dict], dict]  # the fields that say which person/object a record is
+    ordering: Ordering  # the keys that keep calls for the same person or object in input order
+    own_identity: Identity = lambda _record, _ids: None  # what the ledger knows it by (None: sent every time)
     method: str = "POST"
     content_type: str = "application/json"
     batchable: bool = False  # the API takes several records in one call
     fixed_url: bool = True  # every record goes to the same URL
+    people: bool = False  # its records name people (an email differing only in case is told at the end)
+    events: bool = False  # an event with an id is sent once, changed or not
+    lookup: Lookup | None = None  # how `update` and `create` ask Encharge what exists
+    object_schema: str | None = None  # the custom object schema that must exist before anything is sent
+    requires: tuple[str, ...] = ()  # stream settings it cannot do without
     upsert: Template | None = None  # the same records sent to update what exists (custom objects: PUT, one per call)
     destination: str = ""  # where its records land, for the sync ledger: the template and its object name or URL
     removal: t.Callable[[dict, str], Removal] | None = None  # how `mirror` removes what left the source
     modes: tuple[str, ...] = ("upsert",)  # the sync modes it takes
+    # what a refusal's status means for its records (a 404 to a tag: its person is not there yet), and for a removal
+    answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: NO_ANSWERS)
+    removal_answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: REMOVAL_ANSWERS)
 
     def identity(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
@@ -50,17 +78,14 @@ class Template:
         request without key properties is sent every time it comes. ``ids``: ``identifiers(record)``, when found."""
         if key_properties:  # (JSON: a NUL character is written escaped)
             return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
-        return _nul_free(self._own_identity(record, self.identifiers(record) if ids is None else ids))
+        return _nul_free(self.own_identity(record, self.identifiers(record) if ids is None else ids))
 
-    def _own_identity(self, record: dict, ids: dict) -> str | None:
-        if self.name == "create_custom_object":
-            return f"externalId:{ids['externalId']}" if "externalId" in ids else None
-        if self.name not in ("create_or_update_person", "add_tag", "remove_tag"):
-            return None
-        person = person_key(ids)
-        if person is None or self.name == "create_or_update_person":
-            return person
-        return f"{person} tag:{_joined_tags(record.get('tag'))}"
+    def ordering_keys(self, ids: dict, url: str) -> tuple[str, ...]:
+        """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL.
+
+        ``ids`` is what ``identifiers`` found in the record. An object's key does not name its schema, so a
+        manual PATCH of an object waits for the `create_custom_object` call that creates it."""
+        return self.ordering(ids, url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,9 +308,13 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         ids.update(_object_identifiers(record))
         return ids
 
+    def ordering(ids: dict, url: str) -> tuple[str, ...]:  # the person, the object, and a URL of its own
+        return (*_person_keys(ids, url), *_object_keys(ids, url), *((url,) if fields else ()))
+
     body = _manual_body(settings.content_type, batched=settings.batch_records)
     return Template(
         name="manual",
+        kind="manual",
         destination=_manual_destination(settings.method, url),
         method=settings.method,
         url=fill,
@@ -293,6 +322,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         content_type=settings.content_type,
         needs=placeholder_problem(url),
         identifiers=identifiers,
+        ordering=ordering,
         batchable=settings.batch_records and settings.method != "GET",  # (a form with batch_records is refused)
         fixed_url=not fields,
     )
@@ -312,34 +342,47 @@ def _template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Te
     endpoint = settings.endpoint
     if endpoint == "manual":
         return _manual(settings, api_url)
-    if endpoint == "create_custom_object" and not settings.object_name:
-        msg = f"stream '{settings.stream}': endpoint 'create_custom_object' needs object_name"
-        raise ConfigError(msg)
-    api = api_url.rstrip("/")
-    objects = f"{api}/objects/{urllib.parse.quote(settings.object_name or '', safe='')}"
-    tags = {"url": f"{api}/tags", "body": _tag_body, "needs": _needs_tag, "identifiers": person_identifiers}
-    all_modes = ("upsert", "update", "create", "mirror")
-    templates: dict[str, dict[str, t.Any]] = {
-        "create_or_update_person": {"url": f"{api}/people", "body": encoding.dumps, "needs": _needs_person,
-                                    "identifiers": person_identifiers, "batchable": True,
-                                    "removal": _person_removal(api), "modes": all_modes},
-        "add_tag": {**tags, "removal": _tag_removal(api), "modes": ("upsert", "mirror")},
-        "remove_tag": {**tags, "method": "DELETE"},
-        "create_custom_object": {
-            "url": objects, "body": encoding.dumps, "needs": _nothing_needed, "identifiers": _object_identifiers,
-            "batchable": True, "removal": _object_removal(objects), "modes": all_modes,
-        },
-        "track_event": {"url": ingest_url, "body": _event_body, "needs": _needs_event,
-                        "identifiers": event_identifiers},
-    }
+    templates = {template.name: template for template in encharge_templates(api_url, ingest_url,
+                                                                             settings.object_name or "")}
     if endpoint not in templates:
         msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
         raise ConfigError(msg)
-    spec = {**templates[endpoint], "url": _fixed(templates[endpoint]["url"])}
-    if endpoint == "create_custom_object":  # an object already there is upserted by externalId, one per call
-        upsert = Template(name=endpoint, **{**spec, "method": "PUT", "body": _one_object, "batchable": False})
-        return Template(name=endpoint, upsert=upsert, destination=f"{endpoint} {settings.object_name}", **spec)
-    return Template(name=endpoint, destination=endpoint, **spec)
+    template = templates[endpoint]
+    for setting in template.requires:
+        if not getattr(settings, setting):
+            msg = f"stream '{settings.stream}': endpoint '{endpoint}' needs {setting}"
+            raise ConfigError(msg)
+    return template
+
+
+def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[Template]:
+    """Encharge's templates (all but `manual`), bound to the REST API, Ingest and a stream's custom object."""
+    api = api_url.rstrip("/")
+    objects = f"{api}/objects/{urllib.parse.quote(object_name, safe='')}"
+    tag = Template(name="add_tag", kind="tag", url=_fixed(f"{api}/tags"), body=_tag_body, needs=_needs_tag,
+                   identifiers=person_identifiers, own_identity=_tag_identity, ordering=_person_keys, people=True,
+                   answers=PERSON_LATER)  # (from another stream)
+    create_object = Template(
+        name="create_custom_object", kind="custom object", url=_fixed(objects), body=encoding.dumps,
+        needs=_nothing_needed, identifiers=_object_identifiers, own_identity=_object_identity,
+        ordering=_object_keys, batchable=True, lookup="object", object_schema=object_name,
+        requires=("object_name",), destination=f"create_custom_object {object_name}",
+        removal=_object_removal(objects), modes=ALL_MODES,
+        answers=UPDATE_ON_CONFLICT,  # updated by externalId instead, one per call
+    )
+    return [
+        Template(name="create_or_update_person", kind="person", url=_fixed(f"{api}/people"), body=encoding.dumps,
+                 needs=_needs_person, identifiers=person_identifiers, own_identity=_person_identity,
+                 ordering=_person_keys, batchable=True, people=True, lookup="people",
+                 destination="create_or_update_person", removal=_person_removal(api), modes=ALL_MODES),
+        dataclasses.replace(tag, destination="add_tag", removal=_tag_removal(api), modes=("upsert", "mirror")),
+        dataclasses.replace(tag, name="remove_tag", destination="remove_tag", method="DELETE"),
+        dataclasses.replace(create_object, upsert=dataclasses.replace(
+            create_object, method="PUT", body=_one_object, batchable=False, answers=NO_ANSWERS)),
+        Template(name="track_event", kind="event", url=_fixed(ingest_url), body=_event_body, needs=_needs_event,
+                 identifiers=event_identifiers, ordering=_person_keys, people=True, events=True,
+                 destination="track_event"),
+    ]
 
 
 def _one_object(records: list[dict]) -> bytes:
@@ -348,20 +391,22 @@ def _one_object(records: list[dict]) -> bytes:
     return encoding.dumps(record)
 
 
-def ordering_keys(template: Template, ids: dict, url: str) -> tuple[str, ...]:
-    """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL.
-
-    ``ids`` is what ``template.identifiers`` found in the record. An object's key does not name its schema,
-    so a manual PATCH of an object waits for the `create_custom_object` call that creates it."""
-    if template.name == "create_custom_object":
-        return tuple(_object_keys(ids))
-    keys = [f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS]
-    if template.name == "manual":
-        keys += _object_keys(ids)
-        if not template.fixed_url:
-            keys.append(url)
-    return tuple(keys)
+def _person_identity(_record: dict, ids: dict) -> str | None:
+    return person_key(ids)
 
 
-def _object_keys(ids: dict) -> list[str]:
-    return [f"object {k}:{v}" for k, v in ids.items() if k in OBJECT_IDS]
+def _tag_identity(record: dict, ids: dict) -> str | None:
+    person = person_key(ids)
+    return None if person is None else f"{person} tag:{_joined_tags(record.get('tag'))}"
+
+
+def _object_identity(_record: dict, ids: dict) -> str | None:
+    return f"externalId:{ids['externalId']}" if "externalId" in ids else None
+
+
+def _person_keys(ids: dict, _url: str) -> tuple[str, ...]:
+    return tuple(f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS)
+
+
+def _object_keys(ids: dict, _url: str) -> tuple[str, ...]:
+    return tuple(f"object {k}:{v}" for k, v in ids.items() if k in OBJECT_IDS)

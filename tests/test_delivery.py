@@ -27,8 +27,14 @@ from helpers import (
 )
 
 from target_encharge.client import Client, RateLimiter
-from target_encharge.request import Request
+from target_encharge.ledger import SyncLedger
+from target_encharge.outputs import FailureLimit, Lines, Outputs
+from target_encharge.redaction import Redactor
+from target_encharge.request import Outcome, Request
+from target_encharge.results import Results
 from target_encharge.retry import RetryPolicy, parse_retry_after
+from target_encharge.sync import Sync
+from target_encharge.templates import encharge_templates
 from target_encharge.urls import Credentials
 
 
@@ -315,3 +321,112 @@ def test_calls_go_through_the_proxy_the_environment_names(sandbox, monkeypatch):
     logged = [(r["method"], r["path"]) for r in sandbox.requests()]
     assert ("POST", "/v1/people") in logged
     assert sorted(_Proxy.carried) == sorted(logged)  # every call the sandbox saw came through the proxy
+
+
+# Where each outcome settles, in-process: counts, the dead-letter file, the ledger and the STATE gate.
+
+class Settling:
+    """A run's results with a real ledger (SQLite in a temporary folder), for one stream's template."""
+
+    def __init__(self, tmp_path, endpoint: str) -> None:
+        self.template = next(x for x in encharge_templates("https://api.example.com/v1",
+                                                           "https://ingest.example.com/events", "Deal")
+                             if x.name == endpoint)
+        self.states: list[dict] = []
+        self.dead_letter_path = tmp_path / "dead.jsonl"
+        outputs = Outputs(state=self.states.append,
+                          dead_letters=Lines(str(self.dead_letter_path), Redactor(()), "dead_letter_path"))
+        self.results = Results(outputs, FailureLimit(-1), masked_headers=lambda _request: {})
+        self.ledger = SyncLedger.open(str(tmp_path / "ledger.db"))
+        self.results.sync = Sync(self.ledger, skip_unchanged=True, resync=False, writes=True)
+        self.sync = self.results.sync.stream("s", self.template, (), "1@api.example.com", mode="mirror")
+
+    def request(self, *records: dict) -> Request:
+        entries = [self.results.entry("s", r, self.template.identifiers(r)) for r in records]
+        sifted = self.sync.sift(entries)
+        return Request.for_entries(self.template, {}, sifted.send, self.template.url({}), ())
+
+    def answer(self, request: Request, status: int) -> None:
+        self.results.on_result(request, Outcome(status, {"error": "x"} if status >= 300 else {}, None, 1, 0.0))
+
+    def stream(self):
+        return self.results.counts.streams["s"]
+
+    def dead_letters(self) -> list[dict]:
+        return [json.loads(x) for x in self.dead_letter_path.read_text().splitlines()]
+
+    def waiting(self) -> list[str]:
+        return [f.identity for f in self.sync.waiting()]
+
+    def close(self) -> None:
+        self.results.out.close()
+        self.ledger.close()
+
+
+@pytest.fixture
+def settling(tmp_path):
+    made: list[Settling] = []
+
+    def make(endpoint: str) -> Settling:
+        made.append(Settling(tmp_path, endpoint))
+        return made[-1]
+
+    yield make
+    for run in made:
+        run.close()
+
+
+def test_a_refusal_before_sending_settles_like_a_failure_for_good(settling):
+    run = settling("create_or_update_person")
+    entry = run.results.entry("s", {"email": "a@x.io"}, {"email": "a@x.io"})
+    run.results.add_state({"bookmark": 1})
+    run.results.refuse(entry, "no tag")
+    assert run.states == [{"bookmark": 1}]  # done: the STATE after it goes out
+    assert (run.stream().failed, run.results.counts.failures) == (1, 1)
+    assert [(d["reason"], d["status"]) for d in run.dead_letters()] == [("refused before sending: no tag", None)]
+    assert run.waiting() == []  # kept in the ledger as a failure sending again cannot pass
+
+
+def test_a_2xx_marks_the_ledger_and_a_second_delivery_counts_as_an_update(settling):
+    run = settling("create_or_update_person")
+    run.answer(run.request({"email": "a@x.io", "firstName": "A"}), 200)
+    run.answer(run.request({"email": "a@x.io", "firstName": "B"}), 200)
+    assert (run.stream().succeeded, run.stream().created, run.stream().updated) == (2, 1, 1)
+    assert list(run.ledger.known(run.sync.scope)) == ["email:a@x.io"]
+    assert not run.dead_letter_path.read_text()
+
+
+def test_a_tag_whose_person_is_not_there_yet_is_tried_once_more_then_kept_for_the_next_run(settling):
+    run = settling("add_tag")
+    request = run.request({"email": "a@x.io", "tag": "vip"})
+    run.results.add_state({"bookmark": 1})
+    run.answer(request, 404)
+    assert run.results.later == [request] and run.states == []  # not settled: it waits for the end of the run
+    (again,) = run.results.take_later()
+    run.answer(again, 404)
+    assert run.states == [{"bookmark": 1}] and run.stream().failed == 1
+    assert run.waiting() == ["email:a@x.io tag:vip"]  # sent again at the start of the next run
+
+
+def test_a_refusal_fails_for_good_and_a_5xx_is_kept_for_the_next_run(settling):
+    run = settling("create_or_update_person")
+    run.answer(run.request({"email": "a@x.io"}), 422)
+    run.answer(run.request({"email": "b@x.io"}), 503)
+    assert run.stream().failed == 2
+    assert [d["status"] for d in run.dead_letters()] == [422, 503]
+    assert run.waiting() == ["email:b@x.io"]
+
+
+def test_a_removal_answered_404_is_already_gone(settling):
+    run = settling("create_or_update_person")
+    run.answer(run.request({"email": "a@x.io"}), 200)
+    run.sync.saw({"email": "b@x.io"})  # the source's new version no longer has a@x.io
+    (plan,) = run.sync.left_the_source(1.0)
+    entry = run.results.entry("s", plan.ids, plan.ids, counted=False)
+    run.sync.removing(entry.seq, plan)
+    removal = Request(stream="s", endpoint=run.template.name, method=plan.removal.method, url=plan.removal.url,
+                      content_type="application/json", headers={}, body=None, entries=(entry,), removal=True,
+                      answers=run.template.removal_answers)
+    run.answer(removal, 404)
+    assert (run.stream().removed, run.stream().failed) == (1, 0)
+    assert run.ledger.known(run.sync.scope) == {}

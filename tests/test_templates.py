@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import typing as t
+
+import pytest
 from helpers import PERSON_PROPS, people, record, run_target, sandbox_config, schema, state
+
+from target_encharge.errors import ConfigError
+from target_encharge.request import Outcome, verdict
+from target_encharge.run import Run
+from target_encharge.settings import resolve
+from target_encharge.sinks import SinkRun
+from target_encharge.templates import Kind, Lookup, Template, encharge_templates, template_for
+from target_encharge.verdicts import Verdict
 
 
 def sent(sandbox, method: str, path: str) -> list[dict]:
@@ -122,3 +133,92 @@ def test_excluded_attributes_are_never_sent(sandbox):
     for call in sent(sandbox, "POST", "/v1/people"):
         assert "score" not in call["body"][0]
         assert "plan" in call["body"][0]  # the stream's own list overrides the top-level one
+
+
+# The template table, in-process: every template says, as data, what the run asks of it.
+
+def _every_template() -> list[Template]:
+    manual = template_for(resolve({"streams": {"s": {"endpoint": "manual", "url": "/objects/Deal/{id}",
+                                                     "method": "PATCH"}}}, "s"),
+                          "https://api.example.com/v1", "https://ingest.example.com/events")
+    return [*encharge_templates("https://api.example.com/v1", "https://ingest.example.com/events", "Deal"), manual]
+
+
+def test_every_template_declares_what_the_run_asks_of_it():
+    templates = _every_template()
+    assert sorted(x.name for x in templates) == ["add_tag", "create_custom_object", "create_or_update_person",
+                                                 "manual", "remove_tag", "track_event"]
+    for template in templates:
+        assert template.kind in t.get_args(Kind), template.name
+        assert template.lookup in (*t.get_args(Lookup), None), template.name
+        assert template.destination, template.name  # the ledger's scope
+        # update and create ask Encharge what exists; mirror removes: each only where the template can
+        assert (template.lookup is not None) == ("update" in template.modes), template.name
+        assert (template.removal is not None) == ("mirror" in template.modes), template.name
+        assert (template.object_schema is not None) == (template.kind == "custom object"), template.name
+        assert all(v.refused for v in (*template.answers.values(), *template.removal_answers.values()))
+        assert (Verdict.EXISTS in template.answers.values()) == (template.upsert is not None), template.name
+        if template.upsert is not None:  # an update refused with 409 fails; it is never sent again as itself
+            assert Verdict.EXISTS not in template.upsert.answers.values()
+            assert template.upsert.method == "PUT" and not template.upsert.batchable
+    by_name = {x.name: x for x in templates}
+    assert {n for n, x in by_name.items() if x.people} == {"create_or_update_person", "add_tag", "remove_tag",
+                                                           "track_event"}
+    assert [n for n, x in by_name.items() if x.events] == ["track_event"]
+    assert {n: dict(x.answers) for n, x in by_name.items() if x.answers} == {
+        "add_tag": {404: Verdict.LATER}, "remove_tag": {404: Verdict.LATER},
+        "create_custom_object": {409: Verdict.EXISTS}}
+    assert all(dict(x.removal_answers) == {404: Verdict.ABSENT} for x in templates)
+
+
+def test_each_template_knows_its_records_by_its_own_identity_and_orders_by_person_or_object():
+    by_name = {x.name: x for x in _every_template()}
+    person = {"email": "Ann@Example.com", "userId": "u1", "tag": ["vip", "", "new"], "externalId": "d1", "id": 7}
+    assert by_name["create_or_update_person"].identity(person) == "email:ann@example.com"
+    assert by_name["add_tag"].identity(person) == "email:ann@example.com tag:vip,new"
+    assert by_name["remove_tag"].identity({"userId": "u1", "tag": "vip"}) == "userId:u1 tag:vip"
+    assert by_name["create_custom_object"].identity(person) == "externalId:d1"
+    assert by_name["track_event"].identity({"name": "signup", "email": "a@x.io"}) is None  # sent every time
+    assert by_name["manual"].identity(person) is None
+    assert by_name["track_event"].identity({"name": "signup", "id": 3}, ["id"]) == "key:[3]"  # key properties
+
+    ids = {"email": "Ann@Example.com", "userId": "u1", "externalId": "d1", "id": 7}
+    assert by_name["create_or_update_person"].ordering_keys(ids, "u") == ("email:ann@example.com", "userId:u1",
+                                                                         "id:7")
+    assert by_name["create_custom_object"].ordering_keys(ids, "u") == ("object externalId:d1", "object id:7")
+    url = "https://api.example.com/v1/objects/Deal/7"  # a manual URL with a placeholder: its own key too
+    assert by_name["manual"].ordering_keys(ids, url) == ("email:ann@example.com", "userId:u1", "id:7",
+                                                        "object externalId:d1", "object id:7", url)
+
+
+def test_a_template_without_a_setting_it_requires_is_refused_naming_it():
+    settings = resolve({"streams": {"deals": {"endpoint": "create_custom_object"}}}, "deals")
+    with pytest.raises(ConfigError, match="endpoint 'create_custom_object' needs object_name"):
+        template_for(settings, "https://api.example.com/v1", "https://ingest.example.com/events")
+
+
+def test_what_a_status_means_is_read_once_with_the_template_s_answers():
+    def answer(status: int | None, failure: str | None = None) -> Outcome:
+        return Outcome(status, None, None if status and status < 300 else "no", 1, 0.0, failure=failure)
+
+    by_name = {x.name: x for x in _every_template()}
+    tag, objects = by_name["add_tag"], by_name["create_custom_object"]
+    assert verdict(answer(404), tag.answers) is Verdict.LATER
+    assert verdict(answer(404), tag.removal_answers) is Verdict.ABSENT
+    assert verdict(answer(404)) is Verdict.REFUSED
+    assert verdict(answer(409), objects.answers) is Verdict.EXISTS
+    assert verdict(answer(409), objects.upsert.answers) is Verdict.REFUSED
+    assert verdict(answer(200), tag.answers) is Verdict.DELIVERED
+    # a template's answers give meaning to refusals only: a 5xx, a 429 or a refused key read as ever
+    assert verdict(answer(503), {503: Verdict.ABSENT}) is Verdict.RETRY
+    assert verdict(answer(429), {429: Verdict.LATER}) is Verdict.RETRY
+    assert verdict(answer(401), {401: Verdict.ABSENT}) is Verdict.AUTH_FAILURE
+    assert verdict(answer(None, "timeout"), tag.answers) is Verdict.RETRY
+    assert verdict(Outcome.not_sent(), tag.answers) is Verdict.DRY_RUN
+
+
+def test_a_run_gives_its_sinks_every_method_they_ask_of_it():
+    """Sinks reach the run only through `SinkRun`: the run has each of its members."""
+    asked = {name for name in vars(SinkRun) if not name.startswith("_")}
+    assert asked >= {"admit", "entry", "refuse", "send", "open_stream", "mirror"}
+    assert all(callable(getattr(Run, name)) or isinstance(getattr(Run, name), property) for name in asked)
