@@ -293,9 +293,9 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(content)
         upstream.close()
 
-    do_GET = do_POST = do_PUT = do_DELETE = _forward
+    do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815 - http.server's names
 
-    def log_message(self, *_args: t.Any) -> None:  # noqa: ANN401
+    def log_message(self, *_args: t.Any) -> None:
         pass
 
 

@@ -235,7 +235,7 @@ class _Redirector(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: t.Any
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         size = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(size)
         self.server.seen.append((self.command, self.path, self.headers.get("X-Encharge-Token")))
@@ -251,7 +251,7 @@ class _Redirector(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_PUT = do_DELETE = do_GET
+    do_POST = do_PUT = do_DELETE = do_GET  # noqa: N815 - http.server's names
 
     def log_message(self, *args: t.Any) -> None:
         pass
