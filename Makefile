@@ -52,13 +52,15 @@ test: install
 		MELTANO="$(CURDIR)/$(MELTANO)" PYTHONDONTWRITEBYTECODE= \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# Types (mypy), lint rules (ruff) and the import contracts (import-linter), all configured in pyproject.toml.
+# Lint rules and formatting (ruff), types (mypy) and the import contracts (import-linter), all configured in
+# pyproject.toml.
 $(BIN)/lint-imports: pyproject.toml $(BIN)/target-encharge
 	$(BIN)/pip install $(PIP_QUIET) -e '.[test,postgres,lint]'
 	touch $@
 
 lint: $(BIN)/lint-imports
-	$(BIN)/ruff check target_encharge benchmarks
+	$(BIN)/ruff check target_encharge tests benchmarks
+	$(BIN)/ruff format --check target_encharge tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -20,7 +20,7 @@ _decoder = msgspec.json.Decoder(float_hook=decimal.Decimal)
 FORMATS = ("jsonl", "parquet")
 
 
-def batch_records(message: dict, line: int) -> t.Iterator[dict]:
+def records_of_batch(message: dict, line: int) -> t.Iterator[dict]:
     """The records of a BATCH message's manifest, file after file, in order. ``line`` is the message's input
     line, named in a reason to stop."""
     encoding = message.get("encoding")

@@ -1,63 +1,69 @@
 """`target-encharge-check --config FILE` (or `--config ENV`): the start-up checks for every configured stream,
-without data: settings, URLs, keys (one GET to Encharge), custom object names, the write key. One line per
-problem on stderr; exit 0 when none, 1 otherwise. Meltano: `meltano invoke target-encharge:check`."""
+without data: settings, URLs, keys (one GET to Encharge), custom object names, the write key, and that the sync
+ledger can be read. One line per problem on stderr; exit 0 when none, 1 otherwise. It touches nothing: no file
+is written or created (the ledger is opened read-only), nothing is sent but the start-up GETs. Meltano:
+`meltano invoke target-encharge:check`."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 import typing as t
-from pathlib import Path
 
+from target_encharge.checks import StartupChecks
+from target_encharge.client import Client, RateLimiter
+from target_encharge.config import ENV, ENV_PREFIX, load, numbers_from_text
 from target_encharge.errors import EnchargeTargetError
-from target_encharge.run import Run
-from target_encharge.settings import SETTINGS_SCHEMA, RunSettings, from_environment, numbers_from_text, resolve
+from target_encharge.ledger import SyncLedger
+from target_encharge.redaction import Redactor
+from target_encharge.retry import RetryPolicy
+from target_encharge.settings import RunSettings, resolve
 from target_encharge.templates import template_for
-from target_encharge.urls import check_url
-
-ENV_PREFIX = "TARGET_ENCHARGE_"
-logger = logging.getLogger("target_encharge")
+from target_encharge.urls import Credentials, check_url
 
 
 def problems(config: dict[str, t.Any]) -> list[str]:
-    """Every problem the start-up checks find in ``config``, one line each (keys never shown)."""
+    """Every problem the start-up checks find in ``config``, one line each (keys and passwords never shown)."""
     try:
-        config = numbers_from_text(config)
-        settings = RunSettings.from_config(config)
+        settings = RunSettings.from_config(numbers_from_text(config))
         check_url(settings.api_url, "api_url")
         check_url(settings.ingest_url, "ingest_url")
     except EnchargeTargetError as exc:
         return [str(exc)]
+    redact = Redactor(settings.secrets)
     found: list[str] = []
-    run = Run.start(settings, logger)
+    try:
+        with SyncLedger(settings.ledger_url, read_only=True):  # read-only: an absent SQLite file stays absent
+            pass
+    except EnchargeTargetError as exc:
+        found.append(redact(str(exc)))
+    credentials = Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key)
+    client = Client(credentials, RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
+                    timeout=settings.request_timeout, rate=RateLimiter(settings.max_requests_per_second), pool_size=1)
+    checks = StartupChecks(client, settings.api_url)
     try:
         for stream in ("*", *(config.get("streams") or {})):
             shown = "the top-level settings" if stream == "*" else f"streams.{stream}"
             try:
                 stream_settings = resolve(config, stream)
                 template = template_for(stream_settings, settings.api_url, settings.ingest_url)
-                run.checks.before_sending(stream if stream != "*" else "(default)", template, stream_settings)
+                checks.before_sending(stream if stream != "*" else "(default)", template, stream_settings)
             except EnchargeTargetError as exc:
-                found.append(f"{shown}: {run.redact(str(exc))}")
+                found.append(f"{shown}: {redact(str(exc))}")
     finally:
-        run.delivery.close()
+        client.close()
     return found
 
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="target-encharge-check", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True,
-                        help="a config JSON file (repeatable, later ones win), or ENV for TARGET_ENCHARGE_* variables")
+                        help=f"a config JSON file (repeatable, later ones win), or {ENV} for {ENV_PREFIX}* variables")
     args = parser.parse_args(argv)
-    config: dict[str, t.Any] = {}
     try:
-        for source in args.config:
-            config.update(from_environment(SETTINGS_SCHEMA, ENV_PREFIX) if source == "ENV"
-                          else json.loads(Path(source).read_text()))
-    except (OSError, ValueError, EnchargeTargetError) as exc:
-        print(f"target-encharge-check: cannot read the config: {exc}", file=sys.stderr)
+        config = load(args.config)
+    except EnchargeTargetError as exc:
+        print(f"target-encharge-check: {exc}", file=sys.stderr)
         return 1
     found = problems(config)
     for problem in found:

@@ -9,7 +9,7 @@ import time
 import typing as t
 
 from target_encharge.request import Outcome, Verdict, verdict
-from target_encharge.settings import default
+from target_encharge.settings import MAX_BACKOFF, default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,7 @@ class RetryPolicy:
 
     DEFAULT_MAX_RETRIES: t.ClassVar[int] = int(default("max_retries"))
     DEFAULT_BACKOFF: t.ClassVar[float] = float(default("retry_backoff"))
-    DEFAULT_BACKOFF_MAX: t.ClassVar[float] = 30.0  # seconds: the longest wait of our own choosing
+    DEFAULT_BACKOFF_MAX: t.ClassVar[float] = MAX_BACKOFF  # seconds: the longest wait of our own choosing
     DEFAULT_RETRY_AFTER_MAX: t.ClassVar[float] = 120.0  # seconds: a longer Retry-After means Encharge is unavailable
     DEFAULT_OUTAGE_CALLS: t.ClassVar[int] = 5  # calls in a row failing after their retries: Encharge is unavailable
 
@@ -53,8 +53,6 @@ class RetryPolicy:
             return min(told, self.retry_after_max)
         ceiling = min(self.backoff_max, self.backoff * 2 ** (retry - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not a secret
-
-    delay = get_backoff_time  # the name the policy had before it asked questions
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -9,6 +9,7 @@ renames or moves any of them, so a renamed hook never goes silently uncalled.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import typing as t
 
@@ -17,7 +18,7 @@ from singer_sdk.configuration._dict_config import parse_environment_config
 from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.helpers._classproperty import classproperty
 from singer_sdk.helpers._typing import get_datelike_property_type
-from singer_sdk.plugin_base import _ConfigInput
+from singer_sdk.plugin_base import JSONSchemaValidator, _ConfigInput, _format_validation_error
 from singer_sdk.sinks import RecordSink
 from typing_extensions import override
 
@@ -26,7 +27,7 @@ if t.TYPE_CHECKING:
 
     from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 
-__all__ = ["PRIVATE_NAMES", "SeamReader", "SeamSink", "SeamTarget", "get_datelike_property_type",
+__all__ = ["PRIVATE_NAMES", "SeamReader", "SeamSink", "SeamTarget", "config_errors", "get_datelike_property_type",
            "parse_environment_config"]
 
 #: (SDK class, private attribute) pairs overridden or called here; the seam test checks each still exists.
@@ -53,6 +54,14 @@ _PARSERS: dict[str, t.Callable[[str], t.Any]] = {
     "date": datetime.date.fromisoformat, "time": datetime.time.fromisoformat,
     "date-time": datetime.datetime.fromisoformat,
 }
+
+
+def config_errors(schema: dict, config: t.Mapping[str, t.Any]) -> list[str]:
+    """What the SDK's check of a config against a settings schema finds, each worded as the SDK words it (the
+    check a target's command makes before it runs; ``config`` is left as it was: the SDK's check fills defaults
+    in)."""
+    validator = JSONSchemaValidator(schema)
+    return [_format_validation_error(error) for error in validator.iter_errors(copy.deepcopy(dict(config)))]
 
 
 class SeamTarget(Target):

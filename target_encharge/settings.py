@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing as t
 import urllib.parse
 
 from singer_sdk import typing as th
 
 from target_encharge.errors import ConfigError
-from target_encharge.sdk import parse_environment_config
 
 ENDPOINTS = (
     "create_or_update_person",
@@ -36,6 +36,7 @@ DEFAULT_LEDGER_FILE = ".target-encharge-ledger.db"  # ledger_url unset: in the w
 DEFAULT_LEDGER_TIMEOUT = 30.0  # seconds the ledger waits for a locked SQLite file or to connect to its server
 BATCHED_BY_DEFAULT = ("create_or_update_person", "create_custom_object")  # their API takes arrays
 MAX_CONCURRENCY = 64  # calls in flight at once, at the most
+MAX_BACKOFF = 30.0  # seconds: the longest wait between retries of our own choosing (a Retry-After may ask more)
 MIN_KEY_CHARS = 8  # a shorter key could not be masked in outputs without masking ordinary text
 
 
@@ -249,7 +250,7 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         th.NumberType,
         default=0.5,
         description="Seconds before the first retry when Encharge gives no Retry-After; doubles on each retry "
-        "(with jitter, at most 30 s).",
+        f"(with jitter, at most {MAX_BACKOFF:g} s).",
     ),
     th.Property(
         "request_timeout",
@@ -294,50 +295,6 @@ def _setting(config: t.Mapping[str, t.Any], name: str) -> t.Any:  # noqa: ANN401
     """A top-level setting: its value, or its default when unset (None or empty text)."""
     value = config.get(name)
     return default(name) if value is None or value == "" else value
-
-
-def numbers_from_text(config: dict[str, t.Any], schema: dict = SETTINGS_SCHEMA) -> dict[str, t.Any]:
-    """Number settings given as text (``"0.5"``) as numbers: environment variables are text, and so is what
-    Meltano passes for them (they are ``kind: string`` there: its ``decimal`` kind fails when set from a variable)."""
-    config = dict(config)
-    for name, value in config.items():
-        if isinstance(value, str) and "number" in schema["properties"].get(name, {}).get("type", ()):
-            try:
-                config[name] = float(value)
-            except ValueError:
-                msg = f"{name}: {value!r} is not a number"
-                raise ConfigError(msg) from None
-    return config
-
-
-def from_environment(schema: dict, prefix: str) -> dict[str, t.Any]:
-    """``--config ENV``: the SDK's reading of ``<prefix><SETTING>`` variables, with numbers made numbers (the SDK
-    leaves them as text) and ``request_headers`` kept as text (the SDK would take any text for JSON)."""
-    properties = {**schema["properties"], "request_headers": {"type": ["string", "null"]}}
-    try:
-        config = parse_environment_config({**schema, "properties": properties}, prefix)
-    except ValueError as exc:  # an object or array setting whose text is not JSON; the text itself is not shown
-        msg = f"a {prefix}* variable for an object or array setting is not valid JSON ({exc})"
-        raise ConfigError(msg) from None
-    for name in ("streams", "stream_maps"):
-        if isinstance(config.get(name), dict):
-            config[name] = _nested(config[name])
-    return numbers_from_text(config, schema)
-
-
-def _nested(flat: dict[str, t.Any]) -> dict[str, t.Any]:
-    """An object setting as Meltano passes it to plugin commands, with dotted keys (``{"tags.endpoint":
-    "add_tag"}``), nested again (``{"tags": {"endpoint": "add_tag"}}``); a stream name may itself hold dots."""
-    nested: dict[str, t.Any] = {}
-    for key, value in flat.items():
-        stream, dot, setting = key.rpartition(".")
-        if dot and stream:
-            entry = nested.setdefault(stream, {})
-            if isinstance(entry, dict):
-                entry[setting] = value
-        else:
-            nested[key] = value
-    return nested
 
 
 def parse_headers(value: str | dict | None) -> dict[str, str]:
@@ -402,8 +359,8 @@ class StreamSettings:
     batch_size: int
     grouping_algorithm: str
     group_by: str | None
-    sync_mode: str = "upsert"
-    delete_action: str = "archive"
+    sync_mode: str
+    delete_action: str
 
 
 def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
@@ -446,13 +403,21 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
     )
 
 
+_AUTHORITY_PASSWORD = re.compile(r"^[A-Za-z][\w+.-]*://[^:/@?#]*:(?P<password>.*)@")  # greedy: to the last @
+_QUERY_PASSWORD = re.compile(r"(?i)\bpassword=(?P<password>[^&#\s]*)")
+
+
 def ledger_password(ledger_url: str | None) -> str | None:
-    """The password in a `postgresql://user:password@host/db` ledger_url (a secret like the keys)."""
-    if not ledger_url or "://" not in ledger_url:
+    """The password in a ledger_url, as written (percent-encoded): in its authority
+    (``postgresql://user:password@host/db``), else in a ``password=`` query parameter; None when it has none.
+    A secret like the keys."""
+    if not ledger_url:
         return None
-    userinfo = ledger_url.split("://", 1)[1].rpartition("@")[0]
-    password = userinfo.partition(":")[2] if "@" in ledger_url.split("://", 1)[1] else ""
-    return urllib.parse.unquote(password) or None
+    for pattern in (_AUTHORITY_PASSWORD, _QUERY_PASSWORD):
+        found = pattern.search(ledger_url)
+        if found and found["password"]:
+            return found["password"]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,12 +441,12 @@ class RunSettings:
     request_timeout: float
     max_concurrency: int
     max_requests_per_second: float | None
-    shutdown_grace_period: float = 30.0
-    ledger_url: str | None = None
-    skip_unchanged: bool = True
-    resync: bool = False
-    retry_failed: bool = True
-    max_delete_share: float = 0.2
+    shutdown_grace_period: float
+    ledger_url: str | None
+    skip_unchanged: bool
+    resync: bool
+    retry_failed: bool
+    max_delete_share: float
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> RunSettings:
@@ -543,4 +508,6 @@ class RunSettings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """The keys and the ledger's password, which no output may show."""
-        return tuple(k for k in (self.api_key, self.write_key, ledger_password(self.ledger_url)) if k)
+        password = ledger_password(self.ledger_url)
+        return tuple(dict.fromkeys(k for k in (self.api_key, self.write_key, password,
+                                               urllib.parse.unquote(password or "")) if k))

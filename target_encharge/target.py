@@ -13,13 +13,14 @@ from singer_sdk.singerlib.exceptions import SingerReadError
 from typing_extensions import override
 
 from target_encharge import early, redaction
-from target_encharge.batches import batch_records
+from target_encharge.batches import records_of_batch
+from target_encharge.config import from_environment, numbers_from_text, refusal
 from target_encharge.errors import AuthError, EnchargeTargetError, InputError
 from target_encharge.reader import Interrupted, Reader
 from target_encharge.redaction import Redactor
 from target_encharge.run import Run
 from target_encharge.sdk import SeamTarget
-from target_encharge.settings import SETTINGS_SCHEMA, RunSettings, from_environment, numbers_from_text, resolve
+from target_encharge.settings import SETTINGS_SCHEMA, RunSettings, resolve
 from target_encharge.sinks import EnchargeSink
 from target_encharge.templates import template_for
 from target_encharge.urls import check_url
@@ -88,7 +89,7 @@ class TargetEncharge(SeamTarget):
     def on_batch(self, message: dict) -> None:
         """A BATCH message: each record of its files handled exactly as a RECORD message would be."""
         stream = message.get("stream")
-        for row in batch_records(message, self.message_reader.line_number):
+        for row in records_of_batch(message, self.message_reader.line_number):
             if self.stop_signal is not None:
                 raise Interrupted(self.stop_signal)
             self.process_record_message({"type": "RECORD", "stream": stream, "record": row})
@@ -165,7 +166,7 @@ class TargetEncharge(SeamTarget):
         except STOPS as exc:
             _fail(target.redact(str(exc)) if target is not None else str(exc))
         except ConfigValidationError as exc:
-            _fail("invalid config: " + "; ".join(_masked(error) for error in exc.errors or [str(exc)]))
+            _fail(refusal(exc.errors or [str(exc)]))
         finally:
             if target is not None:
                 target.finish_quietly()
@@ -203,14 +204,6 @@ def _told_without_keys(redact: Redactor) -> t.Iterator[None]:
         yield
     except EnchargeTargetError as exc:
         raise type(exc)(redact(str(exc))) from None
-
-
-def _masked(error: str) -> str:
-    """A config error about a key never quotes the key (the SDK's message starts with the value)."""
-    for name, spec in SETTINGS_SCHEMA["properties"].items():
-        if spec.get("secret") and f"config['{name}']" in error:
-            return f"{name} must be a string (its value is not shown: it is a secret)"
-    return error
 
 
 def _fail(message: str, code: int = 1) -> t.NoReturn:

@@ -80,5 +80,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     long = sorted((item for item in items if name(item) in rank), key=lambda item: rank[name(item)])
     short = [item for item in items if name(item) not in rank]
-    interleaved = [each for pair in zip(long, short) for each in pair]
+    interleaved = [each for pair in zip(long, short, strict=False) for each in pair]
     items[:] = interleaved + long[len(interleaved) // 2:] + short[len(interleaved) // 2:]

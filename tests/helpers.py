@@ -75,7 +75,7 @@ class Run:
         return lines[-1] if lines else ""
 
 
-def sandbox_config(sandbox: t.Any, **settings: t.Any) -> dict:  # noqa: ANN401
+def sandbox_config(sandbox: t.Any, **settings: t.Any) -> dict:
     """A config pointing at the sandbox, quick to retry, plus ``settings``."""
     return {
         "api_key": API_KEY,
@@ -117,7 +117,7 @@ def run_target_process(
     """Run the real command in a process of its own with ``config``, feeding ``messages`` (dicts as JSON lines,
     str/bytes as is)."""
     workdir, config_path, data = _prepare(config, messages)
-    proc = subprocess.run(  # noqa: S603  (our own command)
+    proc = subprocess.run(  # our own command
         [*target_command(), "--config", str(config_path)],
         input=data,
         capture_output=True,
@@ -178,7 +178,7 @@ def _as_a_process(workdir: Path, data: bytes, env: dict[str, str],
     saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     saved_excepthook = sys.excepthook
 
-    def out_of_time(signum: int, frame: t.Any) -> t.NoReturn:  # noqa: ARG001, ANN401
+    def out_of_time(signum: int, frame: t.Any) -> t.NoReturn:
         raise subprocess.TimeoutExpired(COMMAND, timeout)
 
     try:
@@ -201,7 +201,7 @@ def _as_a_process(workdir: Path, data: bytes, env: dict[str, str],
             if handler not in saved_handlers:
                 root.removeHandler(handler)
         root.setLevel(saved_level)
-        logging.captureWarnings(False)  # noqa: FBT003  (the SDK turns it on for its run)
+        logging.captureWarnings(False)  # the SDK turns it on for its run
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)
         sys.excepthook = saved_excepthook
@@ -223,7 +223,7 @@ class _Kept(io.BufferedIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: t.Any) -> int:  # noqa: ANN401
+    def write(self, data: t.Any) -> int:
         if self.closed:
             raise ValueError("I/O operation on closed file.")
         return self._into.write(data)

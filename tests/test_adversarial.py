@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, PERSON_PROPS, people, record, run_target, sandbox_config, schema, state, target_command
+from helpers import PERSON_PROPS, people, record, run_target, sandbox_config, schema, state, target_command
 
 from target_encharge.sandbox import Sandbox
 
@@ -123,7 +123,7 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.answer(self, self.server.next_number())
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any  # noqa: N815 - http.server's names
 
     def log_message(self, *args: t.Any) -> None:
         pass
@@ -215,13 +215,22 @@ def test_a_batch_file_that_cannot_be_read_stops_the_run_before_its_state(sandbox
     assert len(sandbox.people()) == 2  # what came before is delivered
 
 
-def test_a_parquet_batch_without_pyarrow_is_a_one_line_error_naming_the_format(sandbox, tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("pyarrow is installed here: parquet is read")
+def test_a_parquet_batch_is_delivered_like_records(sandbox, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")  # the test extra installs it: this runs in `make test`
+    import pyarrow as pa
+
+    path = tmp_path / "people.parquet"
+    pq.write_table(pa.Table.from_pylist([{"email": f"p{i}@example.com", "plan": "pro"} for i in range(5)]), path)
+    messages = [schema("people", PERSON_PROPS, ["email"]), batch_message("people", [path], fmt="parquet"),
+                state({"after": 1})]
+    run = run_target(sandbox_config(sandbox), messages)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p["email"] for p in sandbox.people()) == [f"p{i}@example.com" for i in range(5)]
+    assert run.states[-1] == {"after": 1}
+
+
+def test_a_parquet_batch_without_pyarrow_is_a_one_line_error_naming_the_format(sandbox, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed (the target asks find_spec)
     (tmp_path / "p.parquet").write_bytes(b"PAR1")
     messages = [schema("people", PERSON_PROPS, ["email"]),
                 batch_message("people", [tmp_path / "p.parquet"], fmt="parquet"), state({"after": 1})]
@@ -477,7 +486,7 @@ def test_a_connection_dropped_mid_body_is_retried(sandbox, scripted):
 
 
 def test_request_timeout_bounds_the_whole_call_not_each_read(sandbox, scripted):
-    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:  # noqa: ARG001
+    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", "1000")
         handler.end_headers()
@@ -501,7 +510,7 @@ def test_request_timeout_bounds_the_whole_call_not_each_read(sandbox, scripted):
 def test_a_huge_compressed_answer_is_never_inflated_whole(sandbox, scripted):
     bomb = gzip_of_repeats(b"0" * 1_000_000, 1000)  # 1 GB of zeros in under 1 MB, one gzip member
 
-    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:  # noqa: ARG001
+    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:
         reply(handler, 200, bomb, {"Content-Encoding": "gzip"})
 
     server = scripted(answer)
@@ -511,7 +520,7 @@ def test_a_huge_compressed_answer_is_never_inflated_whole(sandbox, scripted):
 
 
 def test_a_redirect_to_plain_http_elsewhere_is_refused(sandbox, scripted):
-    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:  # noqa: ARG001
+    def answer(handler: BaseHTTPRequestHandler, n: int) -> None:
         reply(handler, 307, b"", {"Location": "http://0.0.0.0:1/steal"})
 
     server = scripted(answer)

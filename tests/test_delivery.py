@@ -72,9 +72,9 @@ def test_retry_after_http_date_and_backoff_policy():
     assert 25 <= parse_retry_after(soon) <= 31
     assert parse_retry_after("nonsense") is None
     policy = RetryPolicy(max_retries=5, backoff=1.0, backoff_max=8)
-    delays = [policy.delay(n) for n in range(1, 7)]
+    delays = [policy.get_backoff_time(n) for n in range(1, 7)]
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0 and all(d <= 8 for d in delays)
-    assert policy.delay(1, "7") == 7
+    assert policy.get_backoff_time(1, "7") == 7
 
 
 def test_retries_give_up_after_max_retries_and_the_record_is_dead_lettered(sandbox):
@@ -299,9 +299,9 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(content)
         upstream.close()
 
-    do_GET = do_POST = do_PUT = do_DELETE = _forward
+    do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815 - http.server's names
 
-    def log_message(self, *_args: t.Any) -> None:  # noqa: ANN401
+    def log_message(self, *_args: t.Any) -> None:
         pass
 
 

@@ -6,7 +6,8 @@ from helpers import people, record, run_target, sandbox_config, schema, state
 
 
 def test_a_malformed_line_stops_with_its_line_number_after_delivering_what_came_before(sandbox):
-    messages = [*people(2), state({"n": 2}), '{"type": "RECORD", "stream": "people", "record": {"em\n', *people(1, start=5)]
+    messages = [*people(2), state({"n": 2}), '{"type": "RECORD", "stream": "people", "record": {"em\n',
+                *people(1, start=5)]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 1
     assert run.error_line.startswith("target-encharge: error: input line 5 is not valid JSON")

@@ -105,7 +105,7 @@ def test_records_of_the_wrong_types_are_each_dead_lettered_and_the_good_ones_del
     assert len(dead) == len(wrong)
     for letter, sent in zip(sorted(dead, key=lambda d: str(d["record"].get("email"))),
                             sorted([{"email": f"bad{i}@example.com", **f} for i, f in enumerate(wrong)],
-                                   key=lambda r: str(r.get("email")))):
+                                   key=lambda r: str(r.get("email"))), strict=True):
         assert letter["record"] == sent  # the record as the tap sent it
         assert letter["reason"].startswith("refused before sending: does not match its stream's SCHEMA")
         assert letter["stream"] == "people" and letter["status"] is None

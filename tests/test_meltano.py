@@ -42,7 +42,7 @@ def run_with_env(env: dict[str, str], messages: list[dict]) -> subprocess.Comple
                           capture_output=True, text=True, env={**clean, **env}, timeout=120, check=False)
 
 
-def sandbox_env(sandbox: t.Any, **settings: str) -> dict[str, str]:  # noqa: ANN401
+def sandbox_env(sandbox: t.Any, **settings: str) -> dict[str, str]:
     return {"TARGET_ENCHARGE_API_KEY": API_KEY, "TARGET_ENCHARGE_WRITE_KEY": WRITE_KEY,
             "TARGET_ENCHARGE_API_URL": sandbox.api_url, "TARGET_ENCHARGE_INGEST_URL": sandbox.ingest_url,
             **{f"TARGET_ENCHARGE_{k.upper()}": v for k, v in settings.items()}}
@@ -198,10 +198,12 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
         assert [o["value"] for o in settings["sync_mode"]["options"]] == ["upsert", "update", "create", "mirror"]
         assert {name: (c["executable"], c["args"]) for name, c in definition["commands"].items()} == {
             "check": ("target-encharge-check", "--config ENV"), "ledger-status": ("target-encharge-ledger", "status"),
-            "ledger-forget": ("target-encharge-ledger", "forget"), "ledger-replay": ("target-encharge-ledger", "replay"),
+            "ledger-forget": ("target-encharge-ledger", "forget"),
+            "ledger-replay": ("target-encharge-ledger", "replay"),
         }
         assert settings["streams"]["kind"] == "object" and settings["stream_maps"]["kind"] == "object"
-        assert [o["value"] for o in settings["endpoint"]["options"]] == about["settings"]["properties"]["endpoint"]["enum"]
+        endpoints = about["settings"]["properties"]["endpoint"]["enum"]
+        assert [o["value"] for o in settings["endpoint"]["options"]] == endpoints
         assert settings["batch_size"]["kind"] == "integer" and settings["batch_size"]["value"] == 100
         assert all(s["label"] and s["description"] for s in settings.values())
     assert loader["pip_url"] == "-e ."
@@ -296,7 +298,7 @@ class MeltanoProject:
     def tap_states(self, *extractors: str) -> dict[str, dict]:
         """Each extractor's tap_state, at once."""
         with concurrent.futures.ThreadPoolExecutor(len(extractors)) as pool:
-            return dict(zip(extractors, pool.map(self.tap_state, extractors)))
+            return dict(zip(extractors, pool.map(self.tap_state, extractors), strict=True))
 
 
 def slow_with_meltano(test: t.Callable) -> t.Callable:
@@ -343,7 +345,7 @@ def jsonl(name: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines() if line.strip()]
 
 
-def keys_env(sandbox: t.Any) -> dict[str, str]:  # noqa: ANN401
+def keys_env(sandbox: t.Any) -> dict[str, str]:
     """The keys and the sandbox's URLs as Meltano users pass settings: TARGET_ENCHARGE_* variables."""
     return sandbox_env(sandbox, retry_backoff="0.01")
 
@@ -417,7 +419,7 @@ def test_meltano_install_gives_each_plugin_its_own_venv(meltano_install):
 
 # The sync ledger under Meltano: a file in the project directory by default, looked into with plugin commands.
 
-def writes(sandbox: t.Any) -> list[tuple[str, str]]:  # noqa: ANN401
+def writes(sandbox: t.Any) -> list[tuple[str, str]]:
     return [(r["method"], r["path"]) for r in sandbox.requests() if r["method"] != "GET"]
 
 

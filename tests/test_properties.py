@@ -225,12 +225,12 @@ def test_the_manual_body_is_the_record_in_the_configured_encoding(name, batch):
     if name == "manual NDJSON":
         lines = body.decode().split("\n")
         assert lines[-1] == "" and len(lines) == len(batch) + 1
-        assert all(same(_decode(line), r) for line, r in zip(lines, batch))
+        assert all(same(_decode(line), r) for line, r in zip(lines, batch, strict=False))
     elif name == "manual form":
         (record,) = batch
         fields = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
         assert [k for k, _ in fields] == [k for k, v in record.items() if v is not None]
-        for (_, text), value in zip(fields, [v for v in record.values() if v is not None]):
+        for (_, text), value in zip(fields, [v for v in record.values() if v is not None], strict=False):
             if isinstance(value, str):
                 assert text == value
             elif isinstance(value, (datetime.date, datetime.datetime)):

@@ -43,7 +43,7 @@ def mixed_input() -> list[dict]:
 
 def sent(sandbox) -> list[dict]:
     """The calls that carried records (not the start-up checks)."""
-    return [r for r in sandbox.requests() if not (r["method"] == "GET")]
+    return [r for r in sandbox.requests() if r["method"] != "GET"]
 
 
 def target_csv() -> str:

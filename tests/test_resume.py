@@ -33,7 +33,7 @@ def tap_jsonl() -> str:
     return found
 
 
-def start_target(config: dict, workdir: Path, stdin: t.Any) -> subprocess.Popen:  # noqa: ANN401
+def start_target(config: dict, workdir: Path, stdin: t.Any) -> subprocess.Popen:
     (workdir / "target.json").write_text(json.dumps(config))
     return subprocess.Popen([*target_command(), "--config", str(workdir / "target.json")], stdin=stdin,
                             stdout=subprocess.PIPE, stderr=(workdir / "target.log").open("ab"), cwd=workdir)

@@ -329,7 +329,8 @@ def test_tagging_an_unknown_person_is_404_and_creates_nobody(sandbox):
 
 def test_custom_objects_are_created_per_schema(sandbox):
     answer = rest(sandbox, "POST", "/objects/company",
-                  [{"externalId": "acme", "name": "Acme", "employees": 120}, {"externalId": "globex", "name": "Globex"}])
+                  [{"externalId": "acme", "name": "Acme", "employees": 120},
+                   {"externalId": "globex", "name": "Globex"}])
     assert answer.status_code == 200
     created = answer.json()["objects"]
     assert [o["externalId"] for o in created] == ["acme", "globex"]
@@ -925,7 +926,7 @@ def test_keep_alive_and_exact_content_length(sandbox):
 
 
 def test_only_loopback_addresses_are_served():
-    for host in ("0.0.0.0", "8.8.8.8", "192.168.1.10"):
+    for host in ("0.0.0.0", "8.8.8.8", "192.168.1.10"):  # noqa: S104 - each refused
         with pytest.raises(ValueError, match="loopback"):
             Sandbox(host=host)
     with Sandbox(host="localhost") as sb:
@@ -1243,8 +1244,8 @@ def test_the_command_applies_fault_flags():
 
 
 def test_the_command_refuses_non_loopback_hosts_and_reports_a_missing_sandbox():
-    refused = subprocess.run([*sandbox_command(), "--host", "0.0.0.0", "--port", "0"], capture_output=True,
-                             text=True, timeout=30)
+    refused = subprocess.run([*sandbox_command(), "--host", "0.0.0.0", "--port", "0"],  # noqa: S104 - refused
+                             capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and "loopback" in refused.stderr
     with Sandbox() as sb:
         free_url = sb.url

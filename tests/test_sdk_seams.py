@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import inspect
 import io
 import json
@@ -20,6 +21,7 @@ from singer_sdk.contrib.msgspec import MsgSpecReader
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.sinks import RecordSink
 
+from target_encharge.config import ENV_PREFIX
 from target_encharge.sdk import PRIVATE_NAMES, SeamReader, SeamSink, SeamTarget
 from target_encharge.target import TargetEncharge
 
@@ -62,6 +64,22 @@ def test_the_overridden_hooks_keep_their_signatures():
     invoke = inspect.signature(Target.invoke).parameters
     assert {"about", "about_format", "config", "file_input"} <= set(invoke), "Target.invoke's parameters moved"
     assert set(_ConfigInput.__dataclass_fields__) >= {"config", "parse_env"}
+
+
+# sha256 of the source of singer-sdk 0.54.9's Target.invoke, which SeamTarget.invoke copies (and skips)
+TARGET_INVOKE_SHA256 = "09090ea685c4bda1ea3dcd177a8d8407e37f17f6d088f34dd01ac0214d4d4daa"
+
+
+def test_the_copied_target_invoke_is_the_sdks_as_it_was_read():
+    source = inspect.getsource(Target.invoke)
+    assert hashlib.sha256(source.encode()).hexdigest() == TARGET_INVOKE_SHA256, (
+        "singer-sdk's Target.invoke changed: SeamTarget.invoke (target_encharge/sdk.py) copies it and skips it. "
+        "Re-read the new Target.invoke, carry what changed into SeamTarget.invoke, then pin the new hash here."
+    )
+
+
+def test_the_environment_prefix_is_the_sdks():
+    assert TargetEncharge._env_var_prefix == ENV_PREFIX, "the SDK reads --config ENV under another prefix now"
 
 
 def test_our_seams_are_the_classes_in_use():

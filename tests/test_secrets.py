@@ -27,6 +27,7 @@ from helpers import PERSON_PROPS, people, record, run_target, sandbox_config, sc
 from helpers import WRITE_KEY as SANDBOX_WRITE_KEY
 
 from target_encharge.sandbox import Sandbox
+from target_encharge.settings import RunSettings
 
 API_KEY = "ek_live_API_3f9a7c1e5b2d"
 WRITE_KEY = "ek_write_WK_8d4b6a2f0c1e"
@@ -235,7 +236,7 @@ class _Redirector(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: t.Any
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         size = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(size)
         self.server.seen.append((self.command, self.path, self.headers.get("X-Encharge-Token")))
@@ -251,7 +252,7 @@ class _Redirector(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_PUT = do_DELETE = do_GET
+    do_POST = do_PUT = do_DELETE = do_GET  # noqa: N815 - http.server's names
 
     def log_message(self, *args: t.Any) -> None:
         pass
@@ -312,3 +313,12 @@ def test_a_key_of_the_wrong_type_is_refused_without_showing_it():
     assert "'x' is not of type" in run.error_line  # other settings' errors are quoted as they are
     for key in ("987654321987", "765432187654"):
         assert key not in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize("ledger_url", [
+    "postgresql://ledger:pass%40word-9@127.0.0.1:5432/ledger",
+    "postgresql://ledger@127.0.0.1:5432/ledger?password=pass%40word-9",
+])
+def test_the_ledger_password_is_a_secret_in_either_place_a_url_carries_it(ledger_url):
+    secrets = RunSettings.from_config({"ledger_url": ledger_url}).secrets
+    assert "pass%40word-9" in secrets and "pass@word-9" in secrets  # as written and percent-decoded

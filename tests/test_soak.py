@@ -52,7 +52,8 @@ def summary_table(stderr: str) -> dict[str, dict[str, int]]:
         cells = line.split()
         if len(cells) != len(header) or not all(re.fullmatch(r"[\d,]+", c) for c in cells[1:]):
             break
-        table[cells[0]] = {name: int(value.replace(",", "")) for name, value in zip(header[1:], cells[1:])}
+        table[cells[0]] = {name: int(value.replace(",", ""))
+                           for name, value in zip(header[1:], cells[1:], strict=False)}
     return table
 
 

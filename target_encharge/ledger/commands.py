@@ -12,8 +12,6 @@ directory. Errors are one line on stderr, exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import typing as t
 from decimal import Decimal
@@ -22,11 +20,12 @@ from pathlib import Path
 import msgspec
 
 from target_encharge import encoding
+from target_encharge.config import ENV, ENV_PREFIX, load
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.ledger.store import StreamStatus, SyncLedger
 
 PROG = "target-encharge-ledger"
-ENVIRONMENT_URL = "TARGET_ENCHARGE_LEDGER_URL"
+ENVIRONMENT_URL = f"{ENV_PREFIX}LEDGER_URL"
 REPLAY_SCHEMA = {"type": "object", "properties": {}, "additionalProperties": True}  # any record passes
 _record_decoder = msgspec.json.Decoder(float_hook=Decimal)  # every digit of a number survives the replay
 
@@ -36,17 +35,10 @@ class CommandError(EnchargeTargetError):
 
 
 def ledger_url(config_path: str | None) -> str | None:
-    """``ledger_url`` from the config file, else from the environment, else None (the default file)."""
-    if config_path:
-        try:
-            config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"cannot read the config file {config_path}: {type(exc).__name__}") from None
-        if not isinstance(config, dict):
-            raise CommandError(f"the config file {config_path} is not a JSON object")
-        if config.get("ledger_url"):
-            return str(config["ledger_url"])
-    return os.environ.get(ENVIRONMENT_URL) or None
+    """``ledger_url`` from the config file, else from the environment, else None (the default file); each read
+    and checked by the target's own config loader."""
+    from_file = load([config_path]).get("ledger_url") if config_path else None
+    return str(from_file or load([ENV]).get("ledger_url") or "") or None
 
 
 def _when(moment: t.Any) -> str:  # noqa: ANN401

@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from target_encharge.errors import ConfigError
-from target_encharge.settings import DEFAULT_LEDGER_FILE
+from target_encharge.settings import DEFAULT_LEDGER_FILE, ledger_password
 
 
 class LazyModule(types.ModuleType):
@@ -74,13 +74,6 @@ def mask_url(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", masked)
 
 
-def _password(url: str) -> str | None:
-    match = _PASSWORD.match(url)
-    found = match["password"] if match else None
-    query = _QUERY_PASSWORD.search(url)
-    return found or (url[query.end(1):].split("&")[0] if query else None)
-
-
 @dataclasses.dataclass(frozen=True)
 class Location:
     """Where a ledger lives: the URL as configured, the SQLite file or the server's URL for SQLAlchemy, and the
@@ -113,7 +106,7 @@ class Location:
     def scrub(self, text: str) -> str:
         """``text`` on one line, with the password (as written and percent-decoded) replaced by ``***``."""
         text = " ".join(text.split())
-        secret = _password(self.url)
+        secret = ledger_password(self.url)
         for form in {secret, unquote(secret or ""), self.server.password if self.server is not None else None}:
             if form:
                 text = text.replace(str(form), "***")
