@@ -8,8 +8,10 @@ TARGET_CSV := $(TOOLS)/target-csv/bin/target-csv
 MELTANO := $(TOOLS)/meltano/bin/meltano
 TAP_POSTGRES := $(TOOLS)/tap-postgres/bin/tap-postgres
 TAP_MYSQL := $(TOOLS)/tap-mysql/bin/tap-mysql
-# singer-io tap-mysql 1.17.7 needs an older Python than ours (see docs/taps.md).
-TAP_MYSQL_PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.10*/bin/python) $(shell command -v python3.10))
+# singer-io tap-mysql 1.17.7 needs Python 3.11 or older (it uses ssl.match_hostname, gone in 3.12): the first of
+# these that has it.
+TAP_MYSQL_PYTHON ?= $(shell for p in $(PYTHON) python3.11 python3.10; do \
+	$$p -c 'import ssl; ssl.match_hostname' 2>/dev/null && { echo $$p; break; }; done)
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .PHONY: install demo test lint bench sandbox docs clean
