@@ -34,9 +34,11 @@ TIMEOUT = 120.0
 
 @dataclasses.dataclass
 class TapRun:
-    """What one run of a tap printed: its Singer messages in order, its exit code (negative: killed) and log."""
+    """What one run of a tap printed: its Singer messages in order (and the lines as printed), its exit code
+    (negative: killed) and its log."""
 
     messages: list[dict]
+    output: list[bytes]
     returncode: int
     stderr: str
 
@@ -55,19 +57,20 @@ class TapRun:
         states = self.states
         return states[-1] if states else None
 
-    def kinds(self, stream: str) -> list[str]:
-        """The message types for ``stream`` in order, runs of RECORD collapsed to one ("SCHEMA", "RECORD", ...)."""
+    def kinds(self, *, states: bool = True) -> list[str]:
+        """The message types in order, each run of RECORD as one ("STATE", "SCHEMA", "RECORD", ...); without
+        STATE with ``states=False``."""
         kinds: list[str] = []
         for message in self.messages:
-            if message.get("stream") != stream:
+            if not states and message["type"] == "STATE":
                 continue
             if not (kinds and kinds[-1] == message["type"] == "RECORD"):
                 kinds.append(message["type"])
         return kinds
 
-    def lines(self) -> list[str]:
-        """The messages as the JSON lines a target reads."""
-        return [json.dumps(m) for m in self.messages]
+    def lines(self) -> list[bytes]:
+        """The lines as the tap printed them, newlines included: a target's input."""
+        return list(self.output)
 
 
 def executable(name: str) -> str:
@@ -91,6 +94,7 @@ def _run(command: list[str], *, stop_after_records: int | None = None) -> TapRun
     """Runs a tap and reads its stdout line by line; with ``stop_after_records``, kills it (SIGKILL, as a crash
     or an out-of-memory kill) once it has printed that many records, keeping only what came before the kill."""
     messages: list[dict] = []
+    output: list[bytes] = []
     with tempfile.TemporaryFile() as stderr, subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
     ) as process:
@@ -103,6 +107,7 @@ def _run(command: list[str], *, stop_after_records: int | None = None) -> TapRun
                     continue
                 message = json.loads(raw)
                 messages.append(message)
+                output.append(raw)
                 records += message["type"] == "RECORD"
                 if stop_after_records is not None and records >= stop_after_records:
                     process.send_signal(signal.SIGKILL)
@@ -114,7 +119,7 @@ def _run(command: list[str], *, stop_after_records: int | None = None) -> TapRun
         log = stderr.read().decode(errors="replace")
     if stop_after_records is None and returncode != 0:
         raise RuntimeError(f"{Path(command[0]).name} exited {returncode}: {log[-1500:]}")
-    return TapRun(messages, returncode, log)
+    return TapRun(messages, output, returncode, log)
 
 
 def _kill_after(process: subprocess.Popen, seconds: float) -> t.Any:  # noqa: ANN401
@@ -153,14 +158,15 @@ def select_full_table(catalog: dict, tables: t.Iterable[str]) -> dict:
 
 def tap_postgres_config(server: PostgresServer, database_url: str, **settings: t.Any) -> dict:  # noqa: ANN401
     """Settings for tap-postgres on a database of the test server: the ``public`` schema, FULL_TABLE, with
-    ACTIVATE_VERSION messages (off by default in singer-sdk)."""
+    ACTIVATE_VERSION messages (off by default in singer-sdk); a setting given as None is left out."""
     from postgres import PASSWORD, USER
 
-    return {
+    config = {
         "host": "127.0.0.1", "port": server.port, "user": USER, "password": PASSWORD,
         "database": database_url.rsplit("/", 1)[1], "filter_schemas": ["public"],
         "default_replication_method": "FULL_TABLE", "emit_activate_version_messages": True, **settings,
     }
+    return {key: value for key, value in config.items() if value is not None}
 
 
 def run_tap_postgres(server: PostgresServer, database_url: str, tables: t.Iterable[str], *,
