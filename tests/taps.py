@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import typing as t
 from pathlib import Path
 
@@ -122,9 +123,7 @@ def _run(command: list[str], *, stop_after_records: int | None = None) -> TapRun
     return TapRun(messages, output, returncode, log)
 
 
-def _kill_after(process: subprocess.Popen, seconds: float) -> t.Any:  # noqa: ANN401
-    import threading
-
+def _kill_after(process: subprocess.Popen, seconds: float) -> threading.Timer:
     timer = threading.Timer(seconds, process.kill)
     timer.daemon = True
     timer.start()

@@ -33,7 +33,8 @@ def _postgres_customers(url: str, count: int) -> None:
 
 
 def _mariadb_customers(server, database: str, count: int) -> None:  # noqa: ANN001
-    server.execute("CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL, plan VARCHAR(20));"
+    server.execute("CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL,"
+                   " plan VARCHAR(20));"
                    " INSERT INTO customers SELECT seq, CONCAT('p', seq, '@example.com'), 'pro'"
                    f" FROM seq_1_to_{count};", database)
 
@@ -134,7 +135,8 @@ def test_tap_mysql_resumes_a_killed_full_table_past_last_pk_fetched_under_a_new_
     resumed = run_tap_mysql(mariadb_server, mariadb_database, ["customers"], state=cut.last_state)
     (resumed_version,) = _versions(resumed.records())
     assert resumed_version != cut_version  # the resumed table is a version of its own...
-    assert [r["record"]["customer_id"] for r in resumed.records()] == list(range(1001, ROWS + 1))  # ...without rows 1-1000
+    # ...without rows 1-1000
+    assert [r["record"]["customer_id"] for r in resumed.records()] == list(range(1001, ROWS + 1))
     # and is announced as complete after its records, like a whole table.
     expected = ["SCHEMA", "RECORD", "ACTIVATE_VERSION"]
     if not completed_before:  # the initial full table is still not complete: announced first too
