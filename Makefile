@@ -6,6 +6,12 @@ TOOLS  := .tools
 TAP_JSONL := $(TOOLS)/tap-jsonl/bin/tap-jsonl
 TARGET_CSV := $(TOOLS)/target-csv/bin/target-csv
 MELTANO := $(TOOLS)/meltano/bin/meltano
+TAP_POSTGRES := $(TOOLS)/tap-postgres/bin/tap-postgres
+TAP_MYSQL := $(TOOLS)/tap-mysql/bin/tap-mysql
+# singer-io tap-mysql 1.17.7 needs Python 3.11 or older (it uses ssl.match_hostname, gone in 3.12): the first of
+# these that has it.
+TAP_MYSQL_PYTHON ?= $(shell for p in $(PYTHON) python3.11 python3.10; do \
+	$$p -c 'import ssl; ssl.match_hostname' 2>/dev/null && { echo $$p; break; }; done)
 PIP_QUIET := --quiet --disable-pip-version-check
 
 .PHONY: install demo test lint bench sandbox docs clean
@@ -17,12 +23,19 @@ $(BIN)/target-encharge: pyproject.toml
 	touch $@
 
 # A tool's venv, made whole or not at all (a half-made one is removed, so the next `make` starts it again).
-tool_venv = $(PYTHON) -m venv $(TOOLS)/$(1) && $(TOOLS)/$(1)/bin/pip install $(PIP_QUIET) $(2) \
+tool_venv = $(or $(3),$(PYTHON)) -m venv $(TOOLS)/$(1) && $(TOOLS)/$(1)/bin/pip install $(PIP_QUIET) $(2) \
 	|| { rm -rf $(TOOLS)/$(1); exit 1; }
 
 # Singer taps and targets live in venvs of their own, as Meltano keeps them (their singer-sdk pins differ from ours).
 $(TAP_JSONL):
 	$(call tool_venv,tap-jsonl,tap-jsonl==0.3.1)
+
+# Real database taps, one of each family: tests/taps.py runs them against the test PostgreSQL and MariaDB servers.
+$(TAP_POSTGRES):
+	$(call tool_venv,tap-postgres,meltanolabs-tap-postgres==0.10.0)
+
+$(TAP_MYSQL):
+	$(call tool_venv,tap-mysql,tap-mysql==1.17.7,$(TAP_MYSQL_PYTHON))
 
 # A downstream target: the tests pipe the response stream into it.
 $(TARGET_CSV):
@@ -34,7 +47,7 @@ $(MELTANO):
 
 # What is missing is built in parallel; what is there is left alone.
 install:
-	@$(MAKE) --no-print-directory -j4 $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO)
+	@$(MAKE) --no-print-directory -j4 $(BIN)/target-encharge $(TAP_JSONL) $(TARGET_CSV) $(MELTANO) $(TAP_POSTGRES) $(TAP_MYSQL)
 
 # The demo needs only the project and tap-jsonl (not Meltano nor target-csv).
 demo: $(BIN)/target-encharge $(TAP_JSONL)
@@ -49,7 +62,8 @@ TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" TAP_JSONL="$(CURDIR)/$(TAP_JSONL)" TARGET_CSV="$(CURDIR)/$(TARGET_CSV)" \
-		MELTANO="$(CURDIR)/$(MELTANO)" PYTHONDONTWRITEBYTECODE= \
+		MELTANO="$(CURDIR)/$(MELTANO)" TAP_POSTGRES="$(CURDIR)/$(TAP_POSTGRES)" TAP_MYSQL="$(CURDIR)/$(TAP_MYSQL)" \
+		PYTHONDONTWRITEBYTECODE= \
 		$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Lint rules and formatting (ruff), types (mypy) and the import contracts (import-linter), all configured in

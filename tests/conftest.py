@@ -15,6 +15,7 @@ from typing import Iterator
 import pytest
 from helpers import API_KEY, RUNNER_VARIABLE, WRITE_KEY
 from hypothesis import HealthCheck, settings
+from mariadb import mariadb_database, mariadb_server  # noqa: F401 (fixtures: one server per worker, on first use)
 from postgres import postgres_server, postgres_url  # noqa: F401 (fixtures: one server per worker, for every file)
 
 from target_encharge.sandbox import Sandbox

@@ -1,0 +1,216 @@
+"""A real MariaDB server for the tests (singer-io tap-mysql reads it), found or installed, started on first use.
+
+Like tests/postgres.py: the server comes from the machine (``mariadbd`` and ``mariadb-install-db``); on a fresh
+Debian CI machine running as root it is installed with apt-get (Debian's ``mariadb-server``, which does not start
+a service where there is no init system). As root it runs as the ``mysql`` system user (the package creates it;
+created here when missing). It listens on 127.0.0.1 only, in a temporary data directory removed at the end, and a
+password user ``tap`` reaches it over TCP, as a tap does. The session fixture starts it the first time a test asks
+for it, so workers that run no MariaDB test start none. When it cannot start, tests needing it are skipped, except
+on CI (``CI`` set), where they fail loudly.
+
+SQL is sent with the ``mariadb`` command-line client that comes with the server: the project needs no MySQL
+driver of its own (tap-mysql has its own, in its own venv).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import typing as t
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import file_lock
+
+USER = "tap"
+PASSWORD = "my-" + secrets.token_hex(8)  # a secret the tests can check never shows
+START_TIMEOUT = 60.0
+SETUP_LOCK = Path(tempfile.gettempdir()) / "target-encharge-tests-mariadb-setup.lock"
+PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb")
+
+
+def _programs() -> dict[str, str] | None:
+    found = {name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+             for name in PROGRAMS}
+    return None if None in found.values() else t.cast("dict[str, str]", found)
+
+
+def _install() -> None:
+    """apt-get install mariadb-server (root on Debian/Ubuntu only)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError("MariaDB is not installed, and installing it needs root and apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "mariadb-server"]):
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """Who runs the server: None for the current user, or the ``mysql`` system user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("mysql")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "mysql"], check=True)
+        return pwd.getpwnam("mysql")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quote(value: object) -> str:
+    """A SQL literal: NULL, a number, or a quoted string (backslashes and quotes escaped)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class MariaDBServer:
+    """One mariadbd process over a temporary data directory."""
+
+    def __init__(self) -> None:
+        with file_lock(SETUP_LOCK):  # one apt-get (or useradd) at a time: every pytest-xdist worker may get here
+            programs = _programs()
+            if programs is None:
+                _install()
+                programs = _programs()
+            if programs is None:
+                raise RuntimeError("MariaDB was installed but mariadbd is not found")
+            self.user = _server_user()
+        self.programs = programs
+        self.root = Path(tempfile.mkdtemp(prefix="tap-mariadb-"))
+        self.data = self.root / "data"
+        self.socket = self.root / "mariadb.sock"
+        self.port = _free_port()
+        self.host = "127.0.0.1"
+        self.process: subprocess.Popen | None = None
+
+    def _as_server_user(self) -> dict[str, t.Any]:
+        if self.user is None:
+            return {}
+        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+
+    def start(self) -> None:
+        if self.user is not None:
+            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
+        self.root.chmod(0o700)
+        subprocess.run(
+            [self.programs["mariadb-install-db"], "--no-defaults", f"--datadir={self.data}", "--skip-test-db",
+             "--auth-root-authentication-method=normal", "--skip-name-resolve"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root, **self._as_server_user(),
+        )
+        self.process = subprocess.Popen(
+            [self.programs["mariadbd"], "--no-defaults", f"--datadir={self.data}", f"--socket={self.socket}",
+             f"--port={self.port}", f"--bind-address={self.host}", f"--pid-file={self.root / 'mariadbd.pid'}",
+             f"--tmpdir={self.root}", f"--log-error={self.root / 'server.log'}", "--skip-name-resolve",
+             "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin",
+             "--max-connections=200"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root, **self._as_server_user(),
+        )
+        self._wait_ready()
+        # Root is for this set-up only; the tests and the taps use a password user over TCP.
+        self.execute(
+            f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY {quote(PASSWORD)};"
+            f" GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1'; FLUSH PRIVILEGES;",
+            as_root=True,
+        )
+
+    def _client(self, database: str | None, *, as_root: bool) -> tuple[list[str], dict[str, t.Any]]:
+        command = [self.programs["mariadb"], "--no-defaults", "--batch", "--skip-column-names", "--raw"]
+        if as_root:  # root has no password and is reached only over the socket, in a directory only we can read
+            return [*command, f"--socket={self.socket}", "--user=root", *([database] if database else [])], {}
+        return [*command, "--protocol=tcp", f"--host={self.host}", f"--port={self.port}", f"--user={USER}",
+                *([database] if database else [])], {"env": {**os.environ, "MYSQL_PWD": PASSWORD}}
+
+    def execute(self, sql: str, database: str | None = None, *, as_root: bool = False) -> list[list[str]]:
+        """Runs ``sql`` (one or more statements) and returns the rows of the last result, as strings."""
+        command, options = self._client(database, as_root=as_root)
+        done = subprocess.run(command, input=sql.encode(), capture_output=True, timeout=60, cwd=self.root,
+                              **options)
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb: {done.stderr.decode(errors='replace').strip()[-500:]}")
+        return [line.split("\t") for line in done.stdout.decode().splitlines()]
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited at start: {self.log_tail()}")
+            try:
+                self.execute("SELECT 1", as_root=True)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mariadbd did not accept connections: {self.log_tail()}") from None
+                time.sleep(0.2)
+
+    def log_tail(self) -> str:
+        log = self.root / "server.log"
+        return log.read_text(errors="replace")[-500:] if log.exists() else ""
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its name."""
+        name = "tap_" + uuid.uuid4().hex[:12]
+        self.execute(f"CREATE DATABASE `{name}`")
+        return name
+
+    def connection(self, database: str | None = None) -> dict[str, t.Any]:
+        """How a tap reaches it: tap-mysql's own config keys (host, port, user, password, database)."""
+        settings: dict[str, t.Any] = {"host": self.host, "port": str(self.port), "user": USER, "password": PASSWORD}
+        if database is not None:
+            settings["database"] = database
+        return settings
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: a normal shutdown
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> t.Iterator[MariaDBServer]:
+    """A started MariaDB server for the whole session; stopped and removed at its end."""
+    server = None
+    try:
+        server = MariaDBServer()
+        server.start()
+    except (RuntimeError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else str(exc)
+        if server is not None:
+            server.stop()
+        _unavailable(f"cannot start MariaDB: {detail}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mariadb_database(mariadb_server: MariaDBServer) -> str:
+    """The name of a fresh database on the session's server."""
+    return mariadb_server.new_database()
+
+
+def _unavailable(reason: str) -> t.NoReturn:
+    if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
+        pytest.fail(f"MariaDB is required on CI: {reason}", pytrace=False)
+    pytest.skip(reason)
