@@ -155,7 +155,7 @@ def select_full_table(catalog: dict, tables: t.Iterable[str]) -> dict:
 # MeltanoLabs tap-postgres (singer-sdk)
 
 
-def tap_postgres_config(server: PostgresServer, database_url: str, **settings: t.Any) -> dict:  # noqa: ANN401
+def tap_postgres_config(server: PostgresServer, database_url: str, **settings: t.Any) -> dict:
     """Settings for tap-postgres on a database of the test server: the ``public`` schema, FULL_TABLE, with
     ACTIVATE_VERSION messages (off by default in singer-sdk); a setting given as None is left out."""
     from postgres import PASSWORD, USER
@@ -169,7 +169,7 @@ def tap_postgres_config(server: PostgresServer, database_url: str, **settings: t
 
 
 def run_tap_postgres(server: PostgresServer, database_url: str, tables: t.Iterable[str], *,
-                     state: dict | None = None, **settings: t.Any) -> TapRun:  # noqa: ANN401
+                     state: dict | None = None, **settings: t.Any) -> TapRun:
     """tap-postgres, discovered then run over ``tables`` of the ``public`` schema (streams ``public-<table>``)."""
     tap = executable("tap-postgres")
     with tempfile.TemporaryDirectory(prefix="tap-postgres-") as scratch:

@@ -32,7 +32,7 @@ def _postgres_customers(url: str, count: int) -> None:
                            " FROM generate_series(1, %s) i", (count,))
 
 
-def _mariadb_customers(server, database: str, count: int) -> None:  # noqa: ANN001
+def _mariadb_customers(server, database: str, count: int) -> None:
     server.execute("CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL,"
                    " plan VARCHAR(20));"
                    " INSERT INTO customers SELECT seq, CONCAT('p', seq, '@example.com'), 'pro'"
