@@ -81,8 +81,11 @@ def main() -> None:
         print(f"{args.records:,} records in chunks of {args.chunk:,}")
         for name, url in backends.items():
             figures = measure(url, args.records, args.chunk)
-            print(f"{name:<11} " + "  ".join(f"{label} {value:>9,.0f}" for label, value in figures.items())
-                  + f"   ({mask_url(url) if name != 'SQLite' else 'a local file'})")
+            print(
+                f"{name:<11} "
+                + "  ".join(f"{label} {value:>9,.0f}" for label, value in figures.items())
+                + f"   ({mask_url(url) if name != 'SQLite' else 'a local file'})"
+            )
     finally:
         if server is not None:
             server.stop()

@@ -47,7 +47,7 @@ API_KEY, WRITE_KEY = "sandbox-api-key", "sandbox-write-key"
 ROUNDS = 3  # P1 and P5: each CPU figure is the least of this many runs (see fastest)
 WORK = Path(tempfile.mkdtemp(prefix="encharge-bench-"))
 
-NOOP_TARGET = '''
+NOOP_TARGET = """
 from singer_sdk import Target
 from singer_sdk.sinks import RecordSink
 
@@ -61,18 +61,25 @@ class NoopTarget(Target):
     default_sink_class = NoopSink
 
 NoopTarget.cli()
-'''
+"""
 
 SCHEMA = {
     "type": "SCHEMA",
     "stream": "people",
     "key_properties": ["email"],
-    "schema": {"type": "object", "properties": {
-        "email": {"type": "string"}, "userId": {"type": ["string", "null"]},
-        "firstName": {"type": ["string", "null"]}, "lastName": {"type": ["string", "null"]},
-        "plan": {"type": ["string", "null"]}, "score": {"type": ["number", "null"]},
-        "logins": {"type": ["integer", "null"]}, "createdAt": {"type": ["string", "null"], "format": "date-time"},
-    }},
+    "schema": {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string"},
+            "userId": {"type": ["string", "null"]},
+            "firstName": {"type": ["string", "null"]},
+            "lastName": {"type": ["string", "null"]},
+            "plan": {"type": ["string", "null"]},
+            "score": {"type": ["number", "null"]},
+            "logins": {"type": ["integer", "null"]},
+            "createdAt": {"type": ["string", "null"], "format": "date-time"},
+        },
+    },
 }
 
 
@@ -84,9 +91,25 @@ def singer_input(n: int, name: str) -> Path:
     with path.open("w") as out:
         out.write(json.dumps(SCHEMA) + "\n")
         for i in range(n):
-            out.write(json.dumps({"type": "RECORD", "stream": "people", "record": {
-                "email": f"user{i}@example.com", "userId": f"u{i}", "firstName": "First", "lastName": "Last",
-                "plan": "pro", "score": i * 0.5, "logins": i % 50, "createdAt": "2024-03-01T10:00:00+00:00"}}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "type": "RECORD",
+                        "stream": "people",
+                        "record": {
+                            "email": f"user{i}@example.com",
+                            "userId": f"u{i}",
+                            "firstName": "First",
+                            "lastName": "Last",
+                            "plan": "pro",
+                            "score": i * 0.5,
+                            "logins": i % 50,
+                            "createdAt": "2024-03-01T10:00:00+00:00",
+                        },
+                    }
+                )
+                + "\n"
+            )
             if i % 10_000 == 9_999:
                 out.write(json.dumps({"type": "STATE", "value": {"bookmarks": {"people": {"n": i + 1}}}}) + "\n")
     return path
@@ -111,8 +134,7 @@ def run(cmd: list[str], stdin: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     with stdin.open("rb") as data:
-        proc = subprocess.run(cmd, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-                              cwd=WORK)
+        proc = subprocess.run(cmd, stdin=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, cwd=WORK)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -153,7 +175,8 @@ class Sandbox:
             self.port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [SANDBOX, "--port", str(self.port), "--latency-ms", str(latency_ms)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(100):
@@ -170,8 +193,13 @@ class Sandbox:
         requests.post(self.url + "/_sandbox/reset", timeout=5)
 
     def target_config(self, **settings: object) -> Path:
-        return config(api_key=API_KEY, write_key=WRITE_KEY, api_url=self.url + "/v1",
-                      ingest_url=self.url + "/ingest/v1", **settings)
+        return config(
+            api_key=API_KEY,
+            write_key=WRITE_KEY,
+            api_url=self.url + "/v1",
+            ingest_url=self.url + "/ingest/v1",
+            **settings,
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -216,12 +244,25 @@ def p1(n: int) -> dict:
     data = singer_input(n, "p1")
     noop = WORK / "noop_target.py"
     noop.write_text(NOOP_TARGET)
-    best = fastest({"stock": [sys.executable, str(noop), "--config", str(config())],
-                    "ours": [TARGET, "--config", str(config(dry_run=True, batch_records=True, batch_size=100,
-                                                            ledger_url=ledger("p1")))]}, data)
+    best = fastest(
+        {
+            "stock": [sys.executable, str(noop), "--config", str(config())],
+            "ours": [
+                TARGET,
+                "--config",
+                str(config(dry_run=True, batch_records=True, batch_size=100, ledger_url=ledger("p1"))),
+            ],
+        },
+        data,
+    )
     stock, ours = best["stock"], best["ours"]
-    return {"stock_cpu": stock["cpu"], "ours_cpu": ours["cpu"], "stock_wall": stock["wall"],
-            "ours_wall": ours["wall"], "ratio": ours["cpu"] / stock["cpu"]}
+    return {
+        "stock_cpu": stock["cpu"],
+        "ours_cpu": ours["cpu"],
+        "stock_wall": stock["wall"],
+        "ours_wall": ours["wall"],
+        "ratio": ours["cpu"] / stock["cpu"],
+    }
 
 
 def p2(calls: int) -> dict:
@@ -231,8 +272,14 @@ def p2(calls: int) -> dict:
         sandbox.reset()
         data = singer_input(calls, "p2")
         started = time.perf_counter()
-        run([TARGET, "--config", str(sandbox.target_config(max_concurrency=16, batch_records=False,
-                                                       ledger_url=ledger("p2")))], data)
+        run(
+            [
+                TARGET,
+                "--config",
+                str(sandbox.target_config(max_concurrency=16, batch_records=False, ledger_url=ledger("p2"))),
+            ],
+            data,
+        )
         total = time.perf_counter() - started
         sent = people_calls(sandbox.requests())
         ours = (len(sent) - 1) / span(sent)
@@ -249,8 +296,7 @@ def p3(n: int, rounds: int = ROUNDS) -> dict:
         sandbox = Sandbox(latency_ms=50)
         try:
             data = singer_input(n, "p3")
-            cfg = sandbox.target_config(max_concurrency=8, batch_records=True, batch_size=100,
-                                        ledger_url=ledger("p3"))
+            cfg = sandbox.target_config(max_concurrency=8, batch_records=True, batch_size=100, ledger_url=ledger("p3"))
             launched = time.time()
             run([TARGET, "--config", str(cfg)], data)
             sent = people_calls(sandbox.requests())
@@ -264,8 +310,7 @@ def p3(n: int, rounds: int = ROUNDS) -> dict:
 
 
 def p4(small: int, large: int, filled_ledger: str) -> dict:
-    cmd = [TARGET, "--config", str(config(dry_run=True, batch_records=True, batch_size=100,
-                                          ledger_url=filled_ledger))]
+    cmd = [TARGET, "--config", str(config(dry_run=True, batch_records=True, batch_size=100, ledger_url=filled_ledger))]
     low = peak_rss(cmd, singer_input(small, "p4"))
     high = peak_rss(cmd, singer_input(large, "p4"))
     return {"rss_small_mib": low, "rss_large_mib": high, "ratio": high / low}
@@ -281,17 +326,26 @@ def p5(n: int) -> dict:
         cfg = sandbox.target_config(batch_records=True, batch_size=100, ledger_url=ledger("p5"))
         first = run([TARGET, "--config", str(cfg)], data)
         sandbox.reset()
-        best = fastest({"rerun": [TARGET, "--config", str(cfg)],
-                        "stock": [sys.executable, str(noop), "--config", str(config())]}, data)
+        best = fastest(
+            {"rerun": [TARGET, "--config", str(cfg)], "stock": [sys.executable, str(noop), "--config", str(config())]},
+            data,
+        )
         rerun, stock = best["rerun"], best["stock"]
         writes = [r for r in logged(sandbox.requests()) if r["method"] != "GET"]
     finally:
         sandbox.stop()
     if writes:
         raise SystemExit(f"P5: the unchanged reruns sent {len(writes)} write(s); they must send none")
-    return {"first_cpu": first["cpu"], "first_wall": first["wall"], "rerun_cpu": rerun["cpu"],
-            "rerun_wall": rerun["wall"], "stock_cpu": stock["cpu"], "stock_wall": stock["wall"],
-            "ratio": rerun["cpu"] / stock["cpu"], "ledger_url": json.loads(cfg.read_text())["ledger_url"]}
+    return {
+        "first_cpu": first["cpu"],
+        "first_wall": first["wall"],
+        "rerun_cpu": rerun["cpu"],
+        "rerun_wall": rerun["wall"],
+        "stock_cpu": stock["cpu"],
+        "stock_wall": stock["wall"],
+        "ratio": rerun["cpu"] / stock["cpu"],
+        "ledger_url": json.loads(cfg.read_text())["ledger_url"],
+    }
 
 
 def load() -> str:
@@ -306,31 +360,62 @@ def main() -> None:
     scale = 10 if args.quick else 1
     rows, goals = [], []
     r = p1(100_000 // scale)
-    rows.append(("P1 dry run CPU vs stock SDK target", f"{r['ours_cpu']:.2f} s vs {r['stock_cpu']:.2f} s",
-                 f"{r['ratio']:.2f}", "<= 0.45"))
+    rows.append(
+        (
+            "P1 dry run CPU vs stock SDK target",
+            f"{r['ours_cpu']:.2f} s vs {r['stock_cpu']:.2f} s",
+            f"{r['ratio']:.2f}",
+            "<= 0.45",
+        )
+    )
     goals.append(r["ratio"] <= 0.45)
     r = p2(1_600 // (scale // 5 or 1))
-    rows.append(("P2 one-record calls/s, 50 ms, 16 in flight",
-                 f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}", f"{r['ratio']:.2f}", ">= 0.90"))
+    rows.append(
+        (
+            "P2 one-record calls/s, 50 ms, 16 in flight",
+            f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}",
+            f"{r['ratio']:.2f}",
+            ">= 0.90",
+        )
+    )
     goals.append(r["ratio"] >= 0.90)
     r3 = p3(20_000 // scale)
-    rows.append(("P3 batched records/s, 50 ms, 8 in flight",
-                 f"{r3['records_s']:.0f} records/s (median of {', '.join(map(str, r3['all_records_s']))})",
-                 f"{r3['records_s'] / 8000:.2f}", ">= 1.00 (8,000/s)"))
+    rows.append(
+        (
+            "P3 batched records/s, 50 ms, 8 in flight",
+            f"{r3['records_s']:.0f} records/s (median of {', '.join(map(str, r3['all_records_s']))})",
+            f"{r3['records_s'] / 8000:.2f}",
+            ">= 1.00 (8,000/s)",
+        )
+    )
     goals.append(r3["records_s"] >= 8000)
     r5 = p5(100_000 // scale)
     r = p4(10_000, 1_000_000 // scale, r5["ledger_url"])
-    rows.append(("P4 peak RSS, 1M vs 10k records (dry run, ledger on)",
-                 f"{r['rss_large_mib']:.0f} MiB vs {r['rss_small_mib']:.0f} MiB", f"{r['ratio']:.2f}", "<= 1.20"))
+    rows.append(
+        (
+            "P4 peak RSS, 1M vs 10k records (dry run, ledger on)",
+            f"{r['rss_large_mib']:.0f} MiB vs {r['rss_small_mib']:.0f} MiB",
+            f"{r['ratio']:.2f}",
+            "<= 1.20",
+        )
+    )
     goals.append(r["ratio"] <= 1.20)
-    rows.append(("P5 unchanged rerun CPU vs stock SDK target",
-                 f"{r5['rerun_cpu']:.2f} s vs {r5['stock_cpu']:.2f} s (wall {r5['rerun_wall']:.2f} vs "
-                 f"{r5['stock_wall']:.2f}; first run {r5['first_cpu']:.2f} s CPU)", f"{r5['ratio']:.2f}", "<= 0.50"))
+    rows.append(
+        (
+            "P5 unchanged rerun CPU vs stock SDK target",
+            f"{r5['rerun_cpu']:.2f} s vs {r5['stock_cpu']:.2f} s (wall {r5['rerun_wall']:.2f} vs "
+            f"{r5['stock_wall']:.2f}; first run {r5['first_cpu']:.2f} s CPU)",
+            f"{r5['ratio']:.2f}",
+            "<= 0.50",
+        )
+    )
     goals.append(r5["ratio"] <= 0.50)
     rows.append(("S  start-up: launch to first request", f"{r3['startup_s']:.2f} s", "", ""))
     goals.append(True)
-    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.release()}; load average at the end {load()} (1, 5, 15 min)\n")
+    print(
+        f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; load average at the end {load()} (1, 5, 15 min)\n"
+    )
     widths = [max(len(row[i]) for row in [*rows, ("benchmark", "measured", "ratio", "goal")]) for i in range(4)]
     for row in [("benchmark", "measured", "ratio", "goal"), *rows]:
         print(" | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

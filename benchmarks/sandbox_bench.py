@@ -28,9 +28,11 @@ POOL = 10_000
 
 def bodies(batch: int) -> list[bytes]:
     """Pre-encoded request bodies covering the email pool, `batch` people each."""
-    people = [{"email": f"user{i}@bench.example", "firstName": f"User{i}", "plan": "pro", "seats": i % 50}
-              for i in range(POOL)]
-    return [json.dumps(people[i:i + batch]).encode() for i in range(0, POOL, batch)]
+    people = [
+        {"email": f"user{i}@bench.example", "firstName": f"User{i}", "plan": "pro", "seats": i % 50}
+        for i in range(POOL)
+    ]
+    return [json.dumps(people[i : i + batch]).encode() for i in range(0, POOL, batch)]
 
 
 def run_case(host: str, port: int, batch: int, seconds: float, threads: int) -> dict[str, float]:
@@ -84,8 +86,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4, help="client threads, one connection each (default 4)")
     args = parser.parse_args()
 
-    server = subprocess.Popen([sys.executable, "-m", "target_encharge.sandbox", "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "target_encharge.sandbox", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = server.stdout.readline()
         host, port = re.search(r"http://([\d.]+):(\d+)", line).groups()
@@ -98,12 +101,16 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=10)
 
-    print(f"Sandbox throughput: POST /v1/people, {args.threads} keep-alive client threads, {args.seconds:g} s per "
-          f"case, {os.cpu_count()} cores, Python {platform.python_version()}, client and sandbox on this machine")
+    print(
+        f"Sandbox throughput: POST /v1/people, {args.threads} keep-alive client threads, {args.seconds:g} s per "
+        f"case, {os.cpu_count()} cores, Python {platform.python_version()}, client and sandbox on this machine"
+    )
     print(f"{'case':<22}{'calls/s':>10}{'people/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for label, r in results:
-        print(f"{label:<22}{r['calls_per_s']:>10,.0f}{r['people_per_s']:>11,.0f}{r['p50_ms']:>9.2f}"
-              f"{r['p99_ms']:>9.2f}{r['errors']:>8}")
+        print(
+            f"{label:<22}{r['calls_per_s']:>10,.0f}{r['people_per_s']:>11,.0f}{r['p50_ms']:>9.2f}"
+            f"{r['p99_ms']:>9.2f}{r['errors']:>8}"
+        )
     return 1 if any(r["errors"] for _, r in results) else 0
 
 

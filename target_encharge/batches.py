@@ -33,8 +33,10 @@ def records_of_batch(message: dict, line: int) -> t.Iterator[dict]:
         msg = f"input line {line}: BATCH format {fmt!r} is not supported (only {', '.join(FORMATS)})"
         raise InputError(msg)
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-        msg = (f"input line {line}: BATCH files in parquet format need pyarrow (pip install pyarrow), "
-               "or set the tap's batch_config to jsonl")
+        msg = (
+            f"input line {line}: BATCH files in parquet format need pyarrow (pip install pyarrow), "
+            "or set the tap's batch_config to jsonl"
+        )
         raise InputError(msg)
     if compression not in ("none", "gzip"):
         msg = f"input line {line}: BATCH compression {compression!r} is not supported (none or gzip)"
@@ -66,6 +68,8 @@ def _file_records(url: str, fmt: str, compression: str, line: int) -> t.Iterator
     except InputError:
         raise
     except (OSError, ValueError, EOFError, ImportError) as exc:  # missing, unreadable, bad gzip, no fs driver
-        msg = (f"input line {line}: BATCH file {url} cannot be read ({type(exc).__name__}: {exc}); "
-               "nothing after it was read")
+        msg = (
+            f"input line {line}: BATCH file {url} cannot be read ({type(exc).__name__}: {exc}); "
+            "nothing after it was read"
+        )
         raise InputError(msg) from None

@@ -34,5 +34,7 @@ class CaseMerges:
         if not self.merged or self.example is None:
             return None
         first, other = self.example
-        return (f"{self.merged:,} record(s) had an email differing only in case from an earlier one (e.g. {first!r} "
-                f"and {other!r}): Encharge treats them as one person, so their fields were merged (later ones win)")
+        return (
+            f"{self.merged:,} record(s) had an email differing only in case from an earlier one (e.g. {first!r} "
+            f"and {other!r}): Encharge treats them as one person, so their fields were merged (later ones win)"
+        )

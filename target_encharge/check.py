@@ -33,13 +33,18 @@ def problems(config: dict[str, t.Any]) -> list[str]:
     redact = Redactor(settings.secrets)
     found: list[str] = []
     try:
-        with SyncLedger(settings.ledger_url, read_only=True):  # read-only: an absent SQLite file stays absent
+        with SyncLedger.open(settings.ledger_url, read_only=True):  # read-only: an absent SQLite file stays absent
             pass
     except EnchargeTargetError as exc:
         found.append(redact(str(exc)))
     credentials = Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key)
-    client = Client(credentials, RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
-                    timeout=settings.request_timeout, rate=RateLimiter(settings.max_requests_per_second), pool_size=1)
+    client = Client(
+        credentials,
+        RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
+        timeout=settings.request_timeout,
+        rate=RateLimiter(settings.max_requests_per_second),
+        pool_size=1,
+    )
     checks = StartupChecks(client, settings.api_url)
     try:
         for stream in ("*", *(config.get("streams") or {})):
@@ -57,8 +62,12 @@ def problems(config: dict[str, t.Any]) -> list[str]:
 
 def main(argv: t.Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="target-encharge-check", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", required=True,
-                        help=f"a config JSON file (repeatable, later ones win), or {ENV} for {ENV_PREFIX}* variables")
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help=f"a config JSON file (repeatable, later ones win), or {ENV} for {ENV_PREFIX}* variables",
+    )
     args = parser.parse_args(argv)
     try:
         config = load(args.config)

@@ -37,9 +37,11 @@ class StartupChecks:
         if object_name:
             schemas = self.schemas()
             if object_name not in schemas:
-                msg = (f"stream '{stream}': object_name {object_name!r} is not a custom object schema of this "
-                       f"Encharge account (names are case-sensitive); the account has: "
-                       f"{', '.join(map(repr, schemas)) or 'none'}")
+                msg = (
+                    f"stream '{stream}': object_name {object_name!r} is not a custom object schema of this "
+                    f"Encharge account (names are case-sensitive); the account has: "
+                    f"{', '.join(map(repr, schemas)) or 'none'}"
+                )
                 raise ConfigError(msg)
 
     def account(self) -> t.Any:  # noqa: ANN401
@@ -52,8 +54,11 @@ class StartupChecks:
         """`GET /schemas` (once): the names of the account's custom object schemas."""
         if self._schemas is None:
             body = self._get("/schemas")
-            self._schemas = [o["name"] for o in (body or {}).get("objects", [])
-                             if isinstance(o, dict) and isinstance(o.get("name"), str)]
+            self._schemas = [
+                o["name"]
+                for o in (body or {}).get("objects", [])
+                if isinstance(o, dict) and isinstance(o.get("name"), str)
+            ]
         return self._schemas
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
@@ -61,7 +66,9 @@ class StartupChecks:
         request = Request.check(self.api_url + path)
         outcome = self.client.send(request)
         if request.verdict(outcome) is not Verdict.DELIVERED:
-            msg = (f"GET {path} failed after {outcome.attempts} attempt(s): {outcome.error}; "
-                   f"is api_url ({self.api_url}) Encharge's REST API?")
+            msg = (
+                f"GET {path} failed after {outcome.attempts} attempt(s): {outcome.error}; "
+                f"is api_url ({self.api_url}) Encharge's REST API?"
+            )
             raise ConfigError(msg)
         return outcome.body

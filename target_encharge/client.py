@@ -38,8 +38,15 @@ metrics_logger = metrics.get_metrics_logger()  # the SDK's own, at the plugin's 
 # No answer, and why: the connection dropped (also mid-body, or the body could not be decoded), or it timed out;
 # else the request could not be made at all (a header or URL the HTTP client refuses, too many redirects). A new
 # connection that fails is dropped, not timed out, though urllib3 counts it among its timeouts.
-DROPPED = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProtocolError, urllib3.exceptions.ProxyError,
-           urllib3.exceptions.SSLError, urllib3.exceptions.DecodeError, http.client.HTTPException, ConnectionError)
+DROPPED = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.DecodeError,
+    http.client.HTTPException,
+    ConnectionError,
+)
 TIMED_OUT = (urllib3.exceptions.TimeoutError, TimeoutError)
 UNSENDABLE = (urllib3.exceptions.HTTPError, TooManyRedirectsError, ValueError)
 
@@ -133,13 +140,15 @@ class Client:
             headers[TOKEN_HEADER] = MASK if mask else credential.key
         return headers
 
-    def _attempt(self, request: Request, headers: dict[str, str], attempt: int, started: float, *,
-                 credentialed: bool) -> tuple[Outcome, str | None]:
+    def _attempt(
+        self, request: Request, headers: dict[str, str], attempt: int, started: float, *, credentialed: bool
+    ) -> tuple[Outcome, str | None]:
         """One try, bounded by the timeout as a whole: its outcome (so far) and the Retry-After it was told."""
         deadline = time.monotonic() + self.timeout
         try:
-            response, redirected, sent = self.transport.open(request.method, request.url, request.body, headers,
-                                                             self.timeout)
+            response, redirected, sent = self.transport.open(
+                request.method, request.url, request.body, headers, self.timeout
+            )
             if redirected:  # a refusal blames our key only if the key went along
                 credentialed = TOKEN_HEADER in sent
             try:
@@ -159,10 +168,21 @@ class Client:
         else:
             status, body = response.status, parse_body(raw)
             refusal = None if 200 <= status < 300 else self.redact(f"HTTP {status}: {_error_message(body)}")
-            return (Outcome(status, body, refusal, attempt, time.monotonic() - started, dict(response.headers),
-                            credentialed), response.headers.get("Retry-After"))
-        return Outcome(None, None, self.redact(error), attempt, time.monotonic() - started,
-                       credentialed=credentialed, failure=failure), None
+            return (
+                Outcome(
+                    status, body, refusal, attempt, time.monotonic() - started, dict(response.headers), credentialed
+                ),
+                response.headers.get("Retry-After"),
+            )
+        return Outcome(
+            None,
+            None,
+            self.redact(error),
+            attempt,
+            time.monotonic() - started,
+            credentialed=credentialed,
+            failure=failure,
+        ), None
 
     def send(self, request: Request) -> Outcome:
         """Send ``request``, retrying what the policy says is worth it; raise AuthError when a key is refused,
@@ -175,26 +195,37 @@ class Client:
             attempt += 1
             self.rate.wait()
             tried = time.monotonic()
-            outcome, retry_after = self._attempt(request, headers, attempt, started,
-                                                 credentialed=credential is not None)
+            outcome, retry_after = self._attempt(
+                request, headers, attempt, started, credentialed=credential is not None
+            )
             _log_duration(request, outcome, time.monotonic() - tried)
             if verdict(outcome) is Verdict.AUTH_FAILURE and credential is not None:
-                msg = (f"Encharge refused the {credential.setting} (HTTP {outcome.status} from {request.method} "
-                       f"{url_path(request.url)}): check that `{credential.setting}` is the right key for this account")
+                msg = (
+                    f"Encharge refused the {credential.setting} (HTTP {outcome.status} from {request.method} "
+                    f"{url_path(request.url)}): check that `{credential.setting}` is the right key for this account"
+                )
                 raise AuthError(msg)
             if not self.retry.is_retry(outcome):
                 return outcome
             if self.retry.is_beyond_reason(retry_after):
-                msg = (f"Encharge is unavailable: it asked to wait {retry_after} s (Retry-After, HTTP "
-                       f"{outcome.status} from {request.method} {url_path(request.url)}), more than "
-                       f"{self.retry.retry_after_max:g} s; run again later: the tap resumes from the last STATE "
-                       "written, so what was not delivered is sent then")
+                msg = (
+                    f"Encharge is unavailable: it asked to wait {retry_after} s (Retry-After, HTTP "
+                    f"{outcome.status} from {request.method} {url_path(request.url)}), more than "
+                    f"{self.retry.retry_after_max:g} s; run again later: the tap resumes from the last STATE "
+                    "written, so what was not delivered is sent then"
+                )
                 raise EnchargeUnavailable(msg)
             if self.retry.is_exhausted(attempt):
                 return outcome
             wait = self.retry.get_backoff_time(attempt, retry_after)
-            logger.info("Retrying %s %s in %.2fs (attempt %d): %s", request.method, url_path(request.url), wait,
-                        attempt + 1, outcome.error)
+            logger.info(
+                "Retrying %s %s in %.2fs (attempt %d): %s",
+                request.method,
+                url_path(request.url),
+                wait,
+                attempt + 1,
+                outcome.error,
+            )
             time.sleep(wait)
 
     def close(self) -> None:

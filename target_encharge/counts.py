@@ -96,13 +96,13 @@ class RunCounts:
     def handled(self) -> tuple[int, int]:
         """(records done, of which failed) so far."""
         with self._lock:
-            return (sum(c.succeeded + c.failed + c.unchanged + c.skipped for c in self.streams.values()),
-                    self.failures)
+            return (sum(c.succeeded + c.failed + c.unchanged + c.skipped for c in self.streams.values()), self.failures)
 
     def _sync_fields(self) -> set[str]:
         """The sync's counts that are not zero for some stream (the others are not shown)."""
-        return {k for c in self.streams.values() for k, v in dataclasses.asdict(c).items()
-                if v and k not in ALWAYS_SHOWN}
+        return {
+            k for c in self.streams.values() for k, v in dataclasses.asdict(c).items() if v and k not in ALWAYS_SHOWN
+        }
 
     def summary(self) -> dict:
         """Counts for at most MAX_STREAMS_IN_STATE streams (the others together), the last few errors."""
@@ -116,8 +116,7 @@ class RunCounts:
                 for s in names[MAX_STREAMS_IN_STATE:]:
                     for field, value in dataclasses.asdict(self.streams[s]).items():
                         setattr(others, field, getattr(others, field) + value)
-                summary["other_streams"] = {"streams": len(names) - MAX_STREAMS_IN_STATE,
-                                            **others.shown(fields)}
+                summary["other_streams"] = {"streams": len(names) - MAX_STREAMS_IN_STATE, **others.shown(fields)}
             return summary
 
     def table(self) -> str:
@@ -125,13 +124,18 @@ class RunCounts:
         with self._lock:
             fields = self._sync_fields()
             counts = [(s, tuple(c.shown(fields).values())) for s, c in sorted(self.streams.items())]
-        names = [f.name.replace("retried_from_earlier_runs", "from_earlier_runs")
-                 for f in dataclasses.fields(StreamCounts) if f.name in ALWAYS_SHOWN or f.name in fields]
+        names = [
+            f.name.replace("retried_from_earlier_runs", "from_earlier_runs")
+            for f in dataclasses.fields(StreamCounts)
+            if f.name in ALWAYS_SHOWN or f.name in fields
+        ]
         rows: list[tuple[str, ...]] = [("stream", *names)]
         rows += [(s, *(f"{n:,}" for n in values)) for s, values in counts]
         if len(counts) > 1:
             columns = zip(*(values for _, values in counts), strict=True)
             rows.append(("total", *(f"{sum(col):,}" for col in columns)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                                   for i, (v, w) in enumerate(zip(r, widths, strict=True))) for r in rows)
+        return "\n".join(
+            "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+            for r in rows
+        )

@@ -143,15 +143,19 @@ class Delivery:
             return
         self._release_failing()
         if judged.refused and request.splittable:
-            logger.info("Encharge refused a batch of %d (%s); splitting it to find the records at fault",
-                        len(request.entries), outcome.error)
+            logger.info(
+                "Encharge refused a batch of %d (%s); splitting it to find the records at fault",
+                len(request.entries),
+                outcome.error,
+            )
             self.on_result(request, outcome, settle=False)
             for half in request.halves():
                 self._deliver(half)
             return
         if judged is Verdict.EXISTS:  # its template says: a create of what exists is sent again as an update
-            logger.info("Encharge answered %s to the create of a record that exists: updating it instead",
-                        outcome.status)
+            logger.info(
+                "Encharge answered %s to the create of a record that exists: updating it instead", outcome.status
+            )
             self.on_result(request, outcome, settle=False)
             for upsert in request.as_upserts():
                 self._deliver(upsert)
@@ -167,9 +171,11 @@ class Delivery:
                 failing, self._failing = self._failing, []
             for call, answer in failing:  # shown (responses, counts), never failed: the tap sends them again
                 self.on_result(call, answer, settle=False)
-            msg = (f"Encharge is unavailable: {in_a_row} calls in a row failed after "
-                   f"{self.client.retry.max_retries} retries each (last: {outcome.error}); stopped early, nothing "
-                   "was dead-lettered for it: run again later, the tap resumes from the last STATE written")
+            msg = (
+                f"Encharge is unavailable: {in_a_row} calls in a row failed after "
+                f"{self.client.retry.max_retries} retries each (last: {outcome.error}); stopped early, nothing "
+                "was dead-lettered for it: run again later, the tap resumes from the last STATE written"
+            )
             raise EnchargeUnavailable(msg)
 
     def _release_failing(self) -> None:

@@ -59,4 +59,3 @@ class FailureLog:
         for (stream, reason), count in repeats.items():
             if count:
                 logger.error("... and %s more record(s) of stream '%s' like this: %s", f"{count:,}", stream, reason)
-

@@ -81,8 +81,10 @@ class Lines:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 file.truncate(start)
-            msg = (f"{self.setting}: cannot write to {self.shown_path!r} ({exc.strerror}); the record is not "
-                   "settled, so its STATE was not written")
+            msg = (
+                f"{self.setting}: cannot write to {self.shown_path!r} ({exc.strerror}); the record is not "
+                "settled, so its STATE was not written"
+            )
             raise OutputError(msg) from None
 
     def close(self) -> None:
@@ -112,7 +114,8 @@ def _write_stdout(line: str) -> None:
             raise
         with contextlib.suppress(OSError, ValueError):  # Python's flush at exit must not complain again
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-        msg = "stdout was closed by the reader (a `| head`, or the next step of the pipeline stopped); STATE " \
-              "written so far is safe, the rest of the input was not handled"
+        msg = (
+            "stdout was closed by the reader (a `| head`, or the next step of the pipeline stopped); STATE "
+            "written so far is safe, the rest of the input was not handled"
+        )
         raise OutputError(msg) from None
-

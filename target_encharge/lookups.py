@@ -36,7 +36,7 @@ class Lookups:
         """For each person (their email/userId/id), whether Encharge has them."""
         found: set[str] = set()
         for start in range(0, len(people), PEOPLE_PER_LOOKUP):
-            chunk = people[start:start + PEOPLE_PER_LOOKUP]
+            chunk = people[start : start + PEOPLE_PER_LOOKUP]
             query = []
             for i, ids in enumerate(chunk):
                 name = next((k for k in PERSON_IDS if ids.get(k) not in (None, "")), None)
@@ -48,8 +48,9 @@ class Lookups:
             for user in (body or {}).get("users", []) if isinstance(body, dict) else []:
                 if isinstance(user, dict):
                     found.update(k for k in (person_key({n: user[n]}) for n in PERSON_IDS if user.get(n)) if k)
-        return [any(person_key({n: ids[n]}) in found for n in PERSON_IDS if ids.get(n) not in (None, ""))
-                for ids in people]
+        return [
+            any(person_key({n: ids[n]}) in found for n in PERSON_IDS if ids.get(n) not in (None, "")) for ids in people
+        ]
 
     def exist(self, template: Template, entries: t.Sequence[Entry]) -> list[bool]:
         """For each entry, whether its person or custom object is in Encharge (as ``template.lookup`` asks)."""
@@ -59,8 +60,10 @@ class Lookups:
 
     def objects(self, objects_url: str, external_ids: t.Sequence[t.Any]) -> list[bool]:
         """For each externalId, whether the custom object exists."""
-        return [self._get(f"{objects_url}/externalId/{urllib.parse.quote(str(e), safe='')}", "object") is not None
-                for e in external_ids]
+        return [
+            self._get(f"{objects_url}/externalId/{urllib.parse.quote(str(e), safe='')}", "object") is not None
+            for e in external_ids
+        ]
 
     def _get(self, url: str, what: str) -> t.Any:  # noqa: ANN401
         """The body of a lookup; None for a 404 (nothing there)."""

@@ -53,8 +53,9 @@ class Outbox:
     """Every open batch of the run, and which person or object each one holds; hands finished requests to
     ``submit``. Used from the reading thread only."""
 
-    def __init__(self, submit: t.Callable[[Request], None],
-                 unsent: t.Callable[[str, t.Sequence[Entry], str], None] | None = None) -> None:
+    def __init__(
+        self, submit: t.Callable[[Request], None], unsent: t.Callable[[str, t.Sequence[Entry], str], None] | None = None
+    ) -> None:
         self.submit = submit
         self.unsent = unsent  # (stream, entries, why): records the sync ledger says not to send
         self._open: dict[Route, dict[tuple[str, t.Any], Batch]] = {}
@@ -115,8 +116,9 @@ class Outbox:
                     if unsent:
                         self.unsent(route.stream, unsent, why)
             for entry in sifted.update:
-                self.submit(Request.upsert(route.template, route.headers, entry,
-                                           route.template.ordering_keys(entry.ids, url)))
+                self.submit(
+                    Request.upsert(route.template, route.headers, entry, route.template.ordering_keys(entry.ids, url))
+                )
             entries = sifted.send
         if entries:
             self.submit(route.request(entries, url, keys))

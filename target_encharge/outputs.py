@@ -40,15 +40,22 @@ class Outputs:
         mode = settings.response_output
         responses = None
         if mode == "stream" and not looking:
-            responses = stdout if settings.response_stream_path in (None, "-") else \
-                Lines(settings.response_stream_path, redact, "response_stream_path")
+            responses = (
+                stdout
+                if settings.response_stream_path in (None, "-")
+                else Lines(settings.response_stream_path, redact, "response_stream_path")
+            )
         as_messages = responses is stdout  # stdout carries a Singer stream: the tap's state goes as STATE messages
 
         def emit_state(state: dict) -> None:
             stdout.write({"type": "STATE", "value": state} if as_messages else state)
 
-        dead_letters = Lines(settings.dead_letter_path or DEFAULT_DEAD_LETTER_PATH, redact, "dead_letter_path",
-                             lazy=settings.dead_letter_path is None)
+        dead_letters = Lines(
+            settings.dead_letter_path or DEFAULT_DEAD_LETTER_PATH,
+            redact,
+            "dead_letter_path",
+            lazy=settings.dead_letter_path is None,
+        )
         outputs = cls(
             state=None if looking else emit_state,
             summary_in_state=mode == "state",
@@ -58,8 +65,9 @@ class Outputs:
             sample_only=settings.test_send,
         )
         if outputs.responses is not None:
-            outputs.responses.write({"type": "SCHEMA", "stream": RESPONSE_STREAM, "schema": RESPONSE_SCHEMA,
-                                     "key_properties": []})
+            outputs.responses.write(
+                {"type": "SCHEMA", "stream": RESPONSE_STREAM, "schema": RESPONSE_SCHEMA, "key_properties": []}
+            )
         return outputs
 
     def close(self) -> None:
@@ -68,10 +76,20 @@ class Outputs:
 
     def dead_letter(self, entry: Entry, reason: str, status: int | None, response: t.Any) -> None:  # noqa: ANN401
         if self.dead_letters is not None:
-            self.dead_letters.write({"stream": entry.stream, "identifiers": entry.ids, "reason": reason,
-                                     "status": status, "response": response, "record": entry.record, "time": now()})
+            self.dead_letters.write(
+                {
+                    "stream": entry.stream,
+                    "identifiers": entry.ids,
+                    "reason": reason,
+                    "status": status,
+                    "response": response,
+                    "record": entry.record,
+                    "time": now(),
+                }
+            )
 
     def response(self, request: Request, outcome: Outcome) -> None:
         if self.responses is not None:
-            self.responses.write({"type": "RECORD", "stream": RESPONSE_STREAM,
-                                  "record": response_record(request, outcome)})
+            self.responses.write(
+                {"type": "RECORD", "stream": RESPONSE_STREAM, "record": response_record(request, outcome)}
+            )

@@ -20,8 +20,9 @@ class Progress:
     """A log line every ``interval`` seconds on long runs: records handled, records per second, failures, records
     waiting (read, not yet done) and calls in flight."""
 
-    def __init__(self, counts: RunCounts, gate: StateGate, interval: float,
-                 calls_in_flight: t.Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, counts: RunCounts, gate: StateGate, interval: float, calls_in_flight: t.Callable[[], int] = lambda: 0
+    ) -> None:
         self.counts, self.gate, self.interval, self.calls_in_flight = counts, gate, interval, calls_in_flight
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,9 +43,14 @@ class Progress:
             done, failed = self.counts.handled()
             now_ = time.monotonic()
             rate = (done - last_done) / max(now_ - last_time, 1e-9)
-            logger.info("Progress: %s records handled (%s/s), %s failed, %s records waiting, %s calls in flight",
-                        f"{done:,}", f"{rate:,.0f}", f"{failed:,}", f"{self.gate.pending:,}",
-                        f"{self.calls_in_flight():,}")
+            logger.info(
+                "Progress: %s records handled (%s/s), %s failed, %s records waiting, %s calls in flight",
+                f"{done:,}",
+                f"{rate:,.0f}",
+                f"{failed:,}",
+                f"{self.gate.pending:,}",
+                f"{self.calls_in_flight():,}",
+            )
             last_done, last_time = done, now_
 
 
@@ -55,8 +61,10 @@ def summary_title(counts: RunCounts, *, dry_run: bool, test_send: bool) -> str:
     kind = " (dry run: nothing was sent)" if dry_run else ""
     if test_send:
         kind = f" (test send: the first record of each stream; {counts.skipped:,} other records not sent)"
-    return (f"Summary{kind}: {done:,} records handled in {seconds:.1f}s ({done / max(seconds, 1e-9):,.0f}/s), "
-            f"{failed:,} failed")
+    return (
+        f"Summary{kind}: {done:,} records handled in {seconds:.1f}s ({done / max(seconds, 1e-9):,.0f}/s), "
+        f"{failed:,} failed"
+    )
 
 
 def dead_letter_line(dead_letters: Lines | None) -> str | None:

@@ -46,8 +46,11 @@ class Reader(SeamReader):
         self.waiting = False  # blocked waiting for the next line (a signal then interrupts the wait)
 
     @override
-    def process_lines(self, file_input: t.IO[str] | None, callbacks: dict[str, t.Callable[[dict], None]],
-                      ) -> t.Counter[str]:
+    def process_lines(
+        self,
+        file_input: t.IO[str] | None,
+        callbacks: dict[str, t.Callable[[dict], None]],
+    ) -> t.Counter[str]:
         return super().process_lines(t.cast("t.IO[str]", self._lines(file_input or self.default_input)), callbacks)
 
     def stop(self, signum: int) -> None:
@@ -97,8 +100,12 @@ class Reader(SeamReader):
         except UnicodeError:
             msg = f"input line {self.line_number} is not UTF-8 text; nothing after it was read"
             raise InputError(msg) from None
-        if type(message) is dict and message.get("type") == "RECORD" and type(message.get("stream")) is str \
-                and type(message.get("record")) is dict:  # most lines: a well-formed RECORD, checked at once
+        if (
+            type(message) is dict
+            and message.get("type") == "RECORD"
+            and type(message.get("stream")) is str
+            and type(message.get("record")) is dict
+        ):  # most lines: a well-formed RECORD, checked at once
             self.stream = message["stream"]
             return message
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -106,8 +113,10 @@ class Reader(SeamReader):
             raise InputError(msg)
         for field, (kind, what) in _SHAPES.get(message["type"], {}).items():
             if field not in message or (kind is not object and not isinstance(message[field], kind)):
-                msg = (f"input line {self.line_number}: a {message['type']} message needs {what} in '{field}'; "
-                       "nothing after it was read")
+                msg = (
+                    f"input line {self.line_number}: a {message['type']} message needs {what} in '{field}'; "
+                    "nothing after it was read"
+                )
                 raise InputError(msg)
         if message["type"] == "SCHEMA":
             self._check_schema(message)
@@ -127,8 +136,10 @@ class Reader(SeamReader):
                 raise InputError(msg)
         keys = message.get("key_properties")
         if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
-            msg = (f"{where}: key_properties must be a list of property names (such as [\"email\"]), "
-                   f"not {keys!r}; nothing after it was read")
+            msg = (
+                f'{where}: key_properties must be a list of property names (such as ["email"]), '
+                f"not {keys!r}; nothing after it was read"
+            )
             raise InputError(msg)
 
     @override

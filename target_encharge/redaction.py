@@ -20,9 +20,15 @@ MIN_SECRET_CHARS = 4  # never masked: shorter text is ordinary text (settings re
 def encodings(secret: str) -> set[str]:
     """Every form a key takes in our outputs: as is, JSON-escaped (ASCII or not), percent-encoded (with and
     without '/' kept, '+' for spaces, and urllib3's lower-case re-quoting)."""
-    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             urllib.parse.quote(secret), urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
-             urllib.parse.quote_plus(secret, safe="/")}
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(secret),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        urllib.parse.quote_plus(secret, safe="/"),
+    }
     forms |= {urllib.parse.quote(form, safe="") for form in set(forms)}  # a key quoted twice (a URL in a URL)
     return {form for form in forms if form}
 
@@ -69,8 +75,9 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if record.exc_info or record.exc_text or record.stack_info:  # a traceback is text too: masked with the rest
-            extra = record.exc_text or ("".join(traceback.format_exception(*record.exc_info))
-                                        if record.exc_info else "")
+            extra = record.exc_text or (
+                "".join(traceback.format_exception(*record.exc_info)) if record.exc_info else ""
+            )
             message = "\n".join(part.rstrip("\n") for part in (message, extra, record.stack_info or "") if part)
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         clean = self.redact(message)

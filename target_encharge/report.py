@@ -59,8 +59,13 @@ class RunRecord:
 
     @classmethod
     def begin(cls, settings_fingerprint: str) -> RunRecord:
-        return cls(run_id=uuid.uuid4().hex, started_at=now(), host=socket.gethostname(), pid=os.getpid(),
-                   settings_fingerprint=settings_fingerprint)
+        return cls(
+            run_id=uuid.uuid4().hex,
+            started_at=now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            settings_fingerprint=settings_fingerprint,
+        )
 
     def end(self, counts: RunCounts, *, exit_code: int, reason: str | None, signalled: bool = False) -> None:
         """The run ended with ``exit_code`` (``reason``: the one line it was told with)."""

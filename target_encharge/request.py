@@ -47,13 +47,28 @@ class Request:
         return verdict(outcome, self.answers)
 
     @classmethod
-    def for_entries(cls, template: Template, headers: t.Mapping[str, str], entries: t.Sequence[Entry], url: str,
-                    keys: t.Iterable[str]) -> Request:
+    def for_entries(
+        cls,
+        template: Template,
+        headers: t.Mapping[str, str],
+        entries: t.Sequence[Entry],
+        url: str,
+        keys: t.Iterable[str],
+    ) -> Request:
         """The request ``template`` makes of these records."""
-        return cls(stream=entries[0].stream, endpoint=template.name, method=template.method, url=url,
-                   content_type=template.content_type, headers=headers,
-                   body=template.body([e.record for e in entries]), entries=tuple(entries), keys=tuple(keys),
-                   template=template, answers=template.answers)
+        return cls(
+            stream=entries[0].stream,
+            endpoint=template.name,
+            method=template.method,
+            url=url,
+            content_type=template.content_type,
+            headers=headers,
+            body=template.body([e.record for e in entries]),
+            entries=tuple(entries),
+            keys=tuple(keys),
+            template=template,
+            answers=template.answers,
+        )
 
     @classmethod
     def upsert(cls, template: Template, headers: t.Mapping[str, str], entry: Entry, keys: t.Iterable[str]) -> Request:
@@ -70,8 +85,9 @@ class Request:
     @classmethod
     def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
         """A GET that carries no record (a start-up check, a lookup)."""
-        return cls(stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None,
-                   answers=answers)
+        return cls(
+            stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None, answers=answers
+        )
 
     @property
     def splittable(self) -> bool:
@@ -83,8 +99,10 @@ class Request:
             msg = "only a request built from a template can be split"
             raise ValueError(msg)
         middle = len(self.entries) // 2
-        return (Request.for_entries(self.template, self.headers, self.entries[:middle], self.url, self.keys),
-                Request.for_entries(self.template, self.headers, self.entries[middle:], self.url, self.keys))
+        return (
+            Request.for_entries(self.template, self.headers, self.entries[:middle], self.url, self.keys),
+            Request.for_entries(self.template, self.headers, self.entries[middle:], self.url, self.keys),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,22 +51,43 @@ def preview(request: Request, headers: dict[str, str], outcome: Outcome | None =
     if request.body is not None:  # JSON is shown parsed; NDJSON and form bodies as the text that is sent
         json_body = request.content_type == "application/json"
         body = encoding.loads(request.body) if json_body else request.body.decode("utf-8", "replace")
-    shown = {"stream": request.stream, "endpoint": request.endpoint, "method": request.method, "url": request.url,
-             "headers": headers, "body": body}
+    shown = {
+        "stream": request.stream,
+        "endpoint": request.endpoint,
+        "method": request.method,
+        "url": request.url,
+        "headers": headers,
+        "body": body,
+    }
     if request.note:
         shown["why"] = request.note
     if outcome is not None:
         answer_headers = {k: "***" if k.lower() in _SECRET_HEADERS else v for k, v in outcome.headers.items()}
-        shown["response"] = {"status": outcome.status, "success": outcome.ok, "headers": answer_headers,
-                             "body": outcome.body, "error": outcome.error, "attempts": outcome.attempts}
+        shown["response"] = {
+            "status": outcome.status,
+            "success": outcome.ok,
+            "headers": answer_headers,
+            "body": outcome.body,
+            "error": outcome.error,
+            "attempts": outcome.attempts,
+        }
     return shown
 
 
 def response_record(request: Request, outcome: Outcome) -> dict:
     """One RECORD of the response stream."""
-    return {"stream": request.stream, "endpoint": request.endpoint, "method": request.method, "url": request.url,
-            "status_code": outcome.status, "success": outcome.ok, "attempts": outcome.attempts,
-            "records": len(request.entries), "identifiers": _json_text([e.ids for e in request.entries]),
-            "response": _json_text(outcome.body), "error": outcome.error, "time": now(),
-            "duration_ms": round(outcome.seconds * 1000, 1)}
-
+    return {
+        "stream": request.stream,
+        "endpoint": request.endpoint,
+        "method": request.method,
+        "url": request.url,
+        "status_code": outcome.status,
+        "success": outcome.ok,
+        "attempts": outcome.attempts,
+        "records": len(request.entries),
+        "identifiers": _json_text([e.ids for e in request.entries]),
+        "response": _json_text(outcome.body),
+        "error": outcome.error,
+        "time": now(),
+        "duration_ms": round(outcome.seconds * 1000, 1),
+    }

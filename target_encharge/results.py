@@ -110,8 +110,15 @@ class Results:
             self.later.append(request)  # its person may be created by a stream later in the run
             return
         reason = outcome.error or f"HTTP {outcome.status}"
-        self._failed(sync if not request.removal else None, request.entries, reason, outcome.status, outcome.body,
-                     retryable=judged is Verdict.RETRY or not_yet, sent=True)
+        self._failed(
+            sync if not request.removal else None,
+            request.entries,
+            reason,
+            outcome.status,
+            outcome.body,
+            retryable=judged is Verdict.RETRY or not_yet,
+            sent=True,
+        )
 
     def refuse(self, entry: Entry, problem: str) -> None:
         """A record refused before sending (``problem``: why it cannot be sent): failed for good, in the ledger
@@ -119,8 +126,17 @@ class Results:
         sync = self.sync.of(entry.stream) if self.sync is not None else None
         self._failed(sync, (entry,), f"refused before sending: {problem}", None, None, retryable=False)
 
-    def _failed(self, sync: StreamSync | None, entries: t.Sequence[Entry], reason: str, status: int | None,
-                response: t.Any, *, retryable: bool, sent: bool = False) -> None:  # noqa: ANN401
+    def _failed(
+        self,
+        sync: StreamSync | None,
+        entries: t.Sequence[Entry],
+        reason: str,
+        status: int | None,
+        response: t.Any,  # noqa: ANN401
+        *,
+        retryable: bool,
+        sent: bool = False,
+    ) -> None:
         """Records that failed in this run: the stream's ledger (``sync``; None for a removal's) keeps them, to
         send again next run when ``retryable``; each fails for good here; the failure limit is checked."""
         if sync is not None:

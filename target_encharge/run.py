@@ -35,6 +35,7 @@ if t.TYPE_CHECKING:
     from target_encharge.request import Entry
     from target_encharge.templates import Template
 
+
 def _digest(key: str) -> str:
     """A key's digest: what the ledger knows a key by (never the key)."""
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
@@ -75,14 +76,20 @@ class Run:
             pool_size=settings.max_concurrency,
         )
         outputs = Outputs.for_run(settings, client.redact)
-        limit = FailureLimit(settings.max_failures,
-                             outputs.dead_letters.shown_path if outputs.dead_letters is not None else None)
+        limit = FailureLimit(
+            settings.max_failures, outputs.dead_letters.shown_path if outputs.dead_letters is not None else None
+        )
         results = Results(outputs, limit, masked_headers=lambda request: client.headers(request, mask=True))
         delivery = Delivery(client, results.on_result, settings.max_concurrency, dry_run=settings.dry_run)
         looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
         ledger = SyncLedger.open(settings.ledger_url, read_only=looking)
-        results.sync = Sync(ledger, skip_unchanged=settings.skip_unchanged, resync=settings.resync,
-                            writes=not looking, redact=client.redact.value)
+        results.sync = Sync(
+            ledger,
+            skip_unchanged=settings.skip_unchanged,
+            resync=settings.resync,
+            writes=not looking,
+            redact=client.redact.value,
+        )
         return cls(
             settings=settings,
             redact=client.redact,
@@ -91,8 +98,9 @@ class Run:
             results=results,
             outbox=Outbox(delivery.submit, results.unsent),
             checks=StartupChecks(client, settings.api_url),
-            progress=Progress(results.counts, results.gate, settings.progress_interval,
-                              lambda: delivery.calls_in_flight),
+            progress=Progress(
+                results.counts, results.gate, settings.progress_interval, lambda: delivery.calls_in_flight
+            ),
             logger=logger,
             sync=results.sync,
             lookups=None if settings.dry_run else Lookups(client, settings.api_url),
@@ -104,8 +112,9 @@ class Run:
         """The template a stream's settings route it to, at this run's REST API and Ingest URLs."""
         return template_for(settings, self.settings.api_url, self.settings.ingest_url)
 
-    def open_stream(self, stream: str, template: Template, settings: StreamSettings,
-                    key_properties: t.Sequence[str]) -> StreamSync | None:
+    def open_stream(
+        self, stream: str, template: Template, settings: StreamSettings, key_properties: t.Sequence[str]
+    ) -> StreamSync | None:
         """Before a stream's first record: its key is there and accepted and its custom object schema exists
         (not in a dry run, which sends nothing); its sync in the ledger."""
         if not self.settings.dry_run:
@@ -162,19 +171,28 @@ class Run:
                 self._account = known or account_name(f"api key {digest}", settings.api_url)
             else:
                 info = self.checks.account()
-                self._account = account_name(info.get("accountId") if isinstance(info, dict) else None,
-                                             settings.api_url)
+                self._account = account_name(
+                    info.get("accountId") if isinstance(info, dict) else None, settings.api_url
+                )
                 if sync is not None and sync.writes:
                     sync.ledger.remember_account(digest, self._account)
         return self._account
 
-    def stream_sync(self, stream: str, template: Template, settings: StreamSettings,
-                    key_properties: t.Sequence[str]) -> StreamSync | None:
+    def stream_sync(
+        self, stream: str, template: Template, settings: StreamSettings, key_properties: t.Sequence[str]
+    ) -> StreamSync | None:
         """The sync of one stream, in this run's account."""
         if self.sync is None:
             return None
-        return self.sync.stream(stream, template, key_properties, self.account(template), mode=settings.sync_mode,
-                                delete_action=settings.delete_action, exists=self._exists(template, settings))
+        return self.sync.stream(
+            stream,
+            template,
+            key_properties,
+            self.account(template),
+            mode=settings.sync_mode,
+            delete_action=settings.delete_action,
+            exists=self._exists(template, settings),
+        )
 
     def _exists(self, template: Template, settings: StreamSettings) -> t.Callable[..., list[bool]] | None:
         lookups = self.lookups
@@ -201,8 +219,12 @@ class Run:
             self.refusals.append(str(exc))
             return
         if plans:
-            self.logger.info("Stream '%s': removing %d record(s) that left the source (%s)", route.stream,
-                             len(plans), sync.delete_action)
+            self.logger.info(
+                "Stream '%s': removing %d record(s) that left the source (%s)",
+                route.stream,
+                len(plans),
+                sync.delete_action,
+            )
         for plan in plans:
             self._remove(route, sync, plan)
 
@@ -211,10 +233,22 @@ class Run:
         sync.removing(entry.seq, plan)
         keys = route.template.ordering_keys(plan.ids, plan.removal.url)
         self.outbox.flush_holding_of(keys)  # what is waiting for that person goes first, in input order
-        self.delivery.submit(Request(
-            stream=route.stream, endpoint=route.template.name, method=plan.removal.method, url=plan.removal.url,
-            content_type="application/json", headers=route.headers, body=plan.removal.body, entries=(entry,),
-            keys=keys, removal=True, note=plan.why, answers=route.template.removal_answers))
+        self.delivery.submit(
+            Request(
+                stream=route.stream,
+                endpoint=route.template.name,
+                method=plan.removal.method,
+                url=plan.removal.url,
+                content_type="application/json",
+                headers=route.headers,
+                body=plan.removal.body,
+                entries=(entry,),
+                keys=keys,
+                removal=True,
+                note=plan.why,
+                answers=route.template.removal_answers,
+            )
+        )
 
     def on_state(self, state: dict) -> None:
         """A STATE from the tap: batches open a while go first, and the STATE waits for what came before it."""
@@ -244,9 +278,12 @@ class Run:
             self.delivery.raise_if_fatal()
             time.sleep(GRACE_POLL)
         if self.results.gate.pending:
-            self.logger.warning("%d record(s) not done within shutdown_grace_period (%g s): the tap's STATE after "
-                                "them was held back, so they are sent again next run", self.results.gate.pending,
-                                grace)
+            self.logger.warning(
+                "%d record(s) not done within shutdown_grace_period (%g s): the tap's STATE after "
+                "them was held back, so they are sent again next run",
+                self.results.gate.pending,
+                grace,
+            )
 
     def finish(self) -> None:
         """The run's ending (once, whichever way it ends): workers stopped, the final STATE, the summary; then
@@ -283,5 +320,6 @@ class Run:
         except EnchargeTargetError:  # the ledger went away: the run's own reason to stop is told
             return
         if waiting:
-            self.logger.info("%d failed record(s) wait in the sync ledger, to be sent again when their stream "
-                             "next comes", waiting)
+            self.logger.info(
+                "%d failed record(s) wait in the sync ledger, to be sent again when their stream next comes", waiting
+            )

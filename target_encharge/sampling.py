@@ -24,4 +24,3 @@ class TestSendSample:
                 return False
             self._seen.add(stream)
             return True
-

@@ -27,8 +27,15 @@ if t.TYPE_CHECKING:
 
     from singer_sdk.helpers.conform import DatetimeErrorTreatmentEnum
 
-__all__ = ["PRIVATE_NAMES", "SeamReader", "SeamSink", "SeamTarget", "config_errors", "get_datelike_property_type",
-           "parse_environment_config"]
+__all__ = [
+    "PRIVATE_NAMES",
+    "SeamReader",
+    "SeamSink",
+    "SeamTarget",
+    "config_errors",
+    "get_datelike_property_type",
+    "parse_environment_config",
+]
 
 #: (SDK class, private attribute) pairs overridden or called here; the seam test checks each still exists.
 PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
@@ -51,7 +58,8 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
 
 # the SDK's parser for each date-like type (singer-sdk's `_parse_timestamps_in_record`: anything else is a date-time)
 _PARSERS: dict[str, t.Callable[[str], t.Any]] = {
-    "date": datetime.date.fromisoformat, "time": datetime.time.fromisoformat,
+    "date": datetime.date.fromisoformat,
+    "time": datetime.time.fromisoformat,
     "date-time": datetime.datetime.fromisoformat,
 }
 
@@ -108,8 +116,9 @@ class SeamTarget(Target):
         """An ACTIVATE_VERSION for a stream whose SCHEMA has not come yet says nothing to act on: told, ignored."""
         self._assert_line_requires(message_dict, requires={"stream", "version"})
         if message_dict["stream"] not in self.mapper.stream_maps:
-            self.logger.warning("ACTIVATE_VERSION for stream '%s' before its SCHEMA: nothing to do",
-                                message_dict["stream"])
+            self.logger.warning(
+                "ACTIVATE_VERSION for stream '%s' before its SCHEMA: nothing to do", message_dict["stream"]
+            )
             return
         super()._process_activate_version_message(message_dict)
 
@@ -151,9 +160,11 @@ class SeamSink(RecordSink):
     @override
     def _parse_timestamps_in_record(self, record: dict, schema: dict, treatment: DatetimeErrorTreatmentEnum) -> None:
         if self._date_fields is None:
-            self._date_fields = {k: (_PARSERS.get(kind, datetime.datetime.fromisoformat), {"properties": {k: v}})
-                                 for k, v in schema.get("properties", {}).items()
-                                 if (kind := get_datelike_property_type(v))}
+            self._date_fields = {
+                k: (_PARSERS.get(kind, datetime.datetime.fromisoformat), {"properties": {k: v}})
+                for k, v in schema.get("properties", {}).items()
+                if (kind := get_datelike_property_type(v))
+            }
         for field, (parse, sub_schema) in self._date_fields.items():
             value = record.get(field)
             if value is None:

@@ -88,7 +88,8 @@ def _stream_properties() -> list[th.Property]:
             "batch_records",
             th.BooleanType,
             description="Send several records per call (`manual`, `create_or_update_person`, "
-            "`create_custom_object`). Unset: on for " + " and ".join(f"`{e}`" for e in BATCHED_BY_DEFAULT)
+            "`create_custom_object`). Unset: on for "
+            + " and ".join(f"`{e}`" for e in BATCHED_BY_DEFAULT)
             + " (their API takes an array), off otherwise.",
         ),
         th.Property("batch_size", th.IntegerType, default=100, description="Most records per call."),
@@ -328,8 +329,10 @@ def parse_headers(value: str | dict | None) -> dict[str, str]:
             msg = f"request_headers: header {name!r} has an invalid name or a line break in its value"
             raise ConfigError(msg)
         if not name.isascii() or not _latin1(val):
-            msg = (f"request_headers: header {name!r} cannot travel in HTTP (names are ASCII, values Latin-1); "
-                   "percent-encode the value")
+            msg = (
+                f"request_headers: header {name!r} cannot travel in HTTP (names are ASCII, values Latin-1); "
+                "percent-encode the value"
+            )
             raise ConfigError(msg)
         headers[name] = val
     return headers
@@ -393,8 +396,9 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         content_type=get("content_type"),
         request_headers=parse_headers(get("request_headers")),
         exclude_attributes=frozenset(get("exclude_attributes") or ()),
-        batch_records=bool(get("endpoint") in BATCHED_BY_DEFAULT if get("batch_records") is None
-                           else get("batch_records")),
+        batch_records=bool(
+            get("endpoint") in BATCHED_BY_DEFAULT if get("batch_records") is None else get("batch_records")
+        ),
         batch_size=batch_size,
         grouping_algorithm=grouping,
         group_by=get("group_by"),
@@ -489,10 +493,14 @@ class RunSettings:
             "request_timeout": ("must be more than 0 seconds", self.request_timeout <= 0),
             "retry_backoff": ("must be 0 or more seconds", self.retry_backoff < 0),
             "max_retries": ("must be 0 or more", self.max_retries < 0),
-            "max_concurrency": (f"must be between 1 and {MAX_CONCURRENCY}",
-                                not 1 <= self.max_concurrency <= MAX_CONCURRENCY),
-            "dead_letter_path": ("cannot be stdout ('-'): under Meltano stdout is state; name a file",
-                                 self.dead_letter_path == "-"),
+            "max_concurrency": (
+                f"must be between 1 and {MAX_CONCURRENCY}",
+                not 1 <= self.max_concurrency <= MAX_CONCURRENCY,
+            ),
+            "dead_letter_path": (
+                "cannot be stdout ('-'): under Meltano stdout is state; name a file",
+                self.dead_letter_path == "-",
+            ),
             "max_delete_share": ("must be between 0 and 1", not 0 <= self.max_delete_share <= 1),
         }
         for name, (problem, wrong) in problems.items():
@@ -501,13 +509,18 @@ class RunSettings:
                 raise ConfigError(msg)
         for name, key in (("api_key", self.api_key), ("write_key", self.write_key)):
             if key is not None and len(key) < MIN_KEY_CHARS:
-                msg = (f"{name} is too short to be an Encharge key (fewer than {MIN_KEY_CHARS} characters; "
-                       "its value is not shown: it is a secret)")
+                msg = (
+                    f"{name} is too short to be an Encharge key (fewer than {MIN_KEY_CHARS} characters; "
+                    "its value is not shown: it is a secret)"
+                )
                 raise ConfigError(msg)
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """The keys and the ledger's password, which no output may show."""
         password = ledger_password(self.ledger_url)
-        return tuple(dict.fromkeys(k for k in (self.api_key, self.write_key, password,
-                                               urllib.parse.unquote(password or "")) if k))
+        return tuple(
+            dict.fromkeys(
+                k for k in (self.api_key, self.write_key, password, urllib.parse.unquote(password or "")) if k
+            )
+        )

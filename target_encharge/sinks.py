@@ -36,8 +36,9 @@ class SinkRun(t.Protocol):
     @property
     def retry_failed(self) -> bool: ...  # records that failed in earlier runs go first
     def template(self, settings: StreamSettings) -> Template: ...
-    def open_stream(self, stream: str, template: Template, settings: StreamSettings,
-                    key_properties: t.Sequence[str]) -> StreamSync | None: ...
+    def open_stream(
+        self, stream: str, template: Template, settings: StreamSettings, key_properties: t.Sequence[str]
+    ) -> StreamSync | None: ...
     def admit(self, stream: str) -> bool: ...
     def entry(self, route: Route, record: dict, *, again: bool = False) -> Entry: ...
     def refuse(self, entry: Entry, problem: str) -> None: ...
@@ -105,8 +106,13 @@ def _integral_decimal_made_int(record: dict, exc: fastjsonschema.JsonSchemaValue
     value, definition = exc.value, exc.definition or {}
     types = definition.get("type") if isinstance(definition, dict) else None
     types = [types] if isinstance(types, str) else types or []
-    if exc.rule != "type" or "integer" not in types or not isinstance(value, decimal.Decimal) \
-            or not value.is_finite() or value != value.to_integral_value():
+    if (
+        exc.rule != "type"
+        or "integer" not in types
+        or not isinstance(value, decimal.Decimal)
+        or not value.is_finite()
+        or value != value.to_integral_value()
+    ):
         return False
     path = [int(step) if step.isdigit() else step for step in (exc.path or [])[1:]]  # [0] is "data"
     if not path:
@@ -142,10 +148,14 @@ class EnchargeSink(SeamSink):
         self.exclude = self.settings.exclude_attributes
         own = stream_name in (target.config.get("streams") or {})
         self.sync: StreamSync | None = None  # set up before the first record (it needs the account)
-        self.logger.info("Stream '%s' goes to %s (mode: %s; %s)%s", stream_name, self.template.name,
-                         self.settings.sync_mode,
-                         f"batches of up to {self.route.batch_size}" if batched else "one record per call",
-                         "" if own else " (default: not listed in `streams`)")
+        self.logger.info(
+            "Stream '%s' goes to %s (mode: %s; %s)%s",
+            stream_name,
+            self.template.name,
+            self.settings.sync_mode,
+            f"batches of up to {self.route.batch_size}" if batched else "one record per call",
+            "" if own else " (default: not listed in `streams`)",
+        )
 
     @property
     @override
@@ -175,8 +185,12 @@ class EnchargeSink(SeamSink):
         waiting = sync.waiting()
         if not waiting:
             return
-        self.logger.info("Stream '%s': sending again %d record(s) that failed in earlier runs (oldest: %s)",
-                         self.stream_name, len(waiting), waiting[0].reason)
+        self.logger.info(
+            "Stream '%s': sending again %d record(s) that failed in earlier runs (oldest: %s)",
+            self.stream_name,
+            len(waiting),
+            waiting[0].reason,
+        )
         for failure in waiting:
             self.run.send(self.route, self.run.entry(self.route, dict(failure.payload), again=True))
 
@@ -219,8 +233,10 @@ class EnchargeSink(SeamSink):
         missing = [key for key in self.key_properties or () if key not in record]
         if missing:
             keys = ", ".join(map(repr, missing))
-            msg = (f"input line {self._line}: a record of stream '{self.stream_name}' has no {keys} "
-                   f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read")
+            msg = (
+                f"input line {self._line}: a record of stream '{self.stream_name}' has no {keys} "
+                f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read"
+            )
             raise MissingKeyPropertiesError(msg)
         return record
 
@@ -251,8 +267,12 @@ class EnchargeSink(SeamSink):
 def _allows_plain_text(spec: dict) -> bool:
     """Whether a property's schema also takes any text (a string branch with no date format)."""
     branches = spec.get("anyOf") or spec.get("oneOf") or []
-    return any(isinstance(b, dict) and "string" in (b.get("type") or ()) and
-               b.get("format") not in ("date-time", "date", "time") for b in branches)
+    return any(
+        isinstance(b, dict)
+        and "string" in (b.get("type") or ())
+        and b.get("format") not in ("date-time", "date", "time")
+        for b in branches
+    )
 
 
 def _date_format(spec: dict) -> str:

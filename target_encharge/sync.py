@@ -113,10 +113,21 @@ class StreamSync:
     ``writes`` is off in dry runs and test sends: they read the ledger and never write it. ``exists`` is None
     when Encharge cannot be asked (a dry run): then what the ledger does not know is taken as not there."""
 
-    def __init__(self, ledger: SyncLedger, scope: Scope, template: Template, key_properties: t.Sequence[str], *,
-                 mode: str = "upsert", delete_action: str = "archive", skip_unchanged: bool = True,
-                 resync: bool = False, writes: bool = True, exists: Exists | None = None,
-                 redact: t.Callable[[t.Any], t.Any] = lambda value: value) -> None:
+    def __init__(
+        self,
+        ledger: SyncLedger,
+        scope: Scope,
+        template: Template,
+        key_properties: t.Sequence[str],
+        *,
+        mode: str = "upsert",
+        delete_action: str = "archive",
+        skip_unchanged: bool = True,
+        resync: bool = False,
+        writes: bool = True,
+        exists: Exists | None = None,
+        redact: t.Callable[[t.Any], t.Any] = lambda value: value,
+    ) -> None:
         self.ledger, self.scope, self.template = ledger, scope, template
         self.redact = redact  # a failure's payload is kept with the keys masked, as in every output
         self.key_properties = tuple(key_properties)
@@ -131,8 +142,9 @@ class StreamSync:
 
     # before sending
 
-    def mark(self, entry: Entry, *, known: bool = False, identity: str | None = None,
-             fingerprinted: str | None = None) -> Mark | None:
+    def mark(
+        self, entry: Entry, *, known: bool = False, identity: str | None = None, fingerprinted: str | None = None
+    ) -> Mark | None:
         """The entry's identities and fingerprint (None: nothing to know it by, it is always sent).
         ``identity`` and ``fingerprinted``: the ledger's identity and the fingerprint, when already found."""
         identity = identity or self.template.identity(entry.record, self.key_properties, entry.ids)
@@ -229,15 +241,23 @@ class StreamSync:
             for entry in entries:
                 mark = self._marks.pop(entry.seq, None) or self.mark(entry)
                 identity = mark.identity if mark is not None else f"payload:{fingerprint(entry.record)}"
-                rows.append(Failure(identity=identity, payload=self.redact(entry.record), reason=self.redact(reason),
-                                    status=status, retryable=retryable))
+                rows.append(
+                    Failure(
+                        identity=identity,
+                        payload=self.redact(entry.record),
+                        reason=self.redact(reason),
+                        status=status,
+                        retryable=retryable,
+                    )
+                )
         if self.writes and rows:
             self.ledger.mark_failed(self.scope, rows)
 
     def waiting(self) -> list[WaitingFailure]:
         """Failures of earlier runs that sending again can pass, oldest first."""
-        return self.ledger.waiting_failures(self.scope.account, destination=self.scope.destination,
-                                            stream=self.scope.stream)
+        return self.ledger.waiting_failures(
+            self.scope.account, destination=self.scope.destination, stream=self.scope.stream
+        )
 
     # mirror
 
@@ -263,17 +283,22 @@ class StreamSync:
         known = {i: d for i, d in self.ledger.known(self.scope).items() if d.fingerprint != EXISTS}
         gone = [i for i in known if i not in seen]
         if known and len(gone) > max_share * len(known):
-            msg = (f"stream '{self.scope.stream}': mirror would remove {len(gone):,} of the {len(known):,} records "
-                   f"it wrote ({len(gone) / len(known):.0%}), more than max_delete_share={max_share:g} allows; "
-                   f"nothing was removed (raise max_delete_share if the source really lost them)")
+            msg = (
+                f"stream '{self.scope.stream}': mirror would remove {len(gone):,} of the {len(known):,} records "
+                f"it wrote ({len(gone) / len(known):.0%}), more than max_delete_share={max_share:g} allows; "
+                f"nothing was removed (raise max_delete_share if the source really lost them)"
+            )
             raise DeleteGuardError(msg)
         live_tags = self._live_tags(seen.values())
-        plans = [self._plan(i, known[i].encharge_id, "not in the source's latest full version (ACTIVATE_VERSION)",
-                            live_tags) for i in sorted(gone)]
+        plans = [
+            self._plan(i, known[i].encharge_id, "not in the source's latest full version (ACTIVATE_VERSION)", live_tags)
+            for i in sorted(gone)
+        ]
         return [p for p in plans if p is not None]
 
-    def _plan(self, identity: str, target: str | None, why: str,
-              live_tags: dict[str, set[str]] | None = None) -> Planned | None:
+    def _plan(
+        self, identity: str, target: str | None, why: str, live_tags: dict[str, set[str]] | None = None
+    ) -> Planned | None:
         removal = self.template.removal
         ids = encharge_ids(target or identity)
         if removal is None or not ids:
@@ -312,19 +337,45 @@ class StreamSync:
 class Sync:
     """The sync ledger as one run uses it: one :class:`StreamSync` per stream, in one Encharge account."""
 
-    def __init__(self, ledger: SyncLedger, *, skip_unchanged: bool, resync: bool, writes: bool,
-                 redact: t.Callable[[t.Any], t.Any] = lambda value: value) -> None:
+    def __init__(
+        self,
+        ledger: SyncLedger,
+        *,
+        skip_unchanged: bool,
+        resync: bool,
+        writes: bool,
+        redact: t.Callable[[t.Any], t.Any] = lambda value: value,
+    ) -> None:
         self.ledger, self.redact = ledger, redact
         self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
         self.streams: dict[str, StreamSync] = {}
 
-    def stream(self, stream: str, template: Template, key_properties: t.Sequence[str], account: str, *,
-               mode: str = "upsert", delete_action: str = "archive", exists: Exists | None = None) -> StreamSync:
+    def stream(
+        self,
+        stream: str,
+        template: Template,
+        key_properties: t.Sequence[str],
+        account: str,
+        *,
+        mode: str = "upsert",
+        delete_action: str = "archive",
+        exists: Exists | None = None,
+    ) -> StreamSync:
         """The sync of ``stream`` (made anew when its SCHEMA comes again)."""
         scope = Scope(account, template.destination or template.name, stream)
-        sync = StreamSync(self.ledger, scope, template, key_properties, mode=mode, delete_action=delete_action,
-                          skip_unchanged=self.skip_unchanged, resync=self.resync, writes=self.writes, exists=exists,
-                          redact=self.redact)
+        sync = StreamSync(
+            self.ledger,
+            scope,
+            template,
+            key_properties,
+            mode=mode,
+            delete_action=delete_action,
+            skip_unchanged=self.skip_unchanged,
+            resync=self.resync,
+            writes=self.writes,
+            exists=exists,
+            redact=self.redact,
+        )
         self.streams[stream] = sync
         return sync
 

@@ -80,8 +80,10 @@ class TargetEncharge(SeamTarget):
     @override
     def on_state(self, state: dict) -> None:
         if self.run.settings.response_output == "state" and not isinstance(state, dict):
-            msg = (f"input line {self.message_reader.line_number}: a STATE value that is not an object cannot carry "
-                   "the summary of response_output 'state'; nothing after it was read")
+            msg = (
+                f"input line {self.message_reader.line_number}: a STATE value that is not an object cannot carry "
+                "the summary of response_output 'state'; nothing after it was read"
+            )
             raise InputError(msg)
         self.run.on_state(state)
 
@@ -179,8 +181,10 @@ class TargetEncharge(SeamTarget):
         if isinstance(exc, MapExpressionError):
             return f"input line {line}: {self._map_failure(exc)}; nothing after it was read"
         text = self.redact(str(exc)).splitlines()[0] if str(exc) else ""
-        return (f"input line {line}: unexpected {type(exc).__name__}{': ' + text if text else ''}; nothing after "
-                "it was read (please report it)")
+        return (
+            f"input line {line}: unexpected {type(exc).__name__}{': ' + text if text else ''}; nothing after "
+            "it was read (please report it)"
+        )
 
     def _map_failure(self, exc: MapExpressionError) -> str:
         """Which stream map failed on which stream, and why (the SDK names only the expression)."""
@@ -188,8 +192,10 @@ class TargetEncharge(SeamTarget):
         maps = (self.config.get("stream_maps") or {}).get(stream) or {}
         named = [f"'{name}' ({expr})" for name, expr in maps.items() if isinstance(expr, str) and expr in str(exc)]
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        return (f"stream_maps of stream '{stream}' failed on a record, at property {', '.join(named) or '?'}"
-                f"{self.redact(str(cause)).splitlines()[0] if cause else ''}")
+        return (
+            f"stream_maps of stream '{stream}' failed on a record, at property {', '.join(named) or '?'}"
+            f"{self.redact(str(cause)).splitlines()[0] if cause else ''}"
+        )
 
     def finish_quietly(self) -> None:
         """Whatever happened, nothing of this run is left running or attached (threads, files, log filters)."""

@@ -332,8 +332,10 @@ def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Tem
     """The template a stream is routed to, bound to its settings (refused when it cannot take its sync mode)."""
     template = _template_for(settings, api_url, ingest_url)
     if settings.sync_mode not in template.modes:
-        msg = (f"stream '{settings.stream}': sync_mode '{settings.sync_mode}' is not possible with "
-               f"{template.name} (it takes {', '.join(template.modes)})")
+        msg = (
+            f"stream '{settings.stream}': sync_mode '{settings.sync_mode}' is not possible with "
+            f"{template.name} (it takes {', '.join(template.modes)})"
+        )
         raise ConfigError(msg)
     return template
 
@@ -342,8 +344,9 @@ def _template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Te
     endpoint = settings.endpoint
     if endpoint == "manual":
         return _manual(settings, api_url)
-    templates = {template.name: template for template in encharge_templates(api_url, ingest_url,
-                                                                             settings.object_name or "")}
+    templates = {
+        template.name: template for template in encharge_templates(api_url, ingest_url, settings.object_name or "")
+    }
     if endpoint not in templates:
         msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
         raise ConfigError(msg)
@@ -359,29 +362,73 @@ def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[
     """Encharge's templates (all but `manual`), bound to the REST API, Ingest and a stream's custom object."""
     api = api_url.rstrip("/")
     objects = f"{api}/objects/{urllib.parse.quote(object_name, safe='')}"
-    tag = Template(name="add_tag", kind="tag", url=_fixed(f"{api}/tags"), body=_tag_body, needs=_needs_tag,
-                   identifiers=person_identifiers, own_identity=_tag_identity, ordering=_person_keys, people=True,
-                   answers=PERSON_LATER)  # (from another stream)
+    tag = Template(
+        name="add_tag",
+        kind="tag",
+        url=_fixed(f"{api}/tags"),
+        body=_tag_body,
+        needs=_needs_tag,
+        identifiers=person_identifiers,
+        own_identity=_tag_identity,
+        ordering=_person_keys,
+        people=True,
+        answers=PERSON_LATER,
+    )  # (from another stream)
     create_object = Template(
-        name="create_custom_object", kind="custom object", url=_fixed(objects), body=encoding.dumps,
-        needs=_nothing_needed, identifiers=_object_identifiers, own_identity=_object_identity,
-        ordering=_object_keys, batchable=True, lookup="object", object_schema=object_name,
-        requires=("object_name",), destination=f"create_custom_object {object_name}",
-        removal=_object_removal(objects), modes=ALL_MODES,
+        name="create_custom_object",
+        kind="custom object",
+        url=_fixed(objects),
+        body=encoding.dumps,
+        needs=_nothing_needed,
+        identifiers=_object_identifiers,
+        own_identity=_object_identity,
+        ordering=_object_keys,
+        batchable=True,
+        lookup="object",
+        object_schema=object_name,
+        requires=("object_name",),
+        destination=f"create_custom_object {object_name}",
+        removal=_object_removal(objects),
+        modes=ALL_MODES,
         answers=UPDATE_ON_CONFLICT,  # updated by externalId instead, one per call
     )
     return [
-        Template(name="create_or_update_person", kind="person", url=_fixed(f"{api}/people"), body=encoding.dumps,
-                 needs=_needs_person, identifiers=person_identifiers, own_identity=_person_identity,
-                 ordering=_person_keys, batchable=True, people=True, lookup="people",
-                 destination="create_or_update_person", removal=_person_removal(api), modes=ALL_MODES),
+        Template(
+            name="create_or_update_person",
+            kind="person",
+            url=_fixed(f"{api}/people"),
+            body=encoding.dumps,
+            needs=_needs_person,
+            identifiers=person_identifiers,
+            own_identity=_person_identity,
+            ordering=_person_keys,
+            batchable=True,
+            people=True,
+            lookup="people",
+            destination="create_or_update_person",
+            removal=_person_removal(api),
+            modes=ALL_MODES,
+        ),
         dataclasses.replace(tag, destination="add_tag", removal=_tag_removal(api), modes=("upsert", "mirror")),
         dataclasses.replace(tag, name="remove_tag", destination="remove_tag", method="DELETE"),
-        dataclasses.replace(create_object, upsert=dataclasses.replace(
-            create_object, method="PUT", body=_one_object, batchable=False, answers=NO_ANSWERS)),
-        Template(name="track_event", kind="event", url=_fixed(ingest_url), body=_event_body, needs=_needs_event,
-                 identifiers=event_identifiers, ordering=_person_keys, people=True, events=True,
-                 destination="track_event"),
+        dataclasses.replace(
+            create_object,
+            upsert=dataclasses.replace(
+                create_object, method="PUT", body=_one_object, batchable=False, answers=NO_ANSWERS
+            ),
+        ),
+        Template(
+            name="track_event",
+            kind="event",
+            url=_fixed(ingest_url),
+            body=_event_body,
+            needs=_needs_event,
+            identifiers=event_identifiers,
+            ordering=_person_keys,
+            people=True,
+            events=True,
+            destination="track_event",
+        ),
     ]
 
 

@@ -52,16 +52,23 @@ class Transport:
         self._routes: dict[tuple[str, str, int | None], urllib3.PoolManager] = {}  # by origin
         self._lock = threading.Lock()
 
-    def open(self, method: str, url: str, body: bytes | None, headers: t.Mapping[str, str],
-             timeout: float) -> Answer:
+    def open(self, method: str, url: str, body: bytes | None, headers: t.Mapping[str, str], timeout: float) -> Answer:
         """Send a request; the answer of the last hop once redirects are followed (its body unread)."""
         sent = urllib3.HTTPHeaderDict(self.headers)
         sent.update(headers)  # case-insensitive: a header of the caller's replaces ours
         limits = urllib3.Timeout(connect=timeout, read=timeout)
         for hop in range(MAX_REDIRECTS + 1):
-            response = self._manager(url).urlopen(method, url, body=body, headers=sent, timeout=limits,
-                                                  redirect=False, retries=False, preload_content=False,
-                                                  assert_same_host=False)
+            response = self._manager(url).urlopen(
+                method,
+                url,
+                body=body,
+                headers=sent,
+                timeout=limits,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                assert_same_host=False,
+            )
             location = response.get_redirect_location()
             if not location:
                 return Answer(response, hop > 0, sent)
@@ -105,8 +112,10 @@ class Transport:
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
         key = (proxy, bundle)
         if key not in self._managers:
-            tls: dict[str, t.Any] = {"cert_reqs": "CERT_REQUIRED",
-                                     ("ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"): bundle}
+            tls: dict[str, t.Any] = {
+                "cert_reqs": "CERT_REQUIRED",
+                ("ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"): bundle,
+            }
             if proxy is None:
                 manager = urllib3.PoolManager(maxsize=self.pool_size, **tls)
             elif proxy.lower().startswith("socks"):
@@ -114,8 +123,9 @@ class Transport:
 
                 manager = SOCKSProxyManager(proxy, maxsize=self.pool_size, **tls)
             else:
-                manager = urllib3.ProxyManager(proxy, proxy_headers=_proxy_headers(proxy), maxsize=self.pool_size,
-                                               **tls)
+                manager = urllib3.ProxyManager(
+                    proxy, proxy_headers=_proxy_headers(proxy), maxsize=self.pool_size, **tls
+                )
             self._managers[key] = manager
         return self._managers[key]
 

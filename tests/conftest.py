@@ -24,8 +24,7 @@ __all__ = ["API_KEY", "WRITE_KEY"]
 
 _QUIET_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("dev", max_examples=10, deadline=None, suppress_health_check=_QUIET_HEALTH)
-settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=_QUIET_HEALTH,
-                          print_blob=True)
+settings.register_profile("ci", max_examples=50, deadline=None, suppress_health_check=_QUIET_HEALTH, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev"))
 
 
@@ -82,4 +81,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     long = sorted((item for item in items if name(item) in rank), key=lambda item: rank[name(item)])
     short = [item for item in items if name(item) not in rank]
     interleaved = [each for pair in zip(long, short, strict=False) for each in pair]
-    items[:] = interleaved + long[len(interleaved) // 2:] + short[len(interleaved) // 2:]
+    items[:] = interleaved + long[len(interleaved) // 2 :] + short[len(interleaved) // 2 :]

@@ -89,15 +89,18 @@ def sandbox_config(sandbox: t.Any, **settings: t.Any) -> dict:
 
 
 class Runner(t.Protocol):
-    def __call__(self, config: dict, messages: t.Iterable[dict | str | bytes], *, timeout: float = ...,
-                 env: dict | None = ...) -> Run: ...
+    def __call__(
+        self, config: dict, messages: t.Iterable[dict | str | bytes], *, timeout: float = ..., env: dict | None = ...
+    ) -> Run: ...
 
 
 def _prepare(config: dict, messages: t.Iterable[dict | str | bytes]) -> tuple[Path, Path, bytes]:
     """A fresh working directory holding ``config`` (``@work/name`` values become paths in it), and the input."""
     workdir = Path(tempfile.mkdtemp(prefix="target-encharge-test-"))
-    config = {k: (str(workdir / v[len("@work/"):]) if isinstance(v, str) and v.startswith("@work/") else v)
-              for k, v in config.items()}
+    config = {
+        k: (str(workdir / v[len("@work/") :]) if isinstance(v, str) and v.startswith("@work/") else v)
+        for k, v in config.items()
+    }
     config_path = workdir / "config.json"
     config_path.write_text(json.dumps(config))
     data = b"".join(
@@ -165,8 +168,9 @@ def _main(args: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def _as_a_process(workdir: Path, data: bytes, env: dict[str, str],
-                  timeout: float) -> t.Iterator[tuple[io.BytesIO, io.BytesIO]]:
+def _as_a_process(
+    workdir: Path, data: bytes, env: dict[str, str], timeout: float
+) -> t.Iterator[tuple[io.BytesIO, io.BytesIO]]:
     """For the run's duration: the process-wide state a command owns (standard streams, argv, environment,
     working directory, root logging, signal handlers, excepthook), set as a new process would have it, and put
     back afterwards, whatever the run changed."""
@@ -184,8 +188,7 @@ def _as_a_process(workdir: Path, data: bytes, env: dict[str, str],
     try:
         sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(_Kept(stdout), encoding="utf-8", write_through=True)
-        sys.stderr = io.TextIOWrapper(_Kept(stderr), encoding="utf-8", errors="backslashreplace",
-                                      write_through=True)
+        sys.stderr = io.TextIOWrapper(_Kept(stderr), encoding="utf-8", errors="backslashreplace", write_through=True)
         sys.argv = [COMMAND]
         os.environ.update(env)
         os.chdir(workdir)
@@ -245,8 +248,12 @@ def run_target(
 
 def schema(stream: str, properties: dict | None = None, key_properties: list[str] | None = None) -> dict:
     props = properties or {"email": {"type": "string"}}
-    return {"type": "SCHEMA", "stream": stream, "schema": {"type": "object", "properties": props},
-            "key_properties": key_properties or []}
+    return {
+        "type": "SCHEMA",
+        "stream": stream,
+        "schema": {"type": "object", "properties": props},
+        "key_properties": key_properties or [],
+    }
 
 
 def record(stream: str, rec: dict) -> dict:

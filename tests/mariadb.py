@@ -37,8 +37,10 @@ PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb")
 
 
 def _programs() -> dict[str, str] | None:
-    found = {name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-             for name in PROGRAMS}
+    found = {
+        name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+        for name in PROGRAMS
+    }
     return None if None in found.values() else t.cast("dict[str, str]", found)
 
 
@@ -109,17 +111,41 @@ class MariaDBServer:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self.root.chmod(0o700)
         subprocess.run(
-            [self.programs["mariadb-install-db"], "--no-defaults", f"--datadir={self.data}", "--skip-test-db",
-             "--auth-root-authentication-method=normal", "--skip-name-resolve"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root, **self._as_server_user(),
+            [
+                self.programs["mariadb-install-db"],
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+                "--skip-name-resolve",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+            **self._as_server_user(),
         )
         self.process = subprocess.Popen(
-            [self.programs["mariadbd"], "--no-defaults", f"--datadir={self.data}", f"--socket={self.socket}",
-             f"--port={self.port}", f"--bind-address={self.host}", f"--pid-file={self.root / 'mariadbd.pid'}",
-             f"--tmpdir={self.root}", f"--log-error={self.root / 'server.log'}", "--skip-name-resolve",
-             "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin",
-             "--max-connections=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root, **self._as_server_user(),
+            [
+                self.programs["mariadbd"],
+                "--no-defaults",
+                f"--datadir={self.data}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                f"--bind-address={self.host}",
+                f"--pid-file={self.root / 'mariadbd.pid'}",
+                f"--tmpdir={self.root}",
+                f"--log-error={self.root / 'server.log'}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--skip-log-bin",
+                "--max-connections=200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+            **self._as_server_user(),
         )
         self._wait_ready()
         # Root is for this set-up only; the tests and the taps use a password user over TCP.
@@ -133,14 +159,19 @@ class MariaDBServer:
         command = [self.programs["mariadb"], "--no-defaults", "--batch", "--skip-column-names", "--raw"]
         if as_root:  # root has no password and is reached only over the socket, in a directory only we can read
             return [*command, f"--socket={self.socket}", "--user=root", *([database] if database else [])], {}
-        return [*command, "--protocol=tcp", f"--host={self.host}", f"--port={self.port}", f"--user={USER}",
-                *([database] if database else [])], {"env": {**os.environ, "MYSQL_PWD": PASSWORD}}
+        return [
+            *command,
+            "--protocol=tcp",
+            f"--host={self.host}",
+            f"--port={self.port}",
+            f"--user={USER}",
+            *([database] if database else []),
+        ], {"env": {**os.environ, "MYSQL_PWD": PASSWORD}}
 
     def execute(self, sql: str, database: str | None = None, *, as_root: bool = False) -> list[list[str]]:
         """Runs ``sql`` (one or more statements) and returns the rows of the last result, as strings."""
         command, options = self._client(database, as_root=as_root)
-        done = subprocess.run(command, input=sql.encode(), capture_output=True, timeout=60, cwd=self.root,
-                              **options)
+        done = subprocess.run(command, input=sql.encode(), capture_output=True, timeout=60, cwd=self.root, **options)
         if done.returncode != 0:
             raise RuntimeError(f"mariadb: {done.stderr.decode(errors='replace').strip()[-500:]}")
         return [line.split("\t") for line in done.stdout.decode().splitlines()]

@@ -96,9 +96,16 @@ def _run(command: list[str], *, stop_after_records: int | None = None) -> TapRun
     or an out-of-memory kill) once it has printed that many records, keeping only what came before the kill."""
     messages: list[dict] = []
     output: list[bytes] = []
-    with tempfile.TemporaryFile() as stderr, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, cwd=tempfile.gettempdir(),
-    ) as process:
+    with (
+        tempfile.TemporaryFile() as stderr,
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            cwd=tempfile.gettempdir(),
+        ) as process,
+    ):
         assert process.stdout is not None
         records = 0
         timer = _kill_after(process, TIMEOUT)
@@ -161,15 +168,22 @@ def tap_postgres_config(server: PostgresServer, database_url: str, **settings: t
     from postgres import PASSWORD, USER
 
     config = {
-        "host": "127.0.0.1", "port": server.port, "user": USER, "password": PASSWORD,
-        "database": database_url.rsplit("/", 1)[1], "filter_schemas": ["public"],
-        "default_replication_method": "FULL_TABLE", "emit_activate_version_messages": True, **settings,
+        "host": "127.0.0.1",
+        "port": server.port,
+        "user": USER,
+        "password": PASSWORD,
+        "database": database_url.rsplit("/", 1)[1],
+        "filter_schemas": ["public"],
+        "default_replication_method": "FULL_TABLE",
+        "emit_activate_version_messages": True,
+        **settings,
     }
     return {key: value for key, value in config.items() if value is not None}
 
 
-def run_tap_postgres(server: PostgresServer, database_url: str, tables: t.Iterable[str], *,
-                     state: dict | None = None, **settings: t.Any) -> TapRun:
+def run_tap_postgres(
+    server: PostgresServer, database_url: str, tables: t.Iterable[str], *, state: dict | None = None, **settings: t.Any
+) -> TapRun:
     """tap-postgres, discovered then run over ``tables`` of the ``public`` schema (streams ``public-<table>``)."""
     tap = executable("tap-postgres")
     with tempfile.TemporaryDirectory(prefix="tap-postgres-") as scratch:
@@ -185,8 +199,14 @@ def run_tap_postgres(server: PostgresServer, database_url: str, tables: t.Iterab
 # singer-io tap-mysql
 
 
-def run_tap_mysql(server: MariaDBServer, database: str, tables: t.Iterable[str], *, state: dict | None = None,
-                  stop_after_records: int | None = None) -> TapRun:
+def run_tap_mysql(
+    server: MariaDBServer,
+    database: str,
+    tables: t.Iterable[str],
+    *,
+    state: dict | None = None,
+    stop_after_records: int | None = None,
+) -> TapRun:
     """tap-mysql, discovered then run FULL_TABLE over ``tables`` of ``database`` (streams named as the tables).
 
     With ``stop_after_records``, it is killed once it has printed that many records: its last STATE, given back

@@ -43,11 +43,23 @@ def lines_of(messages: t.Iterable[dict]) -> bytes:
     return b"".join(json.dumps(m).encode() + b"\n" for m in messages)
 
 
-def popen(config: dict, *, stdin: t.Any = subprocess.PIPE, stdout: t.Any = subprocess.PIPE,
-          stderr: t.Any = subprocess.PIPE, env: dict | None = None) -> tuple[subprocess.Popen, Path]:
+def popen(
+    config: dict,
+    *,
+    stdin: t.Any = subprocess.PIPE,
+    stdout: t.Any = subprocess.PIPE,
+    stderr: t.Any = subprocess.PIPE,
+    env: dict | None = None,
+) -> tuple[subprocess.Popen, Path]:
     workdir, path = write_config(config)
-    proc = subprocess.Popen([*target_command(), "--config", str(path)], stdin=stdin, stdout=stdout,
-                            stderr=stderr, cwd=workdir, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [*target_command(), "--config", str(path)],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=workdir,
+        env={**os.environ, **(env or {})},
+    )
     return proc, workdir
 
 
@@ -55,10 +67,14 @@ def run_measured(config: dict, messages: list[dict], timeout: float = 300) -> tu
     """Run the command; (exit code, stdout, stderr, its own peak RSS in MiB)."""
     workdir, path = write_config(config)
     (workdir / "input.jsonl").write_bytes(lines_of(messages))
-    with (workdir / "input.jsonl").open("rb") as stdin, (workdir / "out").open("wb") as out, \
-            (workdir / "err").open("wb") as err:
-        proc = subprocess.Popen([*target_command(), "--config", str(path)], stdin=stdin, stdout=out, stderr=err,
-                                cwd=workdir)
+    with (
+        (workdir / "input.jsonl").open("rb") as stdin,
+        (workdir / "out").open("wb") as out,
+        (workdir / "err").open("wb") as err,
+    ):
+        proc = subprocess.Popen(
+            [*target_command(), "--config", str(path)], stdin=stdin, stdout=out, stderr=err, cwd=workdir
+        )
         deadline = time.monotonic() + timeout
         peak_kib = 0
         while True:
@@ -147,8 +163,11 @@ def scripted() -> t.Iterator[t.Callable[..., Scripted]]:
 
 def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"{}", headers: dict | None = None) -> None:
     handler.send_response(status)
-    for name, value in {"Content-Type": "application/json", "Content-Length": str(len(body)),
-                        **(headers or {})}.items():
+    for name, value in {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+        **(headers or {}),
+    }.items():
         handler.send_header(name, value)
     handler.end_headers()
     handler.wfile.write(body)
@@ -179,24 +198,32 @@ def manual_to(server: Scripted, sandbox: Sandbox, **settings: t.Any) -> dict:
 
 
 def batch_message(stream: str, files: list[Path], compression: str = "none", fmt: str = "jsonl") -> dict:
-    return {"type": "BATCH", "stream": stream, "encoding": {"format": fmt, "compression": compression},
-            "manifest": [f.as_uri() for f in files]}
+    return {
+        "type": "BATCH",
+        "stream": stream,
+        "encoding": {"format": fmt, "compression": compression},
+        "manifest": [f.as_uri() for f in files],
+    }
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_batch_messages_are_delivered_like_records_and_their_state_follows(sandbox, tmp_path, compression):
     files = []
     for part in range(2):
-        rows = b"".join(json.dumps({"email": f"b{part}-{i}@example.com", "plan": "pro"}).encode() + b"\n"
-                        for i in range(30))
+        rows = b"".join(
+            json.dumps({"email": f"b{part}-{i}@example.com", "plan": "pro"}).encode() + b"\n" for i in range(30)
+        )
         path = tmp_path / f"people-{part}.jsonl{'.gz' if compression == 'gzip' else ''}"
         path.write_bytes(gzip.compress(rows) if compression == "gzip" else rows)
         files.append(path)
     bad = {"email": "no-plan-type@example.com", "plan": 5}  # refused by its SCHEMA, like a RECORD would be
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
-    messages = [schema("people", {"email": {"type": "string"}, "plan": {"type": "string"}}, ["email"]),
-                batch_message("people", files, compression), batch_message("people", [tmp_path / "bad.jsonl"]),
-                state({"bookmark": 1})]
+    messages = [
+        schema("people", {"email": {"type": "string"}, "plan": {"type": "string"}}, ["email"]),
+        batch_message("people", files, compression),
+        batch_message("people", [tmp_path / "bad.jsonl"]),
+        state({"bookmark": 1}),
+    ]
     run = run_target(sandbox_config(sandbox, max_failures=-1, dead_letter_path="@work/dead.jsonl"), messages)
     assert run.returncode == 0, run.stderr
     assert len(sandbox.people()) == 60
@@ -206,8 +233,13 @@ def test_batch_messages_are_delivered_like_records_and_their_state_follows(sandb
 
 
 def test_a_batch_file_that_cannot_be_read_stops_the_run_before_its_state(sandbox, tmp_path):
-    messages = [*people(2), state({"before": 1}), schema("people", PERSON_PROPS, ["email"]),
-                batch_message("people", [tmp_path / "missing.jsonl"]), state({"after": 1})]
+    messages = [
+        *people(2),
+        state({"before": 1}),
+        schema("people", PERSON_PROPS, ["email"]),
+        batch_message("people", [tmp_path / "missing.jsonl"]),
+        state({"after": 1}),
+    ]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 1
     assert "missing.jsonl" in error_line(run.stderr) and "Traceback" not in run.stderr
@@ -221,8 +253,11 @@ def test_a_parquet_batch_is_delivered_like_records(sandbox, tmp_path):
 
     path = tmp_path / "people.parquet"
     pq.write_table(pa.Table.from_pylist([{"email": f"p{i}@example.com", "plan": "pro"} for i in range(5)]), path)
-    messages = [schema("people", PERSON_PROPS, ["email"]), batch_message("people", [path], fmt="parquet"),
-                state({"after": 1})]
+    messages = [
+        schema("people", PERSON_PROPS, ["email"]),
+        batch_message("people", [path], fmt="parquet"),
+        state({"after": 1}),
+    ]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 0, run.stderr
     assert sorted(p["email"] for p in sandbox.people()) == [f"p{i}@example.com" for i in range(5)]
@@ -232,8 +267,11 @@ def test_a_parquet_batch_is_delivered_like_records(sandbox, tmp_path):
 def test_a_parquet_batch_without_pyarrow_is_a_one_line_error_naming_the_format(sandbox, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed (the target asks find_spec)
     (tmp_path / "p.parquet").write_bytes(b"PAR1")
-    messages = [schema("people", PERSON_PROPS, ["email"]),
-                batch_message("people", [tmp_path / "p.parquet"], fmt="parquet"), state({"after": 1})]
+    messages = [
+        schema("people", PERSON_PROPS, ["email"]),
+        batch_message("people", [tmp_path / "p.parquet"], fmt="parquet"),
+        state({"after": 1}),
+    ]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 1
     assert "parquet" in error_line(run.stderr) and "Traceback" not in run.stderr
@@ -244,18 +282,34 @@ def test_a_parquet_batch_without_pyarrow_is_a_one_line_error_naming_the_format(s
 def test_an_open_batch_survives_a_schema_change_and_the_sdks_record_age_drain(sandbox, tmp_path):
     """The SDK drains sinks replaced by a new SCHEMA when records get old (5 minutes), without clean_up: the old
     sink's open batch must still be sent. The age limit is set to 0 so that the drain happens at once."""
-    wrapper = ("import sys\nfrom target_encharge.target import TargetEncharge as T\n"
-               "T._MAX_RECORD_AGE_IN_MINUTES = 0.0\nsys.argv[0] = 'target-encharge'\nT.cli()\n")
+    wrapper = (
+        "import sys\nfrom target_encharge.target import TargetEncharge as T\n"
+        "T._MAX_RECORD_AGE_IN_MINUTES = 0.0\nsys.argv[0] = 'target-encharge'\nT.cli()\n"
+    )
     workdir, path = write_config(sandbox_config(sandbox, batch_records=True, batch_size=50))
     changed = {**PERSON_PROPS, "company": {"type": ["string", "null"]}}
-    messages = [schema("people", PERSON_PROPS, ["email"]), record("people", {"email": "first@example.com"}),
-                schema("people", changed, ["email"]), record("people", {"email": "second@example.com"}),
-                record("people", {"email": "third@example.com"}), state({"done": 1})]
-    proc = subprocess.run([sys.executable, "-c", wrapper, "--config", str(path)], input=lines_of(messages),
-                          capture_output=True, cwd=workdir, timeout=60, check=False)
+    messages = [
+        schema("people", PERSON_PROPS, ["email"]),
+        record("people", {"email": "first@example.com"}),
+        schema("people", changed, ["email"]),
+        record("people", {"email": "second@example.com"}),
+        record("people", {"email": "third@example.com"}),
+        state({"done": 1}),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, "--config", str(path)],
+        input=lines_of(messages),
+        capture_output=True,
+        cwd=workdir,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
-    assert sorted(p["email"] for p in sandbox.people()) == ["first@example.com", "second@example.com",
-                                                            "third@example.com"]
+    assert sorted(p["email"] for p in sandbox.people()) == [
+        "first@example.com",
+        "second@example.com",
+        "third@example.com",
+    ]
 
 
 def test_a_failed_record_is_kept_in_a_default_dead_letter_file_named_in_the_reason(sandbox):
@@ -279,12 +333,14 @@ def test_dead_letters_on_stdout_are_refused_at_start(sandbox):
 
 @pytest.mark.parametrize("value", ["", "0000-00-00 00:00:00", "2024-02-30T00:00:00Z", 12345])
 def test_a_date_the_sdk_cannot_parse_is_refused_and_the_rest_delivered(sandbox, value):
-    props = {"email": {"type": "string"}, "createdAt": {"type": ["string", "integer", "null"],
-                                                        "format": "date-time"}}
-    messages = [schema("people", props, ["email"]), record("people", {"email": "before@example.com"}),
-                record("people", {"email": "bad@example.com", "createdAt": value}),
-                record("people", {"email": "after@example.com", "createdAt": "2024-01-02T03:04:05Z"}),
-                state({"b": 1})]
+    props = {"email": {"type": "string"}, "createdAt": {"type": ["string", "integer", "null"], "format": "date-time"}}
+    messages = [
+        schema("people", props, ["email"]),
+        record("people", {"email": "before@example.com"}),
+        record("people", {"email": "bad@example.com", "createdAt": value}),
+        record("people", {"email": "after@example.com", "createdAt": "2024-01-02T03:04:05Z"}),
+        state({"b": 1}),
+    ]
     run = run_target(sandbox_config(sandbox, max_failures=-1, dead_letter_path="@work/dead.jsonl"), messages)
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
@@ -295,8 +351,10 @@ def test_a_date_the_sdk_cannot_parse_is_refused_and_the_rest_delivered(sandbox, 
 
 
 def test_a_date_that_may_also_be_plain_text_is_sent_as_the_text_it_is(sandbox):
-    props = {"email": {"type": "string"},
-             "seen": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string"}]}}
+    props = {
+        "email": {"type": "string"},
+        "seen": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string"}]},
+    }
     messages = [schema("people", props, ["email"]), record("people", {"email": "a@example.com", "seen": "yesterday"})]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 0, run.stderr
@@ -304,13 +362,17 @@ def test_a_date_that_may_also_be_plain_text_is_sent_as_the_text_it_is(sandbox):
 
 
 BAD_INPUTS: dict[str, list[t.Any]] = {
-    "a SCHEMA property that is not an object": [
-        schema("later", {"email": 5})],  # type: ignore[dict-item]
+    "a SCHEMA property that is not an object": [schema("later", {"email": 5})],  # type: ignore[dict-item]
     "an invalid regex pattern": [
-        schema("later", {"email": {"type": "string", "pattern": "(["}}), record("later", {"email": "x@example.com"})],
+        schema("later", {"email": {"type": "string", "pattern": "(["}}),
+        record("later", {"email": "x@example.com"}),
+    ],
     "a record nested 1,000 levels deep": [
         '{"type": "RECORD", "stream": "people", "record": {"email": "deep@example.com", "x": '
-        + "[" * 1000 + "]" * 1000 + "}}\n"],
+        + "[" * 1000
+        + "]" * 1000
+        + "}}\n"
+    ],
 }
 
 
@@ -334,22 +396,27 @@ def test_a_stream_map_failing_on_one_record_names_the_stream_and_map(sandbox):
 
 
 def test_a_state_that_is_not_an_object_in_state_mode_is_a_one_line_reason(sandbox):
-    run = run_target(sandbox_config(sandbox, response_output="state"),
-                     [*people(2), state({"b": 1}), {"type": "STATE", "value": [1, 2]}])
+    run = run_target(
+        sandbox_config(sandbox, response_output="state"),
+        [*people(2), state({"b": 1}), {"type": "STATE", "value": [1, 2]}],
+    )
     assert run.returncode == 1
     assert "STATE" in error_line(run.stderr) and "Traceback" not in run.stderr
     assert len(sandbox.people()) == 2
 
 
-@pytest.mark.parametrize(("settings", "named"), [
-    ({"request_timeout": -1}, "request_timeout"),
-    ({"retry_backoff": -1}, "retry_backoff"),
-    ({"max_concurrency": 100000}, "max_concurrency"),
-    ({"max_concurrency": 0}, "max_concurrency"),
-    ({"request_headers": {"X-Name": "caf\u00e9 \u2615"}}, "request_headers"),
-    ({"request_headers": {"X-\u00e9": "v"}}, "request_headers"),
-    ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"request_timeout": -1}, "request_timeout"),
+        ({"retry_backoff": -1}, "retry_backoff"),
+        ({"max_concurrency": 100000}, "max_concurrency"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"request_headers": {"X-Name": "caf\u00e9 \u2615"}}, "request_headers"),
+        ({"request_headers": {"X-\u00e9": "v"}}, "request_headers"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_a_setting_out_of_range_is_refused_at_start_before_anything_is_sent(sandbox, settings, named):
     run = run_target(sandbox_config(sandbox, **settings), people(2))
     assert run.returncode == 1
@@ -370,16 +437,16 @@ def test_a_stdout_that_cannot_carry_utf8_is_a_one_line_reason(sandbox):
 
 
 def test_a_full_disk_for_dead_letters_is_one_line_and_never_a_partial_line(sandbox, tmp_path):
-    run = run_target(sandbox_config(sandbox, dead_letter_path="/dev/full"),
-                     [*people(1), record("people", REFUSED)])
+    run = run_target(sandbox_config(sandbox, dead_letter_path="/dev/full"), [*people(1), record("people", REFUSED)])
     assert run.returncode == 1
     assert "/dev/full" in error_line(run.stderr) and "Traceback" not in run.stderr
 
     # a file left with a partial last line (a crash mid-write): the next run starts on a clean line
     dead = tmp_path / "dead.jsonl"
     dead.write_text('{"stream": "people", "rec')
-    run = run_target(sandbox_config(sandbox, dead_letter_path=str(dead), max_failures=-1),
-                     [*people(1), record("people", REFUSED)])
+    run = run_target(
+        sandbox_config(sandbox, dead_letter_path=str(dead), max_failures=-1), [*people(1), record("people", REFUSED)]
+    )
     assert run.returncode == 0, run.stderr
     last = dead.read_text().split("\n")[-2]
     assert json.loads(last)["record"] == REFUSED
@@ -432,14 +499,17 @@ def test_a_signal_during_a_back_pressured_dry_run_never_hangs(sandbox, tmp_path)
 
 
 def events(n: int) -> list[dict]:
-    return [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
-            *[record("events", {"name": "Signed up", "email": f"e{i}@example.com"}) for i in range(n)]]
+    return [
+        schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+        *[record("events", {"name": "Signed up", "email": f"e{i}@example.com"}) for i in range(n)],
+    ]
 
 
 def test_an_outage_stops_the_run_early_and_dead_letters_nothing(sandbox):
     sandbox.set_faults(error_rate=1.0)
-    config = sandbox_config(sandbox, endpoint="track_event", max_concurrency=1, max_retries=2,
-                            dead_letter_path="@work/dead.jsonl")
+    config = sandbox_config(
+        sandbox, endpoint="track_event", max_concurrency=1, max_retries=2, dead_letter_path="@work/dead.jsonl"
+    )
     run = run_target(config, [*events(200), state({"n": 200})])
     assert run.returncode == 1
     assert "unavailable" in error_line(run.stderr)
@@ -459,8 +529,10 @@ def test_a_retry_after_beyond_reason_stops_the_run_at_once(sandbox):
 
 
 def test_max_failures_counts_encharges_refusals_as_they_happen(sandbox):
-    bad = [schema("people", {"email": {"type": "string"}, "userId": {"type": "integer"}}, ["email"]),
-           *[record("people", {"email": f"p{i}@example.com", "userId": i}) for i in range(100)]]
+    bad = [
+        schema("people", {"email": {"type": "string"}, "userId": {"type": "integer"}}, ["email"]),
+        *[record("people", {"email": f"p{i}@example.com", "userId": i}) for i in range(100)],
+    ]
     run = run_target(sandbox_config(sandbox, max_failures=2, max_concurrency=1, batch_records=False), bad)
     assert run.returncode == 1
     posts = [r for r in sandbox.requests() if r["method"] == "POST"]
@@ -500,8 +572,9 @@ def test_request_timeout_bounds_the_whole_call_not_each_read(sandbox, scripted):
 
     server = scripted(answer)
     started = time.monotonic()
-    run = run_target(manual_to(server, sandbox, request_timeout=1.5, max_retries=0, max_failures=-1), people(1),
-                     timeout=60)
+    run = run_target(
+        manual_to(server, sandbox, request_timeout=1.5, max_retries=0, max_failures=-1), people(1), timeout=60
+    )
     assert time.monotonic() - started < 20
     assert "timed out" in run.stderr
 
@@ -566,8 +639,12 @@ def test_a_401_from_a_redirect_target_fails_the_record_not_the_key(sandbox, scri
             reply(handler, 307, b"", {"Location": foreign.url + "/people"})
 
     server = scripted(to_foreign)
-    config = {**sandbox_config(sandbox), "api_url": server.url + "/v1", "max_failures": -1,
-              "dead_letter_path": "@work/dead.jsonl"}
+    config = {
+        **sandbox_config(sandbox),
+        "api_url": server.url + "/v1",
+        "max_failures": -1,
+        "dead_letter_path": "@work/dead.jsonl",
+    }
     run = run_target(config, people(1))
     assert "api_key" not in error_line(run.stderr)
     assert run.returncode == 0, run.stderr
@@ -585,20 +662,35 @@ def test_a_408_is_retried(sandbox, scripted):
 
 
 def encodings_of(key: str) -> list[str]:
-    return [key, json.dumps(key)[1:-1], urllib.parse.quote(key), urllib.parse.quote(key, safe=""),
-            urllib.parse.quote_plus(key)]
+    return [
+        key,
+        json.dumps(key)[1:-1],
+        urllib.parse.quote(key),
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote_plus(key),
+    ]
 
 
 @pytest.mark.parametrize("key", ['sec"ret\\key-123', "secret-key-ending-\\", "sp ace/and+plus&=key"])
 def test_a_key_with_quotes_backslashes_or_url_characters_never_shows_in_any_encoding(tmp_path, key):
     with Sandbox(api_key=key, write_key="sandbox-write-key", seed=0) as sandbox:
-        config = {**sandbox_config(sandbox), "api_key": key, "response_output": "state", "max_failures": -1,
-                  "dead_letter_path": "@work/dead.jsonl",
-                  "streams": {"hooks": {"endpoint": "manual", "url": f"/people?token={urllib.parse.quote(key)}",
-                                        "method": "GET"}}}
-        messages = [*people(1), record("people", REFUSED),
-                    schema("hooks", {"email": {"type": "string"}}), record("hooks", {"email": "h@example.com"}),
-                    state({"b": 1})]
+        config = {
+            **sandbox_config(sandbox),
+            "api_key": key,
+            "response_output": "state",
+            "max_failures": -1,
+            "dead_letter_path": "@work/dead.jsonl",
+            "streams": {
+                "hooks": {"endpoint": "manual", "url": f"/people?token={urllib.parse.quote(key)}", "method": "GET"}
+            },
+        }
+        messages = [
+            *people(1),
+            record("people", REFUSED),
+            schema("hooks", {"email": {"type": "string"}}),
+            record("hooks", {"email": "h@example.com"}),
+            state({"b": 1}),
+        ]
         run = run_target(config, messages, env={"LOGLEVEL": "DEBUG", "TARGET_ENCHARGE_LOG_LEVEL": "DEBUG"})
         outputs = run.stdout + run.stderr + (run.workdir / "dead.jsonl").read_text()
         for shown in encodings_of(key):
@@ -629,8 +721,10 @@ def test_a_state_backlog_keeps_only_the_latest_state(sandbox):
 
 
 def test_an_integer_written_as_5_point_0_is_a_valid_integer(sandbox):
-    messages = [schema("people", {"email": {"type": "string"}, "score": {"type": "integer"}}, ["email"]),
-                '{"type": "RECORD", "stream": "people", "record": {"email": "a@example.com", "score": 5.0}}\n']
+    messages = [
+        schema("people", {"email": {"type": "string"}, "score": {"type": "integer"}}, ["email"]),
+        '{"type": "RECORD", "stream": "people", "record": {"email": "a@example.com", "score": 5.0}}\n',
+    ]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 0, run.stderr
     assert len(sandbox.people()) == 1
@@ -655,9 +749,11 @@ def test_a_signal_while_the_command_is_still_starting_is_acted_on_not_fatal(sand
     feed.write_bytes(lines_of([*people(3), state({"n": 3})]))
     with feed.open("rb") as stdin:
         proc, _ = popen(sandbox_config(sandbox, progress_interval=0), stdin=stdin)
+
     def catches_sigterm() -> bool:  # the command listens: its handler is installed (still importing singer-sdk)
-        caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                      if line.startswith("SigCgt:"))
+        caught = next(
+            line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("SigCgt:")
+        )
         return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
 
     wait_for(catches_sigterm, 30)

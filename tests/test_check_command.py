@@ -29,10 +29,13 @@ def test_a_good_config_passes_and_exits_0(sandbox, tmp_path, capsys):
 
 
 def test_each_problem_is_one_line_naming_the_stream_and_the_exit_is_1(sandbox, tmp_path, capsys):
-    config = sandbox_config(sandbox, streams={
-        "companies": {"endpoint": "create_custom_object", "object_name": "NoSuchObject"},
-        "events": {"endpoint": "track_event"},
-    })
+    config = sandbox_config(
+        sandbox,
+        streams={
+            "companies": {"endpoint": "create_custom_object", "object_name": "NoSuchObject"},
+            "events": {"endpoint": "track_event"},
+        },
+    )
     del config["write_key"]
     code, lines = check(tmp_path, capsys, config)
     assert code == 1
@@ -55,14 +58,16 @@ def test_the_command_leaves_no_file_where_it_runs(sandbox, tmp_path):
     workdir = tmp_path / "empty"
     workdir.mkdir()
     exe = shutil.which("target-encharge-check") or str(Path(sys.executable).parent / "target-encharge-check")
-    run = subprocess.run([exe, "--config", str(config)], capture_output=True, text=True, cwd=workdir, timeout=60,
-                         check=False)
+    run = subprocess.run(
+        [exe, "--config", str(config)], capture_output=True, text=True, cwd=workdir, timeout=60, check=False
+    )
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in workdir.iterdir()) == []  # no ledger, no -wal or -shm, no dead letters
 
 
 def test_a_setting_of_the_wrong_type_is_refused_alike_by_the_target_the_check_and_the_ledger_commands(
-        sandbox, tmp_path, capsys):
+    sandbox, tmp_path, capsys
+):
     config = sandbox_config(sandbox, ledger_url=123)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))

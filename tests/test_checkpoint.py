@@ -73,8 +73,9 @@ def test_a_state_held_back_is_never_released_while_its_records_are_out() -> None
 
 
 @given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=30), st.randoms(use_true_random=False))
-def test_states_come_out_in_order_each_once_its_records_are_all_done(records_before: list[int],
-                                                                     rnd: random.Random) -> None:
+def test_states_come_out_in_order_each_once_its_records_are_all_done(
+    records_before: list[int], rnd: random.Random
+) -> None:
     """Any number of records before each STATE, finishing in any order: each STATE goes out, in the tap's order,
     exactly when the last record before it is done, and the last STATE always goes out in the end."""
     released: list[tuple[int, int]] = []
@@ -152,8 +153,14 @@ def test_the_state_summary_stays_bounded_however_many_streams_and_failures() -> 
     summary = counts.summary()
     assert list(summary["streams"]) == streams[:MAX_STREAMS_IN_STATE]
     assert summary["streams"]["stream_00"] == {"records": 1, "calls": 0, "succeeded": 0, "failed": 1, "retried": 0}
-    assert summary["other_streams"] == {"streams": 5, "records": 5, "calls": 0, "succeeded": 0, "failed": 5,
-                                        "retried": 0}
+    assert summary["other_streams"] == {
+        "streams": 5,
+        "records": 5,
+        "calls": 0,
+        "succeeded": 0,
+        "failed": 5,
+        "retried": 0,
+    }
     errors = summary["last_errors"]
     assert [e["stream"] for e in errors] == streams[-LAST_ERRORS:]
     assert all(len(e["reason"]) == MAX_TEXT and len(e["identifiers"]) == 5 for e in errors)

@@ -80,10 +80,13 @@ def test_retry_after_http_date_and_backoff_policy():
 def test_retries_give_up_after_max_retries_and_the_record_is_dead_lettered(sandbox):
     sandbox.set_faults(error_rate=1.0)
     run = run_target(
-        sandbox_config(sandbox, endpoint="track_event", max_retries=2, dead_letter_path="@work/dead.jsonl",
-                       max_failures=5),
-        [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
-         record("events", {"name": "Signed up", "email": "a@example.com"})],
+        sandbox_config(
+            sandbox, endpoint="track_event", max_retries=2, dead_letter_path="@work/dead.jsonl", max_failures=5
+        ),
+        [
+            schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+            record("events", {"name": "Signed up", "email": "a@example.com"}),
+        ],
     )
     assert run.returncode == 0, run.stderr
     assert len([r for r in sandbox.requests() if r["path"] == "/ingest/v1"]) == 3  # one try and two retries
@@ -111,8 +114,13 @@ def test_a_bad_api_key_stops_the_run_naming_api_key(sandbox):
 
 def test_a_bad_write_key_stops_the_run_naming_write_key(sandbox):
     config = sandbox_config(sandbox, endpoint="track_event", write_key="wrong-write-key")
-    run = run_target(config, [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
-                              record("events", {"name": "Signed up", "email": "a@example.com"})])
+    run = run_target(
+        config,
+        [
+            schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+            record("events", {"name": "Signed up", "email": "a@example.com"}),
+        ],
+    )
     assert run.returncode == 1
     assert "write_key" in run.error_line
     assert "wrong-write-key" not in run.stderr
@@ -131,8 +139,13 @@ def test_unknown_object_name_is_refused_before_sending_listing_the_names(sandbox
 def test_missing_write_key_is_refused_before_sending(sandbox):
     config = sandbox_config(sandbox, streams={"events": {"endpoint": "track_event"}})
     del config["write_key"]
-    run = run_target(config, [schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
-                              record("events", {"name": "Signed up", "email": "a@example.com"})])
+    run = run_target(
+        config,
+        [
+            schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+            record("events", {"name": "Signed up", "email": "a@example.com"}),
+        ],
+    )
     assert run.returncode == 1
     assert "write_key" in run.error_line
     assert sandbox.events() == []
@@ -141,8 +154,13 @@ def test_missing_write_key_is_refused_before_sending(sandbox):
 def test_records_missing_what_their_template_needs_are_dead_lettered_and_never_sent(sandbox):
     tag_schema = {"email": {"type": ["string", "null"]}, "tag": {"type": ["string", "null"]}}
     run = run_target(
-        sandbox_config(sandbox, endpoint="add_tag", dead_letter_path="@work/dead.jsonl", max_failures=-1,
-                       streams={"people": {"endpoint": "create_or_update_person"}}),
+        sandbox_config(
+            sandbox,
+            endpoint="add_tag",
+            dead_letter_path="@work/dead.jsonl",
+            max_failures=-1,
+            streams={"people": {"endpoint": "create_or_update_person"}},
+        ),
         [
             *people(1),
             schema("tags", tag_schema),
@@ -164,8 +182,12 @@ def test_records_missing_what_their_template_needs_are_dead_lettered_and_never_s
 def test_failures_past_max_failures_stop_the_run(sandbox):
     messages = [schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}})]
     messages += [record("tags", {"email": f"ghost{i}@example.com", "tag": "x"}) for i in range(5)]
-    run = run_target(sandbox_config(sandbox, endpoint="add_tag", max_failures=2, max_concurrency=1,
-                                    dead_letter_path="@work/dead.jsonl"), messages)
+    run = run_target(
+        sandbox_config(
+            sandbox, endpoint="add_tag", max_failures=2, max_concurrency=1, dead_letter_path="@work/dead.jsonl"
+        ),
+        messages,
+    )
     assert run.returncode == 1
     assert "max_failures=2" in run.error_line
     dead = run.file_lines("dead.jsonl")
@@ -178,8 +200,7 @@ def test_a_refused_batch_is_split_and_the_good_records_still_arrive(sandbox):
     records = [record("people", {"email": f"ok{i}@example.com", "firstName": "Ok"}) for i in range(9)]
     records.insert(4, record("people", {"email": {"not": "an email"}, "firstName": "Bad"}))
     run = run_target(
-        sandbox_config(sandbox, batch_records=True, batch_size=10, dead_letter_path="@work/dead.jsonl",
-                       max_failures=1),
+        sandbox_config(sandbox, batch_records=True, batch_size=10, dead_letter_path="@work/dead.jsonl", max_failures=1),
         [schema("people", props), *records],
     )
     assert run.returncode == 0, run.stderr
@@ -207,8 +228,11 @@ def test_calls_for_the_same_person_keep_input_order_under_concurrency(sandbox):
         person = sandbox.person(email=f"o{i}@example.com")
         assert person["version"] == 4
         assert sorted(person["tags"]) == ["v1", "v2", "v3", "v4"]  # no tag arrived before its person existed
-    delivered = [r["body"][0]["version"] for r in people_calls(sandbox)
-                 if r["status"] == 200 and r["body"][0]["email"] == "o3@example.com"]
+    delivered = [
+        r["body"][0]["version"]
+        for r in people_calls(sandbox)
+        if r["status"] == 200 and r["body"][0]["email"] == "o3@example.com"
+    ]
     assert delivered == [1, 2, 3, 4]
 
 
@@ -226,8 +250,12 @@ def test_state_is_relayed_only_after_the_records_before_it_are_delivered(sandbox
 
     workdir = Path(tempfile.mkdtemp())
     (workdir / "config.json").write_text(json.dumps(config_path))
-    proc = subprocess.Popen([*target_command(), "--config", str(workdir / "config.json")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*target_command(), "--config", str(workdir / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
     proc.stdin.close()
     seen = []
@@ -245,13 +273,15 @@ def test_the_end_of_run_summary_counts_each_stream(sandbox):
     sandbox.set_faults(error_rate=0.3)
     run = run_target(sandbox_config(sandbox, max_retries=10, batch_records=False), people(20))
     assert run.returncode == 0
-    summary = run.stderr[run.stderr.index("Summary:"):]
+    summary = run.stderr[run.stderr.index("Summary:") :]
     lines = summary.splitlines()
     header = next(line for line in lines if line.startswith("stream")).split()[1:]
-    row = dict(zip(header, map(int, next(line for line in lines if line.startswith("people")).split()[1:]),
-                   strict=True))
-    records, calls, succeeded, failed, retried = (row[k] for k in ("records", "calls", "succeeded", "failed",
-                                                                   "retried"))
+    row = dict(
+        zip(header, map(int, next(line for line in lines if line.startswith("people")).split()[1:]), strict=True)
+    )
+    records, calls, succeeded, failed, retried = (
+        row[k] for k in ("records", "calls", "succeeded", "failed", "retried")
+    )
     assert (records, calls, succeeded, failed) == (20, 20, 20, 0)
     assert retried > 0
 
@@ -262,11 +292,23 @@ def test_an_answer_longer_than_what_is_kept_leaves_its_keep_alive_connection_to_
     connects = []
     connect = urllib3.connection.HTTPConnection.connect
     monkeypatch.setattr(urllib3.connection.HTTPConnection, "connect", lambda self: connects.append(1) or connect(self))
-    client = Client(Credentials(sandbox.api_url, sandbox.ingest_url, API_KEY, WRITE_KEY), RetryPolicy(), 10.0,
-                    RateLimiter(None), pool_size=1)
+    client = Client(
+        Credentials(sandbox.api_url, sandbox.ingest_url, API_KEY, WRITE_KEY),
+        RetryPolicy(),
+        10.0,
+        RateLimiter(None),
+        pool_size=1,
+    )
     body = json.dumps([{"email": f"p{i}@example.com", "firstName": "x" * 40} for i in range(100)]).encode()
-    call = Request(stream="people", endpoint="create_or_update_person", method="POST",
-                   url=f"{sandbox.api_url}/people", content_type="application/json", headers={}, body=body)
+    call = Request(
+        stream="people",
+        endpoint="create_or_update_person",
+        method="POST",
+        url=f"{sandbox.api_url}/people",
+        content_type="application/json",
+        headers={},
+        body=body,
+    )
     for _ in range(3):
         outcome = client.send(call)
         assert outcome.status == 200 and outcome.body["truncated"] is True  # longer than what is kept
@@ -285,8 +327,7 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
         upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-        upstream.request(self.command, f"{target.path}?{target.query}" if target.query else target.path, body,
-                         headers)
+        upstream.request(self.command, f"{target.path}?{target.query}" if target.query else target.path, body, headers)
         answer = upstream.getresponse()
         content = answer.read()
         self.carried.append((self.command, target.path))
@@ -325,17 +366,21 @@ def test_calls_go_through_the_proxy_the_environment_names(sandbox, monkeypatch):
 
 # Where each outcome settles, in-process: counts, the dead-letter file, the ledger and the STATE gate.
 
+
 class Settling:
     """A run's results with a real ledger (SQLite in a temporary folder), for one stream's template."""
 
     def __init__(self, tmp_path, endpoint: str) -> None:
-        self.template = next(x for x in encharge_templates("https://api.example.com/v1",
-                                                           "https://ingest.example.com/events", "Deal")
-                             if x.name == endpoint)
+        self.template = next(
+            x
+            for x in encharge_templates("https://api.example.com/v1", "https://ingest.example.com/events", "Deal")
+            if x.name == endpoint
+        )
         self.states: list[dict] = []
         self.dead_letter_path = tmp_path / "dead.jsonl"
-        outputs = Outputs(state=self.states.append,
-                          dead_letters=Lines(str(self.dead_letter_path), Redactor(()), "dead_letter_path"))
+        outputs = Outputs(
+            state=self.states.append, dead_letters=Lines(str(self.dead_letter_path), Redactor(()), "dead_letter_path")
+        )
         self.results = Results(outputs, FailureLimit(-1), masked_headers=lambda _request: {})
         self.ledger = SyncLedger.open(str(tmp_path / "ledger.db"))
         self.results.sync = Sync(self.ledger, skip_unchanged=True, resync=False, writes=True)
@@ -424,9 +469,18 @@ def test_a_removal_answered_404_is_already_gone(settling):
     (plan,) = run.sync.left_the_source(1.0)
     entry = run.results.entry("s", plan.ids, plan.ids, counted=False)
     run.sync.removing(entry.seq, plan)
-    removal = Request(stream="s", endpoint=run.template.name, method=plan.removal.method, url=plan.removal.url,
-                      content_type="application/json", headers={}, body=None, entries=(entry,), removal=True,
-                      answers=run.template.removal_answers)
+    removal = Request(
+        stream="s",
+        endpoint=run.template.name,
+        method=plan.removal.method,
+        url=plan.removal.url,
+        content_type="application/json",
+        headers={},
+        body=None,
+        entries=(entry,),
+        removal=True,
+        answers=run.template.removal_answers,
+    )
     run.answer(removal, 404)
     assert (run.stream().removed, run.stream().failed) == (1, 0)
     assert run.ledger.known(run.sync.scope) == {}

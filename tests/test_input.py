@@ -6,8 +6,12 @@ from helpers import people, record, run_target, sandbox_config, schema, state
 
 
 def test_a_malformed_line_stops_with_its_line_number_after_delivering_what_came_before(sandbox):
-    messages = [*people(2), state({"n": 2}), '{"type": "RECORD", "stream": "people", "record": {"em\n',
-                *people(1, start=5)]
+    messages = [
+        *people(2),
+        state({"n": 2}),
+        '{"type": "RECORD", "stream": "people", "record": {"em\n',
+        *people(1, start=5),
+    ]
     run = run_target(sandbox_config(sandbox), messages)
     assert run.returncode == 1
     assert run.error_line.startswith("target-encharge: error: input line 5 is not valid JSON")
@@ -32,9 +36,11 @@ def test_non_utf8_input_stops_with_a_clear_reason(sandbox):
 def test_a_record_that_does_not_match_its_schema_is_dead_lettered(sandbox):
     run = run_target(
         sandbox_config(sandbox, dead_letter_path="@work/dead.jsonl", max_failures=1),
-        [schema("people", {"email": {"type": "string"}, "score": {"type": "number"}}),
-         record("people", {"email": "a@example.com", "score": "high"}),
-         record("people", {"email": "b@example.com", "score": 3})],
+        [
+            schema("people", {"email": {"type": "string"}, "score": {"type": "number"}}),
+            record("people", {"email": "a@example.com", "score": "high"}),
+            record("people", {"email": "b@example.com", "score": 3}),
+        ],
     )
     assert run.returncode == 0, run.stderr
     (dead,) = run.file_lines("dead.jsonl")

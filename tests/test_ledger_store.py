@@ -83,13 +83,20 @@ def test_a_decimal_fingerprints_by_its_value(number: Decimal) -> None:
     decimal (what the first ledgers were written with)."""
     by_value = int(number) if number == number.to_integral_value() else number.normalize()
     assert canonical_json({"n": number}) == canonical_json({"n": by_value})
-    assert fingerprint({"n": number}) == fingerprint({"n": Decimal(str(number) + "000") if "." in str(number)
-                                                              and "E" not in str(number) else number})
+    assert fingerprint({"n": number}) == fingerprint(
+        {"n": Decimal(str(number) + "000") if "." in str(number) and "E" not in str(number) else number}
+    )
 
 
-@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones(),
-                                        st.integers(-23 * 3600, 23 * 3600).map(
-                                            lambda s: datetime.timezone(datetime.timedelta(seconds=s))))))
+@given(
+    st.datetimes(
+        timezones=st.one_of(
+            st.none(),
+            st.timezones(),
+            st.integers(-23 * 3600, 23 * 3600).map(lambda s: datetime.timezone(datetime.timedelta(seconds=s))),
+        )
+    )
+)
 def test_a_datetime_fingerprints_as_its_isoformat_in_utc(moment: datetime.datetime) -> None:
     """Date-times take a short cut (msgspec's text, `Z` made `+00:00`): the text must stay isoformat's, in UTC
     when the date-time has an offset (what the first ledgers were written with)."""
@@ -106,24 +113,38 @@ def test_a_datetime_fingerprints_as_its_isoformat_in_utc(moment: datetime.dateti
 def test_float_canonical_text_is_pinned() -> None:
     """What ledgers already hold: a changed canonical text would resend every record with such a number."""
     floats = {"score": 0.1, "tiny": 1e-7, "big": 1e20, "whole": 3.0, "third": 1 / 3, "edge": 1e15 + 0.5}
-    assert canonical_json(floats) == ('{"big":100000000000000000000,"edge":1000000000000000.5,"score":0.1,'
-                                      '"third":0.3333333333333333,"tiny":1E-7,"whole":3}')
+    assert canonical_json(floats) == (
+        '{"big":100000000000000000000,"edge":1000000000000000.5,"score":0.1,'
+        '"third":0.3333333333333333,"tiny":1E-7,"whole":3}'
+    )
 
 
 def test_fingerprint_tells_changed_payloads_apart() -> None:
     base = {"email": "ada@example.com", "score": Decimal("1.5"), "tags": ["a", "b"]}
-    for changed in ({**base, "score": Decimal("1.51")}, {**base, "tags": ["b", "a"]}, {**base, "score": "1.5"},
-                    {**base, "extra": None}, {**base, "email": "Ada@example.com"}):
+    for changed in (
+        {**base, "score": Decimal("1.51")},
+        {**base, "tags": ["b", "a"]},
+        {**base, "score": "1.5"},
+        {**base, "extra": None},
+        {**base, "email": "Ada@example.com"},
+    ):
         assert fingerprint(changed) != fingerprint(base)
 
 
 def test_fingerprint_is_stable_across_processes_and_releases() -> None:
     """A changed fingerprint function would resend every record of every user once: pinned."""
     payload = {"email": "ada@example.com", "score": Decimal("1.50"), "tags": ["a", "b"]}
-    script = ("from decimal import Decimal; from target_encharge.ledger import fingerprint; "
-              "print(fingerprint({'tags': ['a', 'b'], 'score': Decimal('1.5'), 'email': 'ada@example.com'}))")
-    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": "12345"})
+    script = (
+        "from decimal import Decimal; from target_encharge.ledger import fingerprint; "
+        "print(fingerprint({'tags': ['a', 'b'], 'score': Decimal('1.5'), 'email': 'ada@example.com'}))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
     assert other.stdout.strip() == fingerprint(payload) == "3dec1ddfa12e0f32bc31533f08a91151"
 
 
@@ -132,10 +153,13 @@ def test_fingerprint_is_stable_across_processes_and_releases() -> None:
 
 def test_delivered_entries_come_back_as_written(ledger: SyncLedger) -> None:
     before = datetime.datetime.now(datetime.timezone.utc)
-    ledger.mark_delivered(PEOPLE, [
-        Delivered("ada@example.com", "f1", encharge_id="enc-1"),
-        Delivered("bob@example.com", "f2", tags=frozenset({"vip", "beta"})),
-    ])
+    ledger.mark_delivered(
+        PEOPLE,
+        [
+            Delivered("ada@example.com", "f1", encharge_id="enc-1"),
+            Delivered("bob@example.com", "f2", tags=frozenset({"vip", "beta"})),
+        ],
+    )
     found = ledger.lookup(PEOPLE, ["ada@example.com", "bob@example.com", "unknown@example.com"])
     assert set(found) == {"ada@example.com", "bob@example.com"}
     ada = found["ada@example.com"]
@@ -162,13 +186,23 @@ def test_identities_come_back_whatever_characters_they_hold(ledger: SyncLedger) 
     very long ones, and on SQLite a NUL, are written, found, told apart and removed exactly (SQLite's JSON reader
     would cut one at a NUL, so two people would share an entry), in more than one statement's worth (2,500).
     (PostgreSQL text holds no NUL: the templates never make an identity with one, see test_sync.py.)"""
-    odd = ['key:["a\\"b"]', "email:x-a@example.com", "email:x-b@example.com", "key:\\", "email:a\nb",
-           "email:ünï😀@example.com", "key:" + "x" * 5000, "1", "null"]
+    odd = [
+        'key:["a\\"b"]',
+        "email:x-a@example.com",
+        "email:x-b@example.com",
+        "key:\\",
+        "email:a\nb",
+        "email:ünï😀@example.com",
+        "key:" + "x" * 5000,
+        "1",
+        "null",
+    ]
     if ledger.location.is_sqlite:
         odd[1:3] = ["email:x\x00a@example.com", "email:x\x00b@example.com"]
     many = [*odd, *(f"email:user{i}@example.com" for i in range(2500))]
-    ledger.mark_delivered(PEOPLE, [Delivered(identity, f"fp-{i}", encharge_id=identity)
-                                   for i, identity in enumerate(many)])
+    ledger.mark_delivered(
+        PEOPLE, [Delivered(identity, f"fp-{i}", encharge_id=identity) for i, identity in enumerate(many)]
+    )
     assert ledger.fingerprints(PEOPLE, many) == {identity: f"fp-{i}" for i, identity in enumerate(many)}
     found = ledger.lookup(PEOPLE, odd)
     assert {i: d.encharge_id for i, d in found.items()} == {i: i for i in odd}
@@ -179,22 +213,44 @@ def test_identities_come_back_whatever_characters_they_hold(ledger: SyncLedger) 
 
 def test_a_failure_whose_answer_holds_a_nul_waits_all_the_same(ledger: SyncLedger) -> None:
     """An answer's text may hold a NUL character, which PostgreSQL text cannot: the reason keeps U+FFFD there."""
-    ledger.mark_failed(PEOPLE, [Failure(identity="email:a@example.com", payload={"email": "a@example.com"},
-                                        reason="HTTP 500: bad\x00answer", status=500, retryable=True)])
+    ledger.mark_failed(
+        PEOPLE,
+        [
+            Failure(
+                identity="email:a@example.com",
+                payload={"email": "a@example.com"},
+                reason="HTTP 500: bad\x00answer",
+                status=500,
+                retryable=True,
+            )
+        ],
+    )
     (waiting,) = ledger.waiting_failures(PEOPLE.account)
     assert waiting.reason == "HTTP 500: bad\ufffdanswer"
 
 
 def test_nothing_is_delivered_until_the_caller_says_so(ledger: SyncLedger) -> None:
-    ledger.mark_failed(PEOPLE, [Failure(identity="ada@example.com", payload={"email": "ada@example.com"},
-                                        reason="Encharge answered 503", status=503)])
+    ledger.mark_failed(
+        PEOPLE,
+        [
+            Failure(
+                identity="ada@example.com",
+                payload={"email": "ada@example.com"},
+                reason="Encharge answered 503",
+                status=503,
+            )
+        ],
+    )
     assert ledger.lookup(PEOPLE, ["ada@example.com"]) == {}
     assert ledger.known(PEOPLE) == {}
 
 
 def test_scopes_never_see_each_other(ledger: SyncLedger) -> None:
-    others = [Scope("account-2", PEOPLE.destination, PEOPLE.stream), Scope(PEOPLE.account, "add_tag", "people"),
-              Scope(PEOPLE.account, PEOPLE.destination, "customers")]
+    others = [
+        Scope("account-2", PEOPLE.destination, PEOPLE.stream),
+        Scope(PEOPLE.account, "add_tag", "people"),
+        Scope(PEOPLE.account, PEOPLE.destination, "customers"),
+    ]
     ledger.mark_delivered(PEOPLE, [Delivered("ada@example.com", "mine")])
     for scope in others:
         assert ledger.lookup(scope, ["ada@example.com"]) == {}
@@ -221,9 +277,18 @@ def test_failures_wait_with_their_payload_until_delivered(ledger: SyncLedger) ->
     payload = {"email": "ada@example.com", "score": Decimal("12345678901234567890.50"), "city": "Zürich"}
     failure = Failure(identity="ada@example.com", payload=payload, reason="Encharge answered 503", status=503)
     ledger.mark_failed(PEOPLE, [failure])
-    ledger.mark_failed(PEOPLE, [Failure(identity="bob@example.com", payload={"email": "bob@example.com"},
-                                        reason="Encharge refused it: 400 invalid email", status=400,
-                                        retryable=False)])
+    ledger.mark_failed(
+        PEOPLE,
+        [
+            Failure(
+                identity="bob@example.com",
+                payload={"email": "bob@example.com"},
+                reason="Encharge refused it: 400 invalid email",
+                status=400,
+                retryable=False,
+            )
+        ],
+    )
     ledger.mark_failed(PEOPLE, [Failure(identity="ada@example.com", payload=payload, reason="timed out")])
     [waiting] = ledger.waiting_failures(PEOPLE.account)
     assert (waiting.identity, waiting.payload, waiting.scope) == ("ada@example.com", payload, PEOPLE)
@@ -252,8 +317,9 @@ def test_failures_come_back_oldest_first_across_streams(ledger: SyncLedger) -> N
 
 def test_status_counts_records_and_failures_per_stream(ledger: SyncLedger) -> None:
     ledger.mark_delivered(PEOPLE, people(3))
-    ledger.mark_failed(PEOPLE, [Failure(identity=f"x{n}", payload={}, reason="Encharge answered 503", status=503)
-                                for n in range(2)])
+    ledger.mark_failed(
+        PEOPLE, [Failure(identity=f"x{n}", payload={}, reason="Encharge answered 503", status=503) for n in range(2)]
+    )
     ledger.mark_failed(PEOPLE, [Failure(identity="y", payload={}, reason="timed out")])
     [row] = ledger.status()
     assert (row.scope, row.records, row.failures_waiting) == (PEOPLE, 3, 3)
@@ -269,27 +335,37 @@ def test_forget_needs_something_to_forget(ledger: SyncLedger) -> None:
 
 
 def test_forget_narrows_by_every_choice_given(ledger: SyncLedger) -> None:
-    scopes = [Scope(account, destination, stream) for account in ("account-1", "account-2")
-              for destination in ("create_or_update_person", "add_tag") for stream in ("people", "customers")]
+    scopes = [
+        Scope(account, destination, stream)
+        for account in ("account-1", "account-2")
+        for destination in ("create_or_update_person", "add_tag")
+        for stream in ("people", "customers")
+    ]
     for scope in scopes:
         ledger.mark_delivered(scope, people(2))
         ledger.mark_failed(scope, [Failure(identity="x", payload={}, reason="503", status=503)])
     assert ledger.forget(account="account-2", destination="add_tag", stream="people") == 3
     assert ledger.forget(account="account-1", stream="customers") == 6
     left = {row.scope: (row.records, row.failures_waiting) for row in ledger.status()}
-    assert left == {scope: (2, 1) for scope in scopes
-                    if scope not in {Scope("account-2", "add_tag", "people")} and not (
-                        scope.account == "account-1" and scope.stream == "customers")}
+    assert left == {
+        scope: (2, 1)
+        for scope in scopes
+        if scope not in {Scope("account-2", "add_tag", "people")}
+        and not (scope.account == "account-1" and scope.stream == "customers")
+    }
     assert [f.scope.destination for f in ledger.waiting_failures("account-2", stream="people")] == [
-        "create_or_update_person"]
+        "create_or_update_person"
+    ]
 
 
 def test_failures_go_when_their_records_do_whatever_their_count(ledger: SyncLedger) -> None:
     """Deliveries, removals and clearing take failures off in chunks (a SQLite statement holds 100 identities,
     a PostgreSQL one 1,000): none is left behind past a chunk's end."""
     many = [f"person-{n}@example.com" for n in range(2_345)]
-    ledger.mark_failed(PEOPLE, [Failure(identity=identity, payload={"n": n}, reason="503", status=503)
-                                for n, identity in enumerate(many)])
+    ledger.mark_failed(
+        PEOPLE,
+        [Failure(identity=identity, payload={"n": n}, reason="503", status=503) for n, identity in enumerate(many)],
+    )
     assert len(ledger.waiting_failures(PEOPLE.account)) == len(many)
     ledger.mark_delivered(PEOPLE, [Delivered(identity, "f") for identity in many[:1_234]])
     assert {f.identity for f in ledger.waiting_failures(PEOPLE.account)} == set(many[1_234:])
@@ -309,10 +385,14 @@ def test_a_ledger_opened_read_only_writes_nothing(ledger_url: str) -> None:
         ledger.remember_account("digest-1", "41@api.example")
     with SyncLedger.open(ledger_url, read_only=True) as ledger:
         assert len(ledger.lookup(PEOPLE, [row.identity for row in people(2)])) == 2
-        for write in (lambda: ledger.mark_delivered(PEOPLE, people(3)), lambda: ledger.remove(PEOPLE, ["x"]),
-                      lambda: ledger.clear_failures(PEOPLE, ["x"]), lambda: ledger.forget(stream="people"),
-                      lambda: ledger.mark_failed(PEOPLE, [Failure(identity="y", payload={}, reason="503")]),
-                      lambda: ledger.remember_account("digest-1", "42@api.example")):
+        for write in (
+            lambda: ledger.mark_delivered(PEOPLE, people(3)),
+            lambda: ledger.remove(PEOPLE, ["x"]),
+            lambda: ledger.clear_failures(PEOPLE, ["x"]),
+            lambda: ledger.forget(stream="people"),
+            lambda: ledger.mark_failed(PEOPLE, [Failure(identity="y", payload={}, reason="503")]),
+            lambda: ledger.remember_account("digest-1", "42@api.example"),
+        ):
             with pytest.raises(LedgerError, match="opened read-only: nothing may be written"):
                 write()
     with SyncLedger.open(ledger_url, read_only=True) as ledger:
@@ -404,8 +484,10 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_share_one_ledger(ledger_url: str) -> None:
     SyncLedger.open(ledger_url).close()  # created once, as the first pipeline would
-    runs = [subprocess.Popen([sys.executable, "-c", WRITER, ledger_url, account, stream], stderr=subprocess.PIPE,
-                             text=True) for account, stream in (("account-1", "people"), ("account-2", "customers"))]
+    runs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, ledger_url, account, stream], stderr=subprocess.PIPE, text=True)
+        for account, stream in (("account-1", "people"), ("account-2", "customers"))
+    ]
     for run in runs:
         _, stderr = run.communicate(timeout=240)
         assert run.returncode == 0, stderr
@@ -463,12 +545,19 @@ def test_a_ledger_from_an_older_version_is_migrated_keeping_its_entries(ledger_u
     engine = _raw_engine(ledger_url)
     with engine.begin() as connection:
         schema.migrate(connection, found=0, to=older)
-        connection.execute(schema.scopes.insert().values(id=1, account=PEOPLE.account,
-                                                         destination=PEOPLE.destination, stream=PEOPLE.stream))
-        connection.execute(sa.text(
-            f"INSERT INTO {schema.deliveries.name} (scope_id, identity, fingerprint, source_key, delivered_at, "
-            "encharge_id, tags) VALUES (1, 'ada@example.com', 'f1', :key, '2024-05-01T12:00:00.000000+00:00', "
-            "'enc-1', :tags)"), {"key": canonical_json({"id": 1}), "tags": canonical_json(["vip"])})
+        connection.execute(
+            schema.scopes.insert().values(
+                id=1, account=PEOPLE.account, destination=PEOPLE.destination, stream=PEOPLE.stream
+            )
+        )
+        connection.execute(
+            sa.text(
+                f"INSERT INTO {schema.deliveries.name} (scope_id, identity, fingerprint, source_key, delivered_at, "
+                "encharge_id, tags) VALUES (1, 'ada@example.com', 'f1', :key, '2024-05-01T12:00:00.000000+00:00', "
+                "'enc-1', :tags)"
+            ),
+            {"key": canonical_json({"id": 1}), "tags": canonical_json(["vip"])},
+        )
     with SyncLedger.open(ledger_url) as ledger:
         ada = ledger.lookup(PEOPLE, ["ada@example.com"])["ada@example.com"]
         assert (ada.fingerprint, ada.encharge_id, ada.tags) == ("f1", "enc-1", frozenset({"vip"}))
@@ -488,10 +577,19 @@ def test_reading_an_older_ledger_migrates_nothing_and_knows_no_account(ledger_ur
     engine = _raw_engine(ledger_url)
     with engine.begin() as connection:
         schema.migrate(connection, found=0, to=2)
-        connection.execute(schema.scopes.insert().values(id=1, account=PEOPLE.account,
-                                                         destination=PEOPLE.destination, stream=PEOPLE.stream))
-        connection.execute(schema.deliveries.insert().values(
-            scope_id=1, identity="ada@example.com", fingerprint="f1", delivered_at="2024-05-01T12:00:00.000000+00:00"))
+        connection.execute(
+            schema.scopes.insert().values(
+                id=1, account=PEOPLE.account, destination=PEOPLE.destination, stream=PEOPLE.stream
+            )
+        )
+        connection.execute(
+            schema.deliveries.insert().values(
+                scope_id=1,
+                identity="ada@example.com",
+                fingerprint="f1",
+                delivered_at="2024-05-01T12:00:00.000000+00:00",
+            )
+        )
     with SyncLedger.open(ledger_url, read_only=True) as ledger:
         assert ledger.account_for("digest-1") is None
         assert ledger.fingerprints(PEOPLE, ["ada@example.com"]) == {"ada@example.com": "f1"}
@@ -527,7 +625,9 @@ def assert_one_masked_line(error: LedgerError, url: str, password: str | None = 
 
 
 def test_mask_url_hides_every_password() -> None:
-    assert mask_url("postgresql://user:s3cr@t/x@db.example:5432/ledger") == "postgresql://user:***@db.example:5432/ledger"
+    assert (
+        mask_url("postgresql://user:s3cr@t/x@db.example:5432/ledger") == "postgresql://user:***@db.example:5432/ledger"
+    )
     assert mask_url("postgresql://user:pw@host/db?sslmode=require") == "postgresql://user:***@host/db?sslmode=require"
     assert mask_url("postgresql://host/db?user=u&password=pw&x=1") == "postgresql://host/db?user=u&password=***&x=1"
     assert mask_url("postgresql://user@host/db") == "postgresql://user@host/db"
@@ -564,10 +664,17 @@ def test_a_file_locked_by_another_process(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     SyncLedger.open(str(path)).close()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys, time\n"
-         "c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE')\n"
-         "print('locked', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None); c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LedgerError) as caught:
@@ -609,8 +716,9 @@ def write_config(tmp_path: Path, ledger_url: str) -> str:
     return str(path)
 
 
-def test_status_command_shows_a_table_without_the_password(ledger_url: str, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
+def test_status_command_shows_a_table_without_the_password(
+    ledger_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     with SyncLedger.open(ledger_url) as ledger:
         ledger.mark_delivered(PEOPLE, people(3))
         ledger.mark_failed(PEOPLE, [Failure(identity="x", payload={}, reason="Encharge answered 503", status=503)])
@@ -625,8 +733,9 @@ def test_status_command_shows_a_table_without_the_password(ledger_url: str, tmp_
     assert "1 x Encharge answered 503" in out
 
 
-def test_forget_command_removes_one_stream(ledger_url: str, capsys: pytest.CaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forget_command_removes_one_stream(
+    ledger_url: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     customers = Scope(PEOPLE.account, PEOPLE.destination, "customers")
     with SyncLedger.open(ledger_url) as ledger:
         ledger.mark_delivered(PEOPLE, people(3))
@@ -645,8 +754,9 @@ def test_forget_command_without_a_choice_fails_in_one_line(tmp_path: Path, capsy
     assert err.count("\n") == 1 and "forget needs --stream, --destination or --account" in err
 
 
-def test_commands_name_a_bad_ledger_in_one_line(tmp_path: Path, unused_port: int,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_commands_name_a_bad_ledger_in_one_line(
+    tmp_path: Path, unused_port: int, capsys: pytest.CaptureFixture
+) -> None:
     url = f"postgresql://ledger:{PASSWORD}@127.0.0.1:{unused_port}/ledger"
     assert commands.main(["status", "--config", write_config(tmp_path, url)]) == 1
     err = capsys.readouterr().err
@@ -654,24 +764,43 @@ def test_commands_name_a_bad_ledger_in_one_line(tmp_path: Path, unused_port: int
 
 
 def dead_letter(stream: str, record: dict) -> str:
-    return json.dumps({"stream": stream, "identifiers": {"email": record.get("email")}, "reason": "400 invalid",
-                       "status": 400, "response": {"error": {"message": "invalid"}}, "record": record,
-                       "time": "2024-05-01T12:00:00Z"})
+    return json.dumps(
+        {
+            "stream": stream,
+            "identifiers": {"email": record.get("email")},
+            "reason": "400 invalid",
+            "status": 400,
+            "response": {"error": {"message": "invalid"}},
+            "record": record,
+            "time": "2024-05-01T12:00:00Z",
+        }
+    )
 
 
 def test_replay_prints_singer_messages_to_pipe_back(tmp_path: Path, capsysbinary: pytest.CaptureFixture) -> None:
     letters = tmp_path / "dead.jsonl"
-    letters.write_text("\n".join([  # a number with more digits than a float holds, as the target writes it
-        dead_letter("people", {"email": "ada@example.com", "score": 0}).replace('"score": 0',
-                                                                              '"score": 12345678901234567890.123'),
-        dead_letter("tags", {"email": "ada@example.com", "tag": "vip"}),
-        dead_letter("people", {"email": "bob@example.com"}),
-    ]) + "\n")
+    letters.write_text(
+        "\n".join(
+            [  # a number with more digits than a float holds, as the target writes it
+                dead_letter("people", {"email": "ada@example.com", "score": 0}).replace(
+                    '"score": 0', '"score": 12345678901234567890.123'
+                ),
+                dead_letter("tags", {"email": "ada@example.com", "tag": "vip"}),
+                dead_letter("people", {"email": "bob@example.com"}),
+            ]
+        )
+        + "\n"
+    )
     assert commands.main(["replay", str(letters)]) == 0
     out = capsysbinary.readouterr().out.decode()
     messages = [json.loads(line, parse_float=Decimal) for line in out.split("\n") if line]
     assert [(m["type"], m["stream"]) for m in messages] == [
-        ("SCHEMA", "people"), ("RECORD", "people"), ("SCHEMA", "tags"), ("RECORD", "tags"), ("RECORD", "people")]
+        ("SCHEMA", "people"),
+        ("RECORD", "people"),
+        ("SCHEMA", "tags"),
+        ("RECORD", "tags"),
+        ("RECORD", "people"),
+    ]
     assert messages[1]["record"] == {"email": "ada@example.com", "score": Decimal("12345678901234567890.123")}
     assert messages[0]["key_properties"] == [] and messages[0]["schema"]["type"] == "object"
 
@@ -691,8 +820,14 @@ def test_the_console_script_reads_the_environment(tmp_path: Path) -> None:
         ledger.mark_delivered(PEOPLE, people(2))
     script = Path(sys.executable).parent / "target-encharge-ledger"
     assert script.exists(), "reinstall the project (pip install -e .) to get the target-encharge-ledger command"
-    run = subprocess.run([str(script), "status"], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                         env={**os.environ, commands.ENVIRONMENT_URL: url})
+    run = subprocess.run(
+        [str(script), "status"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, commands.ENVIRONMENT_URL: url},
+    )
     assert run.returncode == 0, run.stderr
     assert "account-1" in run.stdout and "people" in run.stdout
 

@@ -38,14 +38,25 @@ from target_encharge.responses import SUMMARY_KEY
 def run_with_env(env: dict[str, str], messages: list[dict]) -> subprocess.CompletedProcess:
     """The target with `--config ENV`: every setting from TARGET_ENCHARGE_* variables, as a shell passes them."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TARGET_ENCHARGE_")}
-    return subprocess.run([*target_command(), "--config", "ENV"], input="".join(json.dumps(m) + "\n" for m in messages),
-                          capture_output=True, text=True, env={**clean, **env}, timeout=120, check=False)
+    return subprocess.run(
+        [*target_command(), "--config", "ENV"],
+        input="".join(json.dumps(m) + "\n" for m in messages),
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=120,
+        check=False,
+    )
 
 
 def sandbox_env(sandbox: t.Any, **settings: str) -> dict[str, str]:
-    return {"TARGET_ENCHARGE_API_KEY": API_KEY, "TARGET_ENCHARGE_WRITE_KEY": WRITE_KEY,
-            "TARGET_ENCHARGE_API_URL": sandbox.api_url, "TARGET_ENCHARGE_INGEST_URL": sandbox.ingest_url,
-            **{f"TARGET_ENCHARGE_{k.upper()}": v for k, v in settings.items()}}
+    return {
+        "TARGET_ENCHARGE_API_KEY": API_KEY,
+        "TARGET_ENCHARGE_WRITE_KEY": WRITE_KEY,
+        "TARGET_ENCHARGE_API_URL": sandbox.api_url,
+        "TARGET_ENCHARGE_INGEST_URL": sandbox.ingest_url,
+        **{f"TARGET_ENCHARGE_{k.upper()}": v for k, v in settings.items()},
+    }
 
 
 TAG_PROPS = {"email": {"type": "string"}, "tag": {"type": "string"}}
@@ -64,13 +75,16 @@ def test_every_kind_of_setting_comes_from_environment_variables(sandbox):
         max_retries="2",
         batch_records="true",
     )
-    run = run_with_env(env, [
-        schema("people", {**PERSON_PROPS, "internalNote": {"type": "string"}}, ["email"]),
-        record("people", {"email": "ann@example.com", "firstName": "Ann", "internalNote": "do not send"}),
-        schema("user_tags", TAG_PROPS),
-        record("user_tags", {"email": "ann@example.com", "tag": "vip"}),
-        state({"bookmarks": {"people": {"n": 1}}}),
-    ])
+    run = run_with_env(
+        env,
+        [
+            schema("people", {**PERSON_PROPS, "internalNote": {"type": "string"}}, ["email"]),
+            record("people", {"email": "ann@example.com", "firstName": "Ann", "internalNote": "do not send"}),
+            schema("user_tags", TAG_PROPS),
+            record("user_tags", {"email": "ann@example.com", "tag": "vip"}),
+            state({"bookmarks": {"people": {"n": 1}}}),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     ann = sandbox.person(email="ann@example.com")
     assert ann["firstName"] == "Ann" and ann["tags"] == ["vip"]
@@ -84,8 +98,10 @@ def test_every_kind_of_setting_comes_from_environment_variables(sandbox):
 
 @pytest.mark.subprocess  # --config ENV
 def test_headers_as_text_from_an_environment_variable(sandbox):
-    run = run_with_env(sandbox_env(sandbox, request_headers="X-Source:warehouse,X-Team:growth"),
-                       [schema("people", PERSON_PROPS, ["email"]), record("people", {"email": "ann@example.com"})])
+    run = run_with_env(
+        sandbox_env(sandbox, request_headers="X-Source:warehouse,X-Team:growth"),
+        [schema("people", PERSON_PROPS, ["email"]), record("people", {"email": "ann@example.com"})],
+    )
     assert run.returncode == 0, run.stderr
     headers = next(r for r in sandbox.requests() if r["path"] == "/v1/people")["headers"]
     assert (headers["x-source"], headers["x-team"]) == ("warehouse", "growth")
@@ -93,8 +109,10 @@ def test_headers_as_text_from_an_environment_variable(sandbox):
 
 @pytest.mark.subprocess  # --config ENV
 def test_a_bad_number_or_json_in_an_environment_variable_is_one_clear_line(sandbox):
-    for name, value, says in (("request_timeout", "soon", "request_timeout: 'soon' is not a number"),
-                              ("streams", "{tags: add_tag}", "is not valid JSON")):
+    for name, value, says in (
+        ("request_timeout", "soon", "request_timeout: 'soon' is not a number"),
+        ("streams", "{tags: add_tag}", "is not valid JSON"),
+    ):
         run = run_with_env(sandbox_env(sandbox, **{name: value}), [schema("people", PERSON_PROPS, ["email"])])
         assert run.returncode == 1
         assert says in run.stderr.splitlines()[-1], run.stderr
@@ -104,13 +122,18 @@ def test_a_bad_number_or_json_in_an_environment_variable_is_one_clear_line(sandb
 
 # The SDK's stream maps and record validation run before our sinks: what Encharge receives is the mapped record.
 
+
 def test_a_stream_map_renames_and_drops_fields_before_they_reach_encharge(sandbox):
-    maps = {"people": {"first_name": "firstName", "firstName": "__NULL__", "plan": "__NULL__",
-                       "email": "email.lower()"}}
-    run = run_target(sandbox_config(sandbox, stream_maps=maps), [
-        schema("people", PERSON_PROPS, ["email"]),
-        record("people", {"email": "Ann@Example.com", "firstName": "Ann", "plan": "pro"}),
-    ])
+    maps = {
+        "people": {"first_name": "firstName", "firstName": "__NULL__", "plan": "__NULL__", "email": "email.lower()"}
+    }
+    run = run_target(
+        sandbox_config(sandbox, stream_maps=maps),
+        [
+            schema("people", PERSON_PROPS, ["email"]),
+            record("people", {"email": "Ann@Example.com", "firstName": "Ann", "plan": "pro"}),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     [sent] = next(r for r in sandbox.requests() if r["path"] == "/v1/people")["body"]
     assert sent["email"] == "ann@example.com" and sent["first_name"] == "Ann"
@@ -120,19 +143,24 @@ def test_a_stream_map_renames_and_drops_fields_before_they_reach_encharge(sandbo
 def test_a_stream_map_can_route_a_copy_of_a_stream_to_another_endpoint(sandbox):
     maps = {"signups": {"__source__": "people", "email": "email", "tag": "'signed-up'", "__else__": "__NULL__"}}
     config = sandbox_config(sandbox, stream_maps=maps, streams={"signups": {"endpoint": "add_tag"}})
-    run = run_target(config, [schema("people", PERSON_PROPS, ["email"]),
-                              record("people", {"email": "ann@example.com", "firstName": "Ann"})])
+    run = run_target(
+        config,
+        [schema("people", PERSON_PROPS, ["email"]), record("people", {"email": "ann@example.com", "firstName": "Ann"})],
+    )
     assert run.returncode == 0, run.stderr
     assert sandbox.person(email="ann@example.com")["tags"] == ["signed-up"]
 
 
 def test_validation_checks_the_mapped_record_and_dead_letters_what_fails(sandbox):
     maps = {"people": {"points": "score", "score": "__NULL__"}}
-    messages = [schema("people", PERSON_PROPS, ["email"]),
-                record("people", {"email": "ann@example.com", "score": 3}),
-                record("people", {"email": "bob@example.com", "score": "lots"})]
-    run = run_target(sandbox_config(sandbox, stream_maps=maps, max_failures=1, dead_letter_path="@work/dead.jsonl"),
-                     messages)
+    messages = [
+        schema("people", PERSON_PROPS, ["email"]),
+        record("people", {"email": "ann@example.com", "score": 3}),
+        record("people", {"email": "bob@example.com", "score": "lots"}),
+    ]
+    run = run_target(
+        sandbox_config(sandbox, stream_maps=maps, max_failures=1, dead_letter_path="@work/dead.jsonl"), messages
+    )
     assert run.returncode == 0, run.stderr
     assert [p["email"] for p in sandbox.people()] == ["ann@example.com"]
     assert sandbox.person(email="ann@example.com")["points"] == 3
@@ -147,30 +175,49 @@ def test_validation_checks_the_mapped_record_and_dead_letters_what_fails(sandbox
 
 # The README's example for a database tap (MeltanoLabs tap-postgres): columns renamed to Encharge's fields, the
 # database key put in `userId` (never `id`, Encharge's own), streams in the tap's alphabetical order.
-POSTGRES_MAPS = {"public-customers": {
-    "userId": "str(id)", "id": "__NULL__", "firstName": "first_name", "first_name": "__NULL__",
-    "lastName": "last_name", "last_name": "__NULL__", "__key_properties__": ["userId"],
-}}
-CUSTOMER_PROPS = {"id": {"type": "integer"}, "email": {"type": "string"}, "first_name": {"type": ["string", "null"]},
-                  "last_name": {"type": ["string", "null"]}}
+POSTGRES_MAPS = {
+    "public-customers": {
+        "userId": "str(id)",
+        "id": "__NULL__",
+        "firstName": "first_name",
+        "first_name": "__NULL__",
+        "lastName": "last_name",
+        "last_name": "__NULL__",
+        "__key_properties__": ["userId"],
+    }
+}
+CUSTOMER_PROPS = {
+    "id": {"type": "integer"},
+    "email": {"type": "string"},
+    "first_name": {"type": ["string", "null"]},
+    "last_name": {"type": ["string", "null"]},
+}
 
 
 def test_the_readme_database_tap_example_maps_columns_and_key_and_tags_people_who_come_later(sandbox):
-    config = sandbox_config(sandbox, stream_maps=POSTGRES_MAPS,
-                            streams={"public-customer_tags": {"endpoint": "add_tag"}})
-    customers = [{"id": n, "email": f"c{n}@example.com", "first_name": f"First{n}", "last_name": f"Last{n}"}
-                 for n in range(1, 6)]
-    run = run_target(config, [
-        schema("public-customer_tags", TAG_PROPS),  # alphabetical: the tags come before their people
-        *[record("public-customer_tags", {"email": c["email"], "tag": "customer"}) for c in customers],
-        schema("public-customers", CUSTOMER_PROPS, ["id"]),
-        *[record("public-customers", c) for c in customers],
-    ])
+    config = sandbox_config(
+        sandbox, stream_maps=POSTGRES_MAPS, streams={"public-customer_tags": {"endpoint": "add_tag"}}
+    )
+    customers = [
+        {"id": n, "email": f"c{n}@example.com", "first_name": f"First{n}", "last_name": f"Last{n}"} for n in range(1, 6)
+    ]
+    run = run_target(
+        config,
+        [
+            schema("public-customer_tags", TAG_PROPS),  # alphabetical: the tags come before their people
+            *[record("public-customer_tags", {"email": c["email"], "tag": "customer"}) for c in customers],
+            schema("public-customers", CUSTOMER_PROPS, ["id"]),
+            *[record("public-customers", c) for c in customers],
+        ],
+    )
     assert run.returncode == 0, run.stderr
     for c in customers:
         person = sandbox.person(email=c["email"])
-        assert (person["userId"], person["firstName"], person["lastName"]) == \
-            (str(c["id"]), c["first_name"], c["last_name"])
+        assert (person["userId"], person["firstName"], person["lastName"]) == (
+            str(c["id"]),
+            c["first_name"],
+            c["last_name"],
+        )
         assert person["tags"] == ["customer"]
     sent = [r["body"] for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "/v1/people"]
     assert len(sent) == 1 and len(sent[0]) == len(customers)  # batched by default
@@ -179,10 +226,14 @@ def test_the_readme_database_tap_example_maps_columns_and_key_and_tags_people_wh
 
 # The plugin definitions: every setting of `target-encharge --about`, as Meltano should offer it.
 
+
 @pytest.mark.subprocess  # --about, as Meltano runs it
 def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind():
-    about = json.loads(subprocess.run([*target_command(), "--about", "--format=json"], capture_output=True,
-                                      text=True, check=True).stdout)
+    about = json.loads(
+        subprocess.run(
+            [*target_command(), "--about", "--format=json"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     names = list(about["settings"]["properties"])
     project = yaml.safe_load((ROOT / "meltano.yml").read_text())
     [loader] = project["plugins"]["loaders"]
@@ -197,7 +248,8 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
         assert "value" not in settings["batch_records"]  # unset: on for people and custom objects
         assert [o["value"] for o in settings["sync_mode"]["options"]] == ["upsert", "update", "create", "mirror"]
         assert {name: (c["executable"], c["args"]) for name, c in definition["commands"].items()} == {
-            "check": ("target-encharge-check", "--config ENV"), "ledger-status": ("target-encharge-ledger", "status"),
+            "check": ("target-encharge-check", "--config ENV"),
+            "ledger-status": ("target-encharge-ledger", "status"),
             "ledger-forget": ("target-encharge-ledger", "forget"),
             "ledger-replay": ("target-encharge-ledger", "replay"),
         }
@@ -212,8 +264,9 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
 
 
 def test_readme_meltano_yml_and_hub_file_are_what_make_docs_generates():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs.py"), "--check"], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "docs.py"), "--check"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -221,10 +274,19 @@ def test_readme_meltano_yml_and_hub_file_are_what_make_docs_generates():
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo" / "data"
-NOT_PROJECT = shutil.ignore_patterns(".git", ".venv", ".tools", ".meltano", ".env", "__pycache__", "*.egg-info",
-                                     ".pytest_cache", "out", "build", "dist")
-ALL_DEMO_STREAMS = ["tap-jsonl-people", "target-encharge", "tap-jsonl-tags", "target-encharge",
-                    "tap-jsonl-events", "target-encharge", "tap-jsonl-companies", "target-encharge"]
+NOT_PROJECT = shutil.ignore_patterns(
+    ".git", ".venv", ".tools", ".meltano", ".env", "__pycache__", "*.egg-info", ".pytest_cache", "out", "build", "dist"
+)
+ALL_DEMO_STREAMS = [
+    "tap-jsonl-people",
+    "target-encharge",
+    "tap-jsonl-tags",
+    "target-encharge",
+    "tap-jsonl-events",
+    "target-encharge",
+    "tap-jsonl-companies",
+    "target-encharge",
+]
 
 
 def meltano_executable() -> str:
@@ -252,13 +314,26 @@ class MeltanoProject:
             args = (args[0], "--no-install", *args[1:])
         # PYTHONDONTWRITEBYTECODE is dropped: Meltano installs the plugins with uv, which compiles no bytecode,
         # so without it every plugin start would compile singer-sdk and SQLAlchemy from source again (~2 s of CPU)
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("TARGET_ENCHARGE_", "TAP_JSONL", "MELTANO_"))
-                 and k not in ("VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")}
-        return subprocess.run([self.exe, *args], cwd=self.root, capture_output=True, text=True, timeout=timeout,
-                              env={**clean, "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
-                                   "MELTANO_CLI_DISABLE_VERSION_CHECK": "true", **(env or {})},
-                              check=False)
+        clean = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TARGET_ENCHARGE_", "TAP_JSONL", "MELTANO_"))
+            and k not in ("VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE")
+        }
+        return subprocess.run(
+            [self.exe, *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={
+                **clean,
+                "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false",
+                "MELTANO_CLI_DISABLE_VERSION_CHECK": "true",
+                **(env or {}),
+            },
+            check=False,
+        )
 
     def state(self, state_id: str) -> dict:
         """The state Meltano saved for ``state_id``, read from its system database: what `meltano state get`
@@ -266,8 +341,9 @@ class MeltanoProject:
         the completed state is the whole of it (the `state` table that Meltano 4.4's meltano.core.state_store.db
         writes)."""
         with contextlib.closing(sqlite3.connect(self.root / ".meltano" / "meltano.db")) as db:
-            row = db.execute("SELECT partial_state, completed_state FROM state WHERE state_id = ?",
-                             (state_id,)).fetchone()
+            row = db.execute(
+                "SELECT partial_state, completed_state FROM state WHERE state_id = ?", (state_id,)
+            ).fetchone()
         assert row is not None, f"Meltano saved no state for {state_id}"
         partial, completed = (json.loads(column) for column in row)
         assert partial == {}, f"{state_id}: a partial state is left: {partial}"
@@ -289,8 +365,9 @@ class MeltanoProject:
     def tap_state(self, extractor: str) -> dict:
         """The last STATE the tap itself writes on a full run, started as Meltano starts it, in the project
         directory, but without a Meltano start-up (3-4 s of CPU each)."""
-        done = subprocess.run(self.tap_command(extractor), cwd=self.root, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            self.tap_command(extractor), cwd=self.root, capture_output=True, text=True, timeout=120, check=False
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         states = [m["value"] for m in map(json.loads, done.stdout.splitlines()) if m.get("type") == "STATE"]
         return states[-1]
@@ -359,10 +436,12 @@ def test_meltano_run_delivers_every_demo_record_and_saves_exactly_the_taps_state
     for tagging in jsonl("tags"):
         tags = tagging["tag"] if isinstance(tagging["tag"], list) else tagging["tag"].split(",")
         assert {t.strip() for t in tags} <= set(sandbox.person(email=tagging["email"])["tags"])
-    assert sorted((e["name"], e["user"]["email"]) for e in sandbox.events()) == \
-        sorted((e["name"], e["email"]) for e in jsonl("events"))
-    assert sorted(o["externalId"] for o in sandbox.objects("company")) == \
-        sorted(c["externalId"] for c in jsonl("companies"))
+    assert sorted((e["name"], e["user"]["email"]) for e in sandbox.events()) == sorted(
+        (e["name"], e["email"]) for e in jsonl("events")
+    )
+    assert sorted(o["externalId"] for o in sandbox.objects("company")) == sorted(
+        c["externalId"] for c in jsonl("companies")
+    )
     assert not any(f.startswith("_sdc_") for p in sandbox.people() for f in p)  # exclude_attributes from meltano.yml
 
     extractors = [f"tap-jsonl-{stream}" for stream in ("people", "tags", "events", "companies")]
@@ -396,8 +475,13 @@ def test_a_stream_map_set_through_meltano_changes_what_encharge_receives(meltano
     maps = {"people": {"first_name": "firstName", "firstName": "__NULL__", "company": "__NULL__"}}
     env = {**keys_env(sandbox), "TARGET_ENCHARGE_STREAM_MAPS": json.dumps(maps)}
     readme_map = {"people": {"email": "email.lower()", "company": "__NULL__"}}  # the README's, on the demo data
-    done = meltano.run("run", "tap-jsonl-people", "target-encharge", "--state-id-suffix=readme-map",
-                       env={**keys_env(sandbox), "TARGET_ENCHARGE_STREAM_MAPS": json.dumps(readme_map)})
+    done = meltano.run(
+        "run",
+        "tap-jsonl-people",
+        "target-encharge",
+        "--state-id-suffix=readme-map",
+        env={**keys_env(sandbox), "TARGET_ENCHARGE_STREAM_MAPS": json.dumps(readme_map)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p["email"] for p in sandbox.people()} == {p["email"].lower() for p in jsonl("people")}
     assert not any("company" in p for p in sandbox.people())
@@ -419,6 +503,7 @@ def test_meltano_install_gives_each_plugin_its_own_venv(meltano_install):
 
 # The sync ledger under Meltano: a file in the project directory by default, looked into with plugin commands.
 
+
 def writes(sandbox: t.Any) -> list[tuple[str, str]]:
     return [(r["method"], r["path"]) for r in sandbox.requests() if r["method"] != "GET"]
 
@@ -435,8 +520,7 @@ def test_an_hourly_rerun_under_meltano_sends_no_write_and_ledger_status_shows_th
     assert sent
 
     # `meltano el` (not the deprecated `elt`), with a full refresh: the tap sends every person again
-    second = meltano.run("el", "tap-jsonl-people", "target-encharge", "--state-id=hourly-el", "--full-refresh",
-                         env=env)
+    second = meltano.run("el", "tap-jsonl-people", "target-encharge", "--state-id=hourly-el", "--full-refresh", env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert writes(sandbox) == sent  # nothing changed: no write
 
@@ -451,8 +535,9 @@ def test_an_hourly_rerun_under_meltano_sends_no_write_and_ledger_status_shows_th
     # the status again, from the plugin's venv in the project directory as Meltano starts it (a Meltano start-up
     # is 3-4 s of CPU; the `meltano invoke` above showed the command works under Meltano)
     ledger = meltano.root / ".meltano" / "loaders" / "target-encharge" / "venv" / "bin" / "target-encharge-ledger"
-    status = subprocess.run([ledger, "status"], cwd=meltano.root, capture_output=True, text=True, timeout=120,
-                            check=False)
+    status = subprocess.run(
+        [ledger, "status"], cwd=meltano.root, capture_output=True, text=True, timeout=120, check=False
+    )
     assert status.returncode == 0, status.stderr[-3000:]
     assert str(meltano.root / ".target-encharge-ledger.db") in status.stdout  # the ledger the runs wrote
     assert account not in status.stdout, status.stdout
@@ -477,8 +562,11 @@ def test_ledger_replay_under_meltano_prints_a_dead_letter_file_as_singer_message
 def test_meltano_invoke_check_passes_for_this_project_and_names_a_bad_key(meltano, sandbox):
     done = meltano.run("invoke", "target-encharge:check", env=keys_env(sandbox))
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    bad = meltano.run("invoke", "target-encharge:check",
-                      env={**keys_env(sandbox), "TARGET_ENCHARGE_API_KEY": "not-the-key-0123456789abcdef"})
+    bad = meltano.run(
+        "invoke",
+        "target-encharge:check",
+        env={**keys_env(sandbox), "TARGET_ENCHARGE_API_KEY": "not-the-key-0123456789abcdef"},
+    )
     assert bad.returncode == 1
     assert "api_key" in bad.stdout + bad.stderr and "not-the-key" not in bad.stdout + bad.stderr
     assert writes(sandbox) == []

@@ -24,8 +24,12 @@ def test_each_call_is_a_metric_line_with_its_endpoint_and_status(sandbox):
     for point in calls:
         assert point["type"] == "timer"
         assert point["value"] >= 0
-        assert point["tags"] == {"stream": "people", "endpoint": "create_or_update_person",
-                                 "http_status_code": 200, "status": "succeeded"}
+        assert point["tags"] == {
+            "stream": "people",
+            "endpoint": "create_or_update_person",
+            "http_status_code": 200,
+            "status": "succeeded",
+        }
 
 
 def test_a_refused_call_is_a_failed_metric_and_the_url_never_shows(sandbox):

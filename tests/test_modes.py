@@ -64,8 +64,9 @@ def test_create_only_adds_people_not_yet_in_encharge_and_leaves_the_others_alone
     sandbox.clear_requests()  # the next hour: everyone exists now, nothing is asked or sent
     again = run_target(config(sandbox, ledger, sync_mode="create"), person_records([*emails, "new3@example.com"]))
     assert again.returncode == 0, again.stderr
-    assert [json.loads(json.dumps(r["body"])) for r in writes(sandbox)] == [[{"email": "new3@example.com",
-                                                                              "plan": "pro"}]]
+    assert [json.loads(json.dumps(r["body"])) for r in writes(sandbox)] == [
+        [{"email": "new3@example.com", "plan": "pro"}]
+    ]
 
 
 OBJECT_PROPS = {"externalId": {"type": "string"}, "name": {"type": "string"}}
@@ -75,14 +76,19 @@ def objects(ids: t.Iterable[str], name: str = "New") -> list[dict]:
     return [schema("companies", OBJECT_PROPS), *(record("companies", {"externalId": i, "name": name}) for i in ids)]
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
-    ("update", {"c1": "New"}),
-    ("create", {"c1": "Old", "c2": "New"}),
-])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("update", {"c1": "New"}),
+        ("create", {"c1": "Old", "c2": "New"}),
+    ],
+)
 def test_update_and_create_for_custom_objects(sandbox, ledger, mode, expected):
     sandbox.seed(objects={"company": [{"externalId": "c1", "name": "Old"}]})
-    run = run_target(config(sandbox, ledger, endpoint="create_custom_object", object_name="company", sync_mode=mode),
-                     [*objects(["c1", "c2"]), state({"b": 1})])
+    run = run_target(
+        config(sandbox, ledger, endpoint="create_custom_object", object_name="company", sync_mode=mode),
+        [*objects(["c1", "c2"]), state({"b": 1})],
+    )
     assert run.returncode == 0, run.stderr
     assert {o["externalId"]: o["name"] for o in sandbox.objects("company")} == expected
     assert counts(run, "companies")["skipped"] == 1
@@ -98,8 +104,9 @@ def test_mirror_archives_people_who_left_the_source_at_activate_version(sandbox,
     first = run_target(mirror, [records[0], activate("people"), *records[1:], activate("people"), state({"b": 1})])
     assert first.returncode == 0, first.stderr
     assert "removed" not in counts(first, "people")  # the first ACTIVATE_VERSION came before any record
-    again = run_target(mirror, [activate("people", 2), *person_records(emails[:9]), activate("people", 2),
-                                state({"b": 2})])  # an ACTIVATE_VERSION before its SCHEMA is told and ignored
+    again = run_target(
+        mirror, [activate("people", 2), *person_records(emails[:9]), activate("people", 2), state({"b": 2})]
+    )  # an ACTIVATE_VERSION before its SCHEMA is told and ignored
     assert again.returncode == 0, again.stderr
     assert sandbox.person(email="p9@example.com")["archived"] is True
     assert not any(p.get("archived") for p in sandbox.people() if p["email"] != "p9@example.com")
@@ -121,8 +128,14 @@ def test_mirror_with_delete_action_delete_deletes_for_gdpr(sandbox, ledger):
 
 
 def test_mirror_deletes_custom_objects_by_external_id(sandbox, ledger):
-    mirror = config(sandbox, ledger, endpoint="create_custom_object", object_name="company", sync_mode="mirror",
-                    max_delete_share=0.5)
+    mirror = config(
+        sandbox,
+        ledger,
+        endpoint="create_custom_object",
+        object_name="company",
+        sync_mode="mirror",
+        max_delete_share=0.5,
+    )
     assert run_target(mirror, [*objects(["c1", "c2", "c3"]), activate("companies")]).returncode == 0
     run = run_target(mirror, [*objects(["c1", "c2"]), activate("companies")])
     assert run.returncode == 0, run.stderr
@@ -158,9 +171,12 @@ def test_the_guard_refuses_every_removal_when_too_many_would_go(sandbox, ledger)
 # mirror: log-based syncs
 
 
-CUSTOMER_PROPS = {"customer_id": {"type": "integer"}, "email": {"type": ["string", "null"]},
-                  "plan": {"type": ["string", "null"]}, "_sdc_deleted_at": {"type": ["string", "null"],
-                                                                          "format": "date-time"}}
+CUSTOMER_PROPS = {
+    "customer_id": {"type": "integer"},
+    "email": {"type": ["string", "null"]},
+    "plan": {"type": ["string", "null"]},
+    "_sdc_deleted_at": {"type": ["string", "null"], "format": "date-time"},
+}
 
 
 def customers(rows: list[dict]) -> list[dict]:
@@ -171,8 +187,9 @@ def test_a_record_marked_deleted_carrying_only_its_key_archives_its_person(sandb
     mirror = config(sandbox, ledger, sync_mode="mirror")
     rows = [{"customer_id": i, "email": f"c{i}@example.com", "plan": "pro"} for i in range(3)]
     assert run_target(mirror, customers(rows)).returncode == 0
-    run = run_target(mirror, [*customers([{"customer_id": 1, "_sdc_deleted_at": "2024-05-01T00:00:00Z"}]),
-                              state({"lsn": 9})])
+    run = run_target(
+        mirror, [*customers([{"customer_id": 1, "_sdc_deleted_at": "2024-05-01T00:00:00Z"}]), state({"lsn": 9})]
+    )
     assert run.returncode == 0, run.stderr
     assert sandbox.person(email="c1@example.com")["archived"] is True
     assert not sandbox.person(email="c0@example.com").get("archived")
@@ -180,10 +197,18 @@ def test_a_record_marked_deleted_carrying_only_its_key_archives_its_person(sandb
 
 
 def test_other_modes_never_upsert_a_record_marked_deleted(sandbox, ledger):
-    run = run_target(config(sandbox, ledger), [*customers([
-        {"customer_id": 1, "email": "alive@example.com"},
-        {"customer_id": 2, "email": "gone@example.com", "_sdc_deleted_at": "2024-05-01T00:00:00Z"},
-    ]), state({"b": 1})])
+    run = run_target(
+        config(sandbox, ledger),
+        [
+            *customers(
+                [
+                    {"customer_id": 1, "email": "alive@example.com"},
+                    {"customer_id": 2, "email": "gone@example.com", "_sdc_deleted_at": "2024-05-01T00:00:00Z"},
+                ]
+            ),
+            state({"b": 1}),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     assert [p["email"] for p in sandbox.people()] == ["alive@example.com"]
     assert counts(run, "customers")["skipped"] == 1
@@ -200,8 +225,10 @@ def tags(rows: list[tuple[str, str]]) -> list[dict]:
 
 
 def test_mirror_removes_only_the_tags_it_added(sandbox, ledger):
-    sandbox.seed(people=[{"email": f"p{i}@example.com"} for i in range(3)],
-                 tags=[{"tag": "from-a-flow", "email": "p1@example.com"}])
+    sandbox.seed(
+        people=[{"email": f"p{i}@example.com"} for i in range(3)],
+        tags=[{"tag": "from-a-flow", "email": "p1@example.com"}],
+    )
     mirror = config(sandbox, ledger, endpoint="add_tag", sync_mode="mirror", max_delete_share=0.5)
     rows = [("p0@example.com", "vip"), ("p1@example.com", "vip"), ("p2@example.com", "trial")]
     assert run_target(mirror, [*tags(rows), activate("tags")]).returncode == 0
@@ -222,8 +249,9 @@ def test_a_dry_run_shows_each_removal_sends_nothing_and_a_real_run_makes_them(sa
     before = Path(ledger).read_bytes()
     sandbox.clear_requests()
     previews = tmp_path / "previews.jsonl"
-    dry = run_target({**mirror, "dry_run": True, "preview_path": str(previews)},
-                     [*person_records(emails[:2]), activate("people")])
+    dry = run_target(
+        {**mirror, "dry_run": True, "preview_path": str(previews)}, [*person_records(emails[:2]), activate("people")]
+    )
     assert dry.returncode == 0, dry.stderr
     removals = [p for p in map(json.loads, previews.read_text().splitlines()) if p["method"] == "DELETE"]
     assert len(removals) == 1 and "c%40example.com" in removals[0]["url"] and "ACTIVATE_VERSION" in removals[0]["why"]
@@ -237,9 +265,15 @@ def test_a_dry_run_shows_each_removal_sends_nothing_and_a_real_run_makes_them(sa
 # modes a template cannot take
 
 
-@pytest.mark.parametrize(("endpoint", "mode"), [
-    ("remove_tag", "mirror"), ("add_tag", "update"), ("track_event", "create"), ("manual", "mirror"),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "mode"),
+    [
+        ("remove_tag", "mirror"),
+        ("add_tag", "update"),
+        ("track_event", "create"),
+        ("manual", "mirror"),
+    ],
+)
 def test_a_mode_the_template_cannot_take_is_refused_at_start_naming_the_stream(sandbox, ledger, endpoint, mode):
     streams = {"things": {"endpoint": endpoint, "sync_mode": mode, "url": "/people"}}
     run = run_target(config(sandbox, ledger, streams=streams), [*people(1), schema("things", TAG_PROPS)])

@@ -34,13 +34,34 @@ INGEST = "https://ingest.encharge.io/v1"
 
 # --- what taps send --------------------------------------------------------------------------------------------
 
-SPECIAL_KEYS = ["email", "userId", "id", "tag", "name", "user", "properties", "sourceIp", "externalId", "",
-                " ", "__proto__", "{id}", "a.b", "a/b?c=d#e", "ключ", "🙂", "null", "emaIl", "EMAIL"]
+SPECIAL_KEYS = [
+    "email",
+    "userId",
+    "id",
+    "tag",
+    "name",
+    "user",
+    "properties",
+    "sourceIp",
+    "externalId",
+    "",
+    " ",
+    "__proto__",
+    "{id}",
+    "a.b",
+    "a/b?c=d#e",
+    "ключ",
+    "🙂",
+    "null",
+    "emaIl",
+    "EMAIL",
+]
 keys = st.one_of(st.sampled_from(SPECIAL_KEYS), st.text(max_size=12))
 offsets = st.integers(-23 * 60, 23 * 60).map(lambda m: datetime.timezone(datetime.timedelta(minutes=m)))
 datetimes = st.datetimes(timezones=st.one_of(st.none(), st.just(datetime.timezone.utc), offsets))
-huge_strings = st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", "漢", "🙂", "\n", '"', "\\", "%"]),
-                         st.integers(20_000, 150_000))
+huge_strings = st.builds(
+    lambda c, n: c * n, st.sampled_from(["x", "é", "漢", "🙂", "\n", '"', "\\", "%"]), st.integers(20_000, 150_000)
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -50,22 +71,33 @@ scalars = st.one_of(
     datetimes,
     st.dates(),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
-                      max_leaves=10)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4), max_leaves=10
+)
 # identifiers and the fields templates look at, present often, in every shape
 id_values = st.one_of(st.emails(), st.text(max_size=20), st.integers(), st.none(), st.just(""), values)
-lookouts = st.fixed_dictionaries({}, optional={
-    "email": id_values, "userId": id_values, "id": id_values, "externalId": id_values,
-    "tag": st.one_of(st.text(max_size=20), st.lists(st.one_of(st.text(max_size=8), st.none(), st.integers()),
-                                                     max_size=4), values),
-    "name": st.one_of(st.sampled_from(["identify", "Signed up", "", "  "]), st.text(max_size=20), values),
-    "user": st.one_of(st.dictionaries(st.sampled_from([*PERSON_IDS, "plan"]), id_values, max_size=3), values),
-    "properties": st.one_of(st.dictionaries(keys, values, max_size=3), values),
-    "sourceIp": st.one_of(st.ip_addresses().map(str), values),
-})
-records = st.builds(lambda base, look, big: {**base, **look, **big},
-                    st.dictionaries(keys, values, max_size=6), lookouts,
-                    st.dictionaries(keys, huge_strings, max_size=1) | st.just({}))
+lookouts = st.fixed_dictionaries(
+    {},
+    optional={
+        "email": id_values,
+        "userId": id_values,
+        "id": id_values,
+        "externalId": id_values,
+        "tag": st.one_of(
+            st.text(max_size=20), st.lists(st.one_of(st.text(max_size=8), st.none(), st.integers()), max_size=4), values
+        ),
+        "name": st.one_of(st.sampled_from(["identify", "Signed up", "", "  "]), st.text(max_size=20), values),
+        "user": st.one_of(st.dictionaries(st.sampled_from([*PERSON_IDS, "plan"]), id_values, max_size=3), values),
+        "properties": st.one_of(st.dictionaries(keys, values, max_size=3), values),
+        "sourceIp": st.one_of(st.ip_addresses().map(str), values),
+    },
+)
+records = st.builds(
+    lambda base, look, big: {**base, **look, **big},
+    st.dictionaries(keys, values, max_size=6),
+    lookouts,
+    st.dictionaries(keys, huge_strings, max_size=1) | st.just({}),
+)
 
 TEMPLATES = {
     "person": {"endpoint": "create_or_update_person"},
@@ -76,10 +108,17 @@ TEMPLATES = {
     "event": {"endpoint": "track_event"},
     "manual JSON": {"endpoint": "manual", "method": "PUT", "url": "/things/{id}?email={email}"},
     "manual JSON, batched": {"endpoint": "manual", "url": "https://hooks.example.com/in", "batch_records": True},
-    "manual NDJSON": {"endpoint": "manual", "url": "/bulk", "content_type": "application/x-ndjson",
-                      "batch_records": True},
-    "manual form": {"endpoint": "manual", "url": "/form/{externalId}",
-                    "content_type": "application/x-www-form-urlencoded"},
+    "manual NDJSON": {
+        "endpoint": "manual",
+        "url": "/bulk",
+        "content_type": "application/x-ndjson",
+        "batch_records": True,
+    },
+    "manual form": {
+        "endpoint": "manual",
+        "url": "/form/{externalId}",
+        "content_type": "application/x-www-form-urlencoded",
+    },
     "manual GET": {"endpoint": "manual", "method": "GET", "url": "/people?people[0][email]={email}"},
 }
 
@@ -109,8 +148,11 @@ def same(sent, original) -> bool:
     if isinstance(original, list):
         return isinstance(sent, list) and len(sent) == len(original) and all(map(same, sent, original))
     if isinstance(original, dict):
-        return isinstance(sent, dict) and sent.keys() == original.keys() and all(
-            same(sent[k], v) for k, v in original.items())
+        return (
+            isinstance(sent, dict)
+            and sent.keys() == original.keys()
+            and all(same(sent[k], v) for k, v in original.items())
+        )
     return sent == original
 
 
@@ -211,8 +253,9 @@ def test_events_carry_every_field_in_user_or_properties_and_the_identifiers_in_u
 
 
 # each example draws up to four records, and two in three lack a field the URL needs: a quarter of the examples
-@settings(max_examples=max(settings.default.max_examples // 4, 5), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=max(settings.default.max_examples // 4, 5), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(batch=st.lists(records, min_size=1, max_size=4))
 @pytest.mark.parametrize("name", ["manual JSON", "manual JSON, batched", "manual NDJSON", "manual form"])
 def test_the_manual_body_is_the_record_in_the_configured_encoding(name, batch):
@@ -245,14 +288,38 @@ def test_the_manual_body_is_the_record_in_the_configured_encoding(name, batch):
 
 # --- URL placeholders ----------------------------------------------------------------------------------------------
 
-nasty_segments = st.sampled_from([".", "..", "../..", "a/../../b", "/", "?", "#", "&", "=", "%", "%2F", "%00", " ",
-                                  "+", "@evil.example.com", "\\", "..;/", "%2e%2e", "\r\nX-Evil: 1", "ü/ñ"])
+nasty_segments = st.sampled_from(
+    [
+        ".",
+        "..",
+        "../..",
+        "a/../../b",
+        "/",
+        "?",
+        "#",
+        "&",
+        "=",
+        "%",
+        "%2F",
+        "%00",
+        " ",
+        "+",
+        "@evil.example.com",
+        "\\",
+        "..;/",
+        "%2e%2e",
+        "\r\nX-Evil: 1",
+        "ü/ñ",
+    ]
+)
 placeholder_values = st.one_of(
     st.text(min_size=1, max_size=30),
     nasty_segments,
-    st.integers(), st.decimals(allow_nan=False, allow_infinity=False), datetimes,
-    st.lists(st.text(max_size=5), min_size=1, max_size=3), st.dictionaries(st.text(max_size=5), st.text(max_size=5),
-                                                                          min_size=1, max_size=2),
+    st.integers(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    datetimes,
+    st.lists(st.text(max_size=5), min_size=1, max_size=3),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), min_size=1, max_size=2),
 )
 
 
@@ -277,25 +344,37 @@ def test_placeholder_values_never_change_the_url_structure(thing, email):
         assert urllib.parse.parse_qsl(prepared.query, keep_blank_values=True)[0][1] == email
 
 
-@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.generate],  # one run each: no shrinking
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ids=st.lists(st.one_of(nasty_segments, st.text(min_size=1, max_size=30)), min_size=15, max_size=15,
-                    unique=True))
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],  # one run each: no shrinking
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(ids=st.lists(st.one_of(nasty_segments, st.text(min_size=1, max_size=30)), min_size=15, max_size=15, unique=True))
 def test_placeholder_values_reach_encharge_as_one_path_segment(sandbox, ids):
     sandbox.reset()
     ids = [i for i in ids if i.strip()] or ["x"]
     run = run_target(
-        sandbox_config(sandbox, endpoint="manual", method="PATCH", url="/objects/company/externalId/{externalId}",
-                       max_failures=-1, dead_letter_path="@work/dead.jsonl", request_timeout=60),
-        [schema("updates", {"externalId": {"type": "string"}, "name": {"type": "string"}}),
-         *({"type": "RECORD", "stream": "updates", "record": {"externalId": i, "name": "n"}} for i in ids)],
+        sandbox_config(
+            sandbox,
+            endpoint="manual",
+            method="PATCH",
+            url="/objects/company/externalId/{externalId}",
+            max_failures=-1,
+            dead_letter_path="@work/dead.jsonl",
+            request_timeout=60,
+        ),
+        [
+            schema("updates", {"externalId": {"type": "string"}, "name": {"type": "string"}}),
+            *({"type": "RECORD", "stream": "updates", "record": {"externalId": i, "name": "n"}} for i in ids),
+        ],
     )
     assert run.returncode == 0, run.stderr
     paths = [r["path"] for r in sandbox.requests() if r["method"] == "PATCH"]
     prefix = "/v1/objects/company/externalId/"
-    assert all(p.startswith(prefix) and "/" not in p[len(prefix):] for p in paths)
+    assert all(p.startswith(prefix) and "/" not in p[len(prefix) :] for p in paths)
     # `.` and `..` cannot be escaped out of a path's meaning: they are refused, never sent
-    assert {urllib.parse.unquote(p[len(prefix):]) for p in paths} == {i for i in ids if i not in (".", "..")}
+    assert {urllib.parse.unquote(p[len(prefix) :]) for p in paths} == {i for i in ids if i not in (".", "..")}
     refused = [d["record"]["externalId"] for d in run.file_lines("dead.jsonl") if d["status"] is None]
     assert sorted(refused) == sorted(i for i in ids if i in (".", ".."))
 
@@ -307,11 +386,25 @@ SECRET_FIELD_VALUE = "EXCLUDED-VALUE-7c1e"
 
 def _dry_run_calls(config: dict, stream: str, schema_props: dict, batch: list[dict], workdir: Path) -> str:
     """Everything a dry run of these records writes (previews, dead letters, logs), in-process."""
-    config = {"api_key": "k" * 12, "write_key": "w" * 12, "dry_run": True, "max_failures": -1,
-              "dead_letter_path": str(workdir / "dead.jsonl"), "preview_path": str(workdir / "preview.jsonl"),
-              **config}
-    lines = [json.dumps({"type": "SCHEMA", "stream": stream, "key_properties": [],
-                         "schema": {"type": "object", "properties": schema_props}})]
+    config = {
+        "api_key": "k" * 12,
+        "write_key": "w" * 12,
+        "dry_run": True,
+        "max_failures": -1,
+        "dead_letter_path": str(workdir / "dead.jsonl"),
+        "preview_path": str(workdir / "preview.jsonl"),
+        **config,
+    }
+    lines = [
+        json.dumps(
+            {
+                "type": "SCHEMA",
+                "stream": stream,
+                "key_properties": [],
+                "schema": {"type": "object", "properties": schema_props},
+            }
+        )
+    ]
     lines += [json.dumps({"type": "RECORD", "stream": stream, "record": r}) for r in batch]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -325,25 +418,31 @@ def _dry_run_calls(config: dict, stream: str, schema_props: dict, batch: list[di
     return written
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=20)),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-                           max_leaves=6)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=20)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(list(TEMPLATES)),
-    excluded=st.lists(st.one_of(st.sampled_from(SPECIAL_KEYS), st.text(min_size=1, max_size=8)), min_size=1,
-                      max_size=4, unique=True),
+    excluded=st.lists(
+        st.one_of(st.sampled_from(SPECIAL_KEYS), st.text(min_size=1, max_size=8)), min_size=1, max_size=4, unique=True
+    ),
     batch=st.lists(st.dictionaries(keys, json_values, max_size=6), min_size=1, max_size=5),
 )
 def test_excluded_attributes_are_never_sent_nor_written(tmp_path_factory, name, excluded, batch):
     workdir = tmp_path_factory.mktemp("dry")
-    people = [{"email": f"p{i}@example.com", "name": "Signed up", "tag": "vip", "id": f"id{i}",
-               "externalId": f"x{i}", **r} for i, r in enumerate(batch)]
+    people = [
+        {"email": f"p{i}@example.com", "name": "Signed up", "tag": "vip", "id": f"id{i}", "externalId": f"x{i}", **r}
+        for i, r in enumerate(batch)
+    ]
     for person in people:  # every excluded field is there, with a value that must never be seen
         person.update({field: SECRET_FIELD_VALUE for field in excluded})
-    written = _dry_run_calls({**TEMPLATES[name], "exclude_attributes": excluded, "object_name": "company"},
-                             "s", {}, people, workdir)
+    written = _dry_run_calls(
+        {**TEMPLATES[name], "exclude_attributes": excluded, "object_name": "company"}, "s", {}, people, workdir
+    )
     assert SECRET_FIELD_VALUE not in written
     assert written  # the dry run showed something: a preview or a dead letter for each record

@@ -57,8 +57,10 @@ def target_csv() -> str:
 
 @pytest.mark.subprocess  # the process's whole stdout, byte for byte, is a Singer stream
 def test_the_response_stream_on_stdout_loads_into_a_real_downstream_target(sandbox, tmp_path):
-    run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="-",
-                                    streams=STREAMS, max_failures=1), mixed_input())
+    run = run_target(
+        sandbox_config(sandbox, response_output="stream", response_stream_path="-", streams=STREAMS, max_failures=1),
+        mixed_input(),
+    )
     assert run.returncode == 0, run.stderr
     messages = run.lines
     assert {m["type"] for m in messages} == {"SCHEMA", "RECORD", "STATE"}  # a pure Singer stream, nothing else
@@ -70,8 +72,13 @@ def test_the_response_stream_on_stdout_loads_into_a_real_downstream_target(sandb
 
     (tmp_path / "csv.json").write_text(json.dumps({"output_path": str(tmp_path / "out")}))
     (tmp_path / "out").mkdir()
-    downstream = subprocess.run([target_csv(), "--config", str(tmp_path / "csv.json")], input=run.stdout.encode(),
-                                capture_output=True, timeout=120, check=False)
+    downstream = subprocess.run(
+        [target_csv(), "--config", str(tmp_path / "csv.json")],
+        input=run.stdout.encode(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert downstream.returncode == 0, downstream.stderr.decode()[-2000:]
     # the downstream target relays the tap's last state: STATE messages made it through
     assert json.loads(downstream.stdout.decode().splitlines()[-1]) == messages[-1]["value"]
@@ -80,8 +87,9 @@ def test_the_response_stream_on_stdout_loads_into_a_real_downstream_target(sandb
     calls = sent(sandbox)
     # one row per call; the tag whose person is missing is tried once more at the end of the run (issue 15)
     assert len(rows) == len(calls) == 7
-    assert sorted(int(r["status_code"]) for r in rows) == sorted(c["status"] for c in calls) == [200] * 4 + [201, 404,
-                                                                                                           404]
+    assert (
+        sorted(int(r["status_code"]) for r in rows) == sorted(c["status"] for c in calls) == [200] * 4 + [201, 404, 404]
+    )
     by_status = {int(r["status_code"]): r for r in rows}
     missing = by_status[404]
     assert missing["success"] == "False" and missing["stream"] == "tags" and missing["endpoint"] == "add_tag"
@@ -100,15 +108,38 @@ def test_the_response_stream_on_stdout_loads_into_a_real_downstream_target(sandb
 def test_the_response_stream_to_a_file_counts_attempts_and_leaves_stdout_to_the_taps_state(sandbox):
     sandbox.set_faults(error_rate=0.4)
     messages = [*people(30), state({"upto": 30})]
-    run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="@work/responses.jsonl",
-                                    batch_records=True, batch_size=4, max_retries=30), messages)
+    run = run_target(
+        sandbox_config(
+            sandbox,
+            response_output="stream",
+            response_stream_path="@work/responses.jsonl",
+            batch_records=True,
+            batch_size=4,
+            max_retries=30,
+        ),
+        messages,
+    )
     assert run.returncode == 0, run.stderr
     assert run.lines == [{"upto": 30}]  # stdout: the tap's state only, as it was
     header, *records = run.file_lines("responses.jsonl")
     assert header["type"] == "SCHEMA"
     assert sorted(header["schema"]["properties"]) == sorted(
-        ["stream", "endpoint", "method", "url", "status_code", "success", "attempts", "records", "identifiers",
-         "response", "error", "time", "duration_ms"])
+        [
+            "stream",
+            "endpoint",
+            "method",
+            "url",
+            "status_code",
+            "success",
+            "attempts",
+            "records",
+            "identifiers",
+            "response",
+            "error",
+            "time",
+            "duration_ms",
+        ]
+    )
     calls = [r["record"] for r in records]
     assert len(calls) == 8 and all(c["success"] and c["status_code"] == 200 for c in calls)
     assert sum(c["attempts"] for c in calls) == len(sent(sandbox))  # every retry counted, on its call
@@ -121,13 +152,23 @@ def test_the_response_stream_to_a_file_counts_attempts_and_leaves_stdout_to_the_
 def test_a_refused_batch_and_each_piece_it_is_split_into_are_response_records(sandbox):
     records = [record("people", {"email": f"ok{i}@example.com"}) for i in range(7)]
     records.insert(5, record("people", {"email": {"not": "an email"}}))
-    run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="@work/r.jsonl",
-                                    batch_records=True, batch_size=8, max_failures=1, max_concurrency=1),
-                     [schema("people", {"email": {}}), *records])
+    run = run_target(
+        sandbox_config(
+            sandbox,
+            response_output="stream",
+            response_stream_path="@work/r.jsonl",
+            batch_records=True,
+            batch_size=8,
+            max_failures=1,
+            max_concurrency=1,
+        ),
+        [schema("people", {"email": {}}), *records],
+    )
     assert run.returncode == 0, run.stderr
     calls = [r["record"] for r in run.file_lines("r.jsonl") if r["type"] == "RECORD"]
     assert [(c["status_code"], c["records"]) for c in calls] == [
-        (c["status"], len(c["body"])) for c in sent(sandbox)]  # one record per call, in order
+        (c["status"], len(c["body"])) for c in sent(sandbox)
+    ]  # one record per call, in order
     assert [c["status_code"] for c in calls][:1] == [400] and calls[0]["records"] == 8
     assert [c["records"] for c in calls if c["status_code"] == 400][-1] == 1  # down to the record at fault
     row = re.search(r"\npeople\s+8\s+(\d+)\s+7\s+1\s+0\s+7\n", run.stderr)  # the summary counts every call too
@@ -135,8 +176,12 @@ def test_a_refused_batch_and_each_piece_it_is_split_into_are_response_records(sa
 
 
 def test_a_large_answer_is_truncated_in_the_response_record(sandbox):
-    run = run_target(sandbox_config(sandbox, response_output="stream", response_stream_path="@work/r.jsonl",
-                                    batch_records=True, batch_size=60), people(60))
+    run = run_target(
+        sandbox_config(
+            sandbox, response_output="stream", response_stream_path="@work/r.jsonl", batch_records=True, batch_size=60
+        ),
+        people(60),
+    )
     assert run.returncode == 0, run.stderr
     (call,) = [r["record"] for r in run.file_lines("r.jsonl") if r["type"] == "RECORD"]
     assert call["records"] == 60
@@ -148,8 +193,7 @@ def test_a_large_answer_is_truncated_in_the_response_record(sandbox):
 
 
 def test_state_keeps_the_taps_keys_and_adds_one_summary_key(sandbox):
-    run = run_target(sandbox_config(sandbox, response_output="state", streams=STREAMS, max_failures=1),
-                     mixed_input())
+    run = run_target(sandbox_config(sandbox, response_output="state", streams=STREAMS, max_failures=1), mixed_input())
     assert run.returncode == 0, run.stderr
     first, last = run.states
     assert {k: v for k, v in first.items() if k != "target_encharge"} == {"bookmarks": {"people": {"upto": 3}}}
@@ -170,15 +214,19 @@ def test_state_keeps_the_taps_keys_and_adds_one_summary_key(sandbox):
 
 def test_the_state_summary_stays_small_for_100k_records_in_many_streams(sandbox):
     n, streams = 100_000, 30
-    messages = [schema(f"s{s:02d}", {"email": {"type": ["string", "null"]}, "n": {"type": "integer"}})
-                for s in range(streams)]
+    messages = [
+        schema(f"s{s:02d}", {"email": {"type": ["string", "null"]}, "n": {"type": "integer"}}) for s in range(streams)
+    ]
     for i in range(n):
         rec = {"n": i} if i % 5000 == 7 else {"email": f"u{i}@example.com", "n": i}  # 20 without an email
         messages.append(record(f"s{i * streams // n:02d}", rec))
         if (i + 1) % 1000 == 0:
             messages.append(state({"bookmarks": {"upto": i + 1}}))
-    run = run_target(sandbox_config(sandbox, response_output="state", batch_records=True, batch_size=100,
-                                    max_failures=-1), messages, timeout=300)
+    run = run_target(
+        sandbox_config(sandbox, response_output="state", batch_records=True, batch_size=100, max_failures=-1),
+        messages,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     lines = run.stdout.splitlines()
     assert len(lines) == 100
@@ -201,8 +249,18 @@ def test_the_state_summary_stays_small_for_100k_records_in_many_streams(sandbox)
 def test_a_dry_run_sends_nothing_and_shows_every_request(sandbox, preview_path):
     settings = {"preview_path": preview_path} if preview_path else {}
     messages = [*mixed_input(), record("tags", {"email": "p2@example.com"})]  # no tag: refused
-    run = run_target(sandbox_config(sandbox, dry_run=True, streams=STREAMS, dead_letter_path="@work/dead.jsonl",
-                                    max_failures=1, response_output="state", **settings), messages)
+    run = run_target(
+        sandbox_config(
+            sandbox,
+            dry_run=True,
+            streams=STREAMS,
+            dead_letter_path="@work/dead.jsonl",
+            max_failures=1,
+            response_output="state",
+            **settings,
+        ),
+        messages,
+    )
     assert run.returncode == 0, run.stderr
     assert sandbox.requests() == []  # nothing written to Encharge, and no start-up check either
     previews = run.file_lines("previews.jsonl") if preview_path else json_lines(run.stderr)
@@ -210,7 +268,8 @@ def test_a_dry_run_sends_nothing_and_shows_every_request(sandbox, preview_path):
     assert all("bookmarks" not in p for p in previews)  # no STATE in a dry run
     requests = [p for p in previews if "refused" not in p]
     assert [(p["stream"], p["method"]) for p in requests] == [("people", "POST")] * 3 + [("tags", "POST")] * 2 + [
-        ("events", "POST")]
+        ("events", "POST")
+    ]
     person = requests[0]
     assert person["url"] == sandbox.api_url + "/people"
     assert person["headers"]["X-Encharge-Token"] == "***" and person["headers"]["Content-Type"] == "application/json"
@@ -254,15 +313,20 @@ def test_a_test_send_sends_the_first_record_of_each_stream_and_shows_the_full_an
 
 def test_long_runs_log_progress_and_end_with_a_summary_table(sandbox):
     sandbox.set_faults(latency_ms=40)
-    run = run_target(sandbox_config(sandbox, progress_interval=0.2, max_concurrency=2, streams=STREAMS,
-                                    max_failures=1), [*people(40), *mixed_input()[4:]])
+    run = run_target(
+        sandbox_config(sandbox, progress_interval=0.2, max_concurrency=2, streams=STREAMS, max_failures=1),
+        [*people(40), *mixed_input()[4:]],
+    )
     assert run.returncode == 0, run.stderr
-    progress = re.findall(r"Progress: ([\d,]+) records handled \(([\d,]+)/s\), ([\d,]+) failed, ([\d,]+) records "
-                          r"waiting, ([\d,]+) calls in flight", run.stderr)
+    progress = re.findall(
+        r"Progress: ([\d,]+) records handled \(([\d,]+)/s\), ([\d,]+) failed, ([\d,]+) records "
+        r"waiting, ([\d,]+) calls in flight",
+        run.stderr,
+    )
     assert len(progress) >= 2
     handled = [int(p[0].replace(",", "")) for p in progress]
     assert handled == sorted(handled) and handled[-1] <= 43
-    summary = run.stderr[run.stderr.index("Summary: "):].splitlines()
+    summary = run.stderr[run.stderr.index("Summary: ") :].splitlines()
     assert re.match(r"Summary: 43 records handled in [\d.]+s \([\d,]+/s\), 1 failed", summary[0])
     assert summary[1].split() == ["stream", "records", "calls", "succeeded", "failed", "retried", "created"]
     rows = {line.split()[0]: line.split()[1:] for line in summary[2:6]}
@@ -282,8 +346,13 @@ def test_no_key_appears_in_any_output_even_at_debug():
     """Every output of every mode, and the error of a refused key, with logs at DEBUG: never a key."""
     debug = {"LOGLEVEL": "DEBUG", "TARGET_ENCHARGE_LOGLEVEL": "DEBUG"}
     streams = {**STREAMS, "manual": {"endpoint": "manual", "url": f"/people?token={API_KEY}"}}
-    messages = [*mixed_input(), schema("manual", TAG_PROPS), record("manual", {"email": "m@example.com"}),
-                record("tags", {"email": "p2@example.com"}), state({"done": True})]
+    messages = [
+        *mixed_input(),
+        schema("manual", TAG_PROPS),
+        record("manual", {"email": "m@example.com"}),
+        record("tags", {"email": "p2@example.com"}),
+        state({"done": True}),
+    ]
     modes = [
         {"response_output": "stream", "response_stream_path": "-"},
         {"response_output": "stream", "response_stream_path": "@work/responses.jsonl"},
@@ -297,12 +366,25 @@ def test_no_key_appears_in_any_output_even_at_debug():
         for mode in modes:
             sandbox.reset()
             run = run_target(
-                sandbox_config(sandbox, api_key=API_KEY, write_key=WRITE_KEY, streams=streams, max_failures=5,
-                               dead_letter_path="@work/dead.jsonl", **mode), messages, env=debug)
+                sandbox_config(
+                    sandbox,
+                    api_key=API_KEY,
+                    write_key=WRITE_KEY,
+                    streams=streams,
+                    max_failures=5,
+                    dead_letter_path="@work/dead.jsonl",
+                    **mode,
+                ),
+                messages,
+                env=debug,
+            )
             assert run.returncode == 0, run.stderr[-2000:]
             assert "DEBUG" in run.stderr
-            files = {p.name: p.read_bytes().decode("utf-8", "replace")  # the sync ledger (SQLite) too
-                     for p in run.workdir.iterdir() if p.name != "config.json"}
+            files = {
+                p.name: p.read_bytes().decode("utf-8", "replace")  # the sync ledger (SQLite) too
+                for p in run.workdir.iterdir()
+                if p.name != "config.json"
+            }
             assert "dead.jsonl" in files
             outputs.append((mode, run.stdout, run.stderr, files))
         for key, stream in (("api_key", "people"), ("write_key", "events")):
@@ -319,9 +401,17 @@ def test_no_key_appears_in_any_output_even_at_debug():
 
 @pytest.mark.parametrize("setting", ["response_stream_path", "preview_path", "dead_letter_path"])
 def test_an_output_path_that_cannot_be_written_is_a_one_line_error(sandbox, setting):
-    run = run_target(sandbox_config(sandbox, response_output="stream", dry_run=setting == "preview_path",
-                                    **{setting: "/nonexistent/dir/out.jsonl"}), people(1))
+    run = run_target(
+        sandbox_config(
+            sandbox,
+            response_output="stream",
+            dry_run=setting == "preview_path",
+            **{setting: "/nonexistent/dir/out.jsonl"},
+        ),
+        people(1),
+    )
     assert run.returncode == 1
-    assert run.error_line == (f"target-encharge: error: {setting}: cannot write to '/nonexistent/dir/out.jsonl' "
-                              "(No such file or directory)")
+    assert run.error_line == (
+        f"target-encharge: error: {setting}: cannot write to '/nonexistent/dir/out.jsonl' (No such file or directory)"
+    )
     assert "Traceback" not in run.stderr and sandbox.people() == []

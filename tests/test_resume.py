@@ -35,8 +35,13 @@ def tap_jsonl() -> str:
 
 def start_target(config: dict, workdir: Path, stdin: t.Any) -> subprocess.Popen:
     (workdir / "target.json").write_text(json.dumps(config))
-    return subprocess.Popen([*target_command(), "--config", str(workdir / "target.json")], stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=(workdir / "target.log").open("ab"), cwd=workdir)
+    return subprocess.Popen(
+        [*target_command(), "--config", str(workdir / "target.json")],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=(workdir / "target.log").open("ab"),
+        cwd=workdir,
+    )
 
 
 def kill_after_states(target: subprocess.Popen, how_many: int) -> list[dict]:
@@ -64,8 +69,11 @@ def test_a_pipeline_from_tap_jsonl_killed_mid_run_and_rerun_from_its_last_state_
     files = []
     for f in range(4):
         path = tmp_path / f"people-{f}.jsonl"
-        path.write_text("".join(json.dumps({"email": f"f{f}-{i}@example.com", "firstName": f"File {f} #{i}"}) + "\n"
-                                for i in range(40)))
+        path.write_text(
+            "".join(
+                json.dumps({"email": f"f{f}-{i}@example.com", "firstName": f"File {f} #{i}"}) + "\n" for i in range(40)
+            )
+        )
         files.append(path)
     # one tap run per file, one after the other, as Meltano would run them: each emits its STATE at its end
     tap_configs = []
@@ -77,8 +85,13 @@ def test_a_pipeline_from_tap_jsonl_killed_mid_run_and_rerun_from_its_last_state_
     def taps(state_file: Path | None) -> subprocess.Popen:
         with_state = f" --state {shlex.quote(str(state_file))}" if state_file else ""
         chain = "; ".join(f"{shlex.quote(tap)} --config {shlex.quote(str(c))}{with_state}" for c in tap_configs)
-        return subprocess.Popen(["bash", "-c", f"({chain})"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                cwd=tmp_path, start_new_session=True)
+        return subprocess.Popen(
+            ["bash", "-c", f"({chain})"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
 
     with Sandbox(latency_ms=40) as sandbox:
         # one call per record (people are batched by default): the run is still going when the kill comes

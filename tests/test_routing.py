@@ -8,8 +8,11 @@ from helpers import people, record, run_target, sandbox_config, schema
 
 def test_each_streams_routing_is_logged_as_it_arrives_saying_when_it_is_the_default(sandbox):
     config = sandbox_config(sandbox, streams={"tags": {"endpoint": "add_tag"}})
-    messages = [*people(1), schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}}),
-                record("tags", {"email": "p0@example.com", "tag": "vip"})]
+    messages = [
+        *people(1),
+        schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}}),
+        record("tags", {"email": "p0@example.com", "tag": "vip"}),
+    ]
     run = run_target(config, messages)
     assert run.returncode == 0, run.stderr
     (people_line,) = [line for line in run.stderr.splitlines() if "Stream 'people' goes to" in line]
@@ -44,8 +47,10 @@ def test_no_case_warning_when_every_email_is_spelled_one_way(sandbox):
 
 
 def test_repeated_identical_failures_are_logged_once_with_a_count(sandbox):
-    bad = [schema("people", {"email": {"type": "string"}, "plan": {"type": "string"}}, ["email"]),
-           *[record("people", {"email": f"p{i}@example.com", "plan": 5}) for i in range(20)]]
+    bad = [
+        schema("people", {"email": {"type": "string"}, "plan": {"type": "string"}}, ["email"]),
+        *[record("people", {"email": f"p{i}@example.com", "plan": 5}) for i in range(20)],
+    ]
     run = run_target(sandbox_config(sandbox, max_failures=-1, dead_letter_path="@work/dead.jsonl"), bad)
     assert run.returncode == 0, run.stderr
     assert len(run.file_lines("dead.jsonl")) == 20  # every one kept

@@ -81,8 +81,12 @@ def test_ingest_takes_only_the_write_key(sandbox, token):
 
 
 def test_ingest_does_not_take_the_token_from_the_query(sandbox):
-    answer = requests.post(sandbox.ingest_url, params={"token": WRITE_KEY},
-                           json={"name": "x", "user": {"email": "a@example.com"}}, timeout=10)
+    answer = requests.post(
+        sandbox.ingest_url,
+        params={"token": WRITE_KEY},
+        json={"name": "x", "user": {"email": "a@example.com"}},
+        timeout=10,
+    )
     assert_envelope(answer, 401)
 
 
@@ -92,8 +96,12 @@ def test_keys_are_never_echoed_nor_logged(sandbox):
         rest(sandbox, "GET", "/accounts/info", token=WRITE_KEY),
         ingest(sandbox, {"name": "x", "user": {"email": "a@example.com"}}, token=API_KEY),
         requests.get(sandbox.api_url + "/fields", params={"token": API_KEY}, timeout=10),
-        requests.post(sandbox.url + f"/elsewhere/{API_KEY}", json={"note": f"key {WRITE_KEY}"},
-                      headers={"Authorization": f"Bearer {API_KEY}", "X-Other": API_KEY}, timeout=10),
+        requests.post(
+            sandbox.url + f"/elsewhere/{API_KEY}",
+            json={"note": f"key {WRITE_KEY}"},
+            headers={"Authorization": f"Bearer {API_KEY}", "X-Other": API_KEY},
+            timeout=10,
+        ),
     ]
     for answer in answers:
         assert API_KEY not in answer.text and WRITE_KEY not in answer.text
@@ -172,8 +180,9 @@ def test_ingest_refuses_malformed_events(sandbox, event, says):
 
 
 def test_people_are_created_with_an_encharge_id_and_their_fields(sandbox):
-    users = add_people(sandbox, {"email": "ann@example.com", "firstName": "Ann", "plan": "pro"},
-                       {"userId": "u-2", "lastName": "Bo"})
+    users = add_people(
+        sandbox, {"email": "ann@example.com", "firstName": "Ann", "plan": "pro"}, {"userId": "u-2", "lastName": "Bo"}
+    )
     assert [u.get("email") for u in users] == ["ann@example.com", None]
     assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", u["id"]) for u in users)
     ann = sandbox.person(email="ann@example.com")
@@ -203,8 +212,11 @@ def test_people_are_upserted_by_id_then_user_id_then_email(sandbox):
 
 def test_a_person_update_cannot_take_another_persons_email_or_an_unknown_id(sandbox):
     add_people(sandbox, {"email": "ann@example.com", "userId": "u-1"}, {"email": "bo@example.com"})
-    assert_envelope(rest(sandbox, "POST", "/people", [{"userId": "u-1", "email": "bo@example.com"}]), 409,
-                    "already belongs to another person")
+    assert_envelope(
+        rest(sandbox, "POST", "/people", [{"userId": "u-1", "email": "bo@example.com"}]),
+        409,
+        "already belongs to another person",
+    )
     assert_envelope(rest(sandbox, "POST", "/people", [{"id": "0000-unknown"}]), 404, "no person with id")
     assert sandbox.person(userId="u-1")["email"] == "ann@example.com"
 
@@ -243,8 +255,17 @@ def test_people_are_archived_deleted_and_unsubscribed(sandbox):
 
 def test_the_people_query_finds_several_people_by_any_identifier(sandbox):
     ann, bo = add_people(sandbox, {"email": "Ann@Example.com", "userId": "u-1"}, {"userId": "u-2"})
-    answer = rest(sandbox, "GET", "/people", params={"people[0][email]": "ann@EXAMPLE.com", "people[1][userId]": "u-2",
-                                                     "people[2][id]": bo["id"], "people[3][email]": "no@example.com"})
+    answer = rest(
+        sandbox,
+        "GET",
+        "/people",
+        params={
+            "people[0][email]": "ann@EXAMPLE.com",
+            "people[1][userId]": "u-2",
+            "people[2][id]": bo["id"],
+            "people[3][email]": "no@example.com",
+        },
+    )
     assert answer.status_code == 200
     # Each person once, in the order named; who does not exist is simply not there.
     assert [u["id"] for u in answer.json()["users"]] == [ann["id"], bo["id"]]
@@ -256,8 +277,9 @@ def test_archived_people_leave_lookups_listings_and_tagging_until_an_upsert_brin
     archived = rest(sandbox, "DELETE", "/people?people[0][email]=ANN@example.com&people[1][userId]=u-2")
     assert archived.status_code == 204 and archived.content == b""
     assert rest(sandbox, "GET", "/people?people[0][email]=ann@example.com").json() == {"users": []}
-    with_archived = rest(sandbox, "GET", "/people?people[0][email]=ann@example.com&people[1][userId]=u-2"
-                                         "&includeArchived=true").json()["users"]
+    with_archived = rest(
+        sandbox, "GET", "/people?people[0][email]=ann@example.com&people[1][userId]=u-2&includeArchived=true"
+    ).json()["users"]
     assert [(u.get("email"), u["archived"]) for u in with_archived] == [("ann@example.com", True), (None, True)]
     assert [p["email"] for p in rest(sandbox, "GET", "/people/all").json()["people"]] == ["cy@example.com"]
     assert rest(sandbox, "GET", "/accounts/info").json()["peopleCount"] == 1
@@ -268,8 +290,9 @@ def test_archived_people_leave_lookups_listings_and_tagging_until_an_upsert_brin
     (back,) = add_people(sandbox, {"email": "ann@example.com", "plan": "pro"})
     assert back["id"] == sandbox.person(email="ann@example.com")["id"] and "archived" not in back
     assert back["tags"] == ["vip"]
-    assert [u["email"] for u in rest(sandbox, "GET", "/people?people[0][email]=ann@example.com").json()["users"]] \
-        == ["ann@example.com"]
+    assert [u["email"] for u in rest(sandbox, "GET", "/people?people[0][email]=ann@example.com").json()["users"]] == [
+        "ann@example.com"
+    ]
 
 
 def test_a_forced_delete_takes_the_person_their_tags_and_events(sandbox):
@@ -292,8 +315,9 @@ def test_a_forced_delete_takes_the_person_their_tags_and_events(sandbox):
 def test_deleting_people_one_of_whom_is_not_found_is_404_and_changes_nobody(sandbox):
     add_people(sandbox, {"email": "ann@example.com"})
     for force in ("", "&force=true"):
-        answer = rest(sandbox, "DELETE", f"/people?people[0][email]=ann@example.com&people[1][email]=gone@example.com"
-                                         f"{force}")
+        answer = rest(
+            sandbox, "DELETE", f"/people?people[0][email]=ann@example.com&people[1][email]=gone@example.com{force}"
+        )
         assert_envelope(answer, 404, "gone@example.com")
         assert "archived" not in sandbox.person(email="ann@example.com")
     assert_envelope(rest(sandbox, "DELETE", "/people?people[0][email]=gone@example.com"), 404)
@@ -318,8 +342,9 @@ def test_tags_are_added_with_201_and_removed_with_204_without_bodies(sandbox):
 
 
 def test_tagging_an_unknown_person_is_404_and_creates_nobody(sandbox):
-    assert_envelope(rest(sandbox, "POST", "/tags", {"tag": "vip", "email": "nobody@example.com"}), 404,
-                    "nobody@example.com")
+    assert_envelope(
+        rest(sandbox, "POST", "/tags", {"tag": "vip", "email": "nobody@example.com"}), 404, "nobody@example.com"
+    )
     assert_envelope(rest(sandbox, "DELETE", "/tags", {"tag": "vip", "userId": "u-404"}), 404)
     assert sandbox.people() == []
 
@@ -328,9 +353,12 @@ def test_tagging_an_unknown_person_is_404_and_creates_nobody(sandbox):
 
 
 def test_custom_objects_are_created_per_schema(sandbox):
-    answer = rest(sandbox, "POST", "/objects/company",
-                  [{"externalId": "acme", "name": "Acme", "employees": 120},
-                   {"externalId": "globex", "name": "Globex"}])
+    answer = rest(
+        sandbox,
+        "POST",
+        "/objects/company",
+        [{"externalId": "acme", "name": "Acme", "employees": 120}, {"externalId": "globex", "name": "Globex"}],
+    )
     assert answer.status_code == 200
     created = answer.json()["objects"]
     assert [o["externalId"] for o in created] == ["acme", "globex"]
@@ -351,8 +379,9 @@ def test_an_unknown_schema_name_is_404_case_sensitive(sandbox, name):
 
 def test_creating_an_existing_external_id_is_refused_whole(sandbox):
     rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}])
-    assert_envelope(rest(sandbox, "POST", "/objects/company", [{"externalId": "new"}, {"externalId": "acme"}]),
-                    409, "body[1]")
+    assert_envelope(
+        rest(sandbox, "POST", "/objects/company", [{"externalId": "new"}, {"externalId": "acme"}]), 409, "body[1]"
+    )
     assert [o["externalId"] for o in sandbox.objects("company")] == ["acme"]
 
 
@@ -360,21 +389,29 @@ def test_put_upserts_one_object_by_external_id(sandbox):
     first = rest(sandbox, "PUT", "/objects/company", {"externalId": "acme", "name": "Acme"}).json()
     assert first["created"] is True
     second = rest(sandbox, "PUT", "/objects/company", {"externalId": "acme", "employees": 5}).json()
-    assert second == {"created": False, "object": {"id": first["object"]["id"], "externalId": "acme",
-                                                   "name": "Acme", "employees": 5}}
+    assert second == {
+        "created": False,
+        "object": {"id": first["object"]["id"], "externalId": "acme", "name": "Acme", "employees": 5},
+    }
     assert_envelope(rest(sandbox, "PUT", "/objects/company", {"name": "no key"}), 400, "externalId")
     assert_envelope(rest(sandbox, "PUT", "/objects/company", [{"externalId": "acme"}]), 400, "body must be object")
     assert len(sandbox.objects("company")) == 1
 
 
 def test_objects_are_read_patched_and_deleted_by_id_or_external_id(sandbox):
-    acme, globex = rest(sandbox, "POST", "/objects/company",
-                        [{"externalId": "acme", "name": "Acme"}, {"externalId": "globex"}]).json()["objects"]
+    acme, globex = rest(
+        sandbox, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme"}, {"externalId": "globex"}]
+    ).json()["objects"]
     by_id = rest(sandbox, "PATCH", f"/objects/company/{acme['id']}", {"industry": "Software"})
     assert by_id.status_code == 200 and by_id.json()["object"]["industry"] == "Software"
     by_external = rest(sandbox, "PATCH", "/objects/company/externalId/acme", {"employees": 9})
-    assert by_external.json()["object"] == {"id": acme["id"], "externalId": "acme", "name": "Acme",
-                                            "industry": "Software", "employees": 9}
+    assert by_external.json()["object"] == {
+        "id": acme["id"],
+        "externalId": "acme",
+        "name": "Acme",
+        "industry": "Software",
+        "employees": 9,
+    }
     assert rest(sandbox, "GET", f"/objects/company/{acme['id']}").json()["object"]["employees"] == 9
     assert rest(sandbox, "GET", "/objects/company/externalId/globex").json()["object"]["id"] == globex["id"]
     assert rest(sandbox, "GET", "/objects/company/count").json() == {"count": 2}
@@ -400,8 +437,12 @@ def test_duplicate_mode_stores_a_second_object_with_the_same_external_id():
     with Sandbox(duplicate_objects=True) as sb:
         assert sb.options == {"duplicate_objects": True}
         first = rest(sb, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme"}]).json()["objects"]
-        again = rest(sb, "POST", "/objects/company", [{"externalId": "acme", "name": "Acme 2"},
-                                                      {"externalId": "acme", "name": "Acme 3"}])
+        again = rest(
+            sb,
+            "POST",
+            "/objects/company",
+            [{"externalId": "acme", "name": "Acme 2"}, {"externalId": "acme", "name": "Acme 3"}],
+        )
         assert again.status_code == 200
         assert [o["id"] for o in sb.objects("company")] == [first[0]["id"]] + [o["id"] for o in again.json()["objects"]]
         state = requests.get(sb.url + "/_sandbox/state", timeout=10).json()
@@ -423,7 +464,8 @@ def test_duplicate_mode_stores_a_second_object_with_the_same_external_id():
 def test_the_duplicate_mode_can_be_switched_at_run_time(sandbox):
     rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}])
     assert requests.get(sandbox.url + "/_sandbox/options", timeout=10).json() == {
-        "options": {"duplicate_objects": False}}
+        "options": {"duplicate_objects": False}
+    }
     switched = requests.post(sandbox.url + "/_sandbox/options", json={"duplicate_objects": True}, timeout=10)
     assert switched.json() == {"options": {"duplicate_objects": True}}
     assert rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).status_code == 200
@@ -433,8 +475,9 @@ def test_the_duplicate_mode_can_be_switched_at_run_time(sandbox):
     assert sandbox.state()["duplicateObjects"] == {"company": {"acme": 3}}
     assert sandbox.set_options(duplicate_objects=False) == {"duplicate_objects": False}
     assert_envelope(rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]), 409, "already exists")
-    assert_envelope(requests.post(sandbox.url + "/_sandbox/options", json={"duplicate_objects": "yes"}, timeout=10),
-                    400, "boolean")
+    assert_envelope(
+        requests.post(sandbox.url + "/_sandbox/options", json={"duplicate_objects": "yes"}, timeout=10), 400, "boolean"
+    )
     assert_envelope(requests.post(sandbox.url + "/_sandbox/options", json={"twice": True}, timeout=10), 400)
     sandbox.set_options(duplicate_objects=True)
     sandbox.reset()  # forgets the account, keeps the mode
@@ -481,16 +524,21 @@ def test_each_sandbox_can_stand_for_its_own_account(sandbox):
 
 
 def test_identify_updates_the_person_and_records_no_event(sandbox):
-    answer = ingest(sandbox, {"name": "identify", "user": {"email": "ann@example.com", "firstName": "Ann",
-                                                            "plan": "pro"}})
+    answer = ingest(
+        sandbox, {"name": "identify", "user": {"email": "ann@example.com", "firstName": "Ann", "plan": "pro"}}
+    )
     assert answer.status_code == 200
     assert sandbox.person(email="ann@example.com")["plan"] == "pro"
     assert sandbox.events() == []
 
 
 def test_events_are_recorded_as_received_and_upsert_their_person(sandbox):
-    event = {"name": "Upgraded plan", "user": {"email": "ann@example.com", "userId": "u-1"},
-             "properties": {"plan": "pro", "seats": 3}, "sourceIp": "127.0.0.1"}
+    event = {
+        "name": "Upgraded plan",
+        "user": {"email": "ann@example.com", "userId": "u-1"},
+        "properties": {"plan": "pro", "seats": 3},
+        "sourceIp": "127.0.0.1",
+    }
     assert ingest(sandbox, event).status_code == 200
     (recorded,) = sandbox.events()
     received = recorded.pop("receivedAt")
@@ -503,8 +551,10 @@ BIG = "123456789012345678901234567890.123456789"  # 39 digits: a float keeps 17
 
 
 def test_numbers_keep_every_digit_in_the_store_answers_state_and_summary(sandbox):
-    body = ('[{"email": "ann@example.com", "big": ' + BIG + ', "small": 49.9, "huge": 1e400, '
-            '"count": 123456789012345678901234567890123456789}]')
+    body = (
+        '[{"email": "ann@example.com", "big": ' + BIG + ', "small": 49.9, "huge": 1e400, '
+        '"count": 123456789012345678901234567890123456789}]'
+    )
     answer = requests.post(sandbox.api_url + "/people", data=body, headers=REST, timeout=10)
     assert answer.status_code == 200
     assert f'"big":{BIG}' in answer.text and '"huge":1E+400' in answer.text
@@ -520,13 +570,14 @@ def test_numbers_keep_every_digit_in_the_store_answers_state_and_summary(sandbox
     assert f"big={BIG}" in sandbox.summary()
     assert rest(sandbox, "GET", "/fields").json()["items"][-4:] == [
         {"name": name, "title": name, "type": "number", "readOnly": False, "array": False, "firstClassField": False}
-        for name in ("big", "small", "huge", "count")]
+        for name in ("big", "small", "huge", "count")
+    ]
 
 
 def test_exact_numbers_reach_objects_and_events(sandbox):
-    obj = '[{"externalId": "acme", "revenue": ' + BIG + ', "nested": {"list": [' + BIG + ']}}]'
+    obj = '[{"externalId": "acme", "revenue": ' + BIG + ', "nested": {"list": [' + BIG + "]}}]"
     assert requests.post(sandbox.api_url + "/objects/company", data=obj, headers=REST, timeout=10).status_code == 200
-    event = '{"name": "Paid", "user": {"email": "ann@example.com"}, "properties": {"amount": ' + BIG + '}}'
+    event = '{"name": "Paid", "user": {"email": "ann@example.com"}, "properties": {"amount": ' + BIG + "}}"
     assert requests.post(sandbox.ingest_url, data=event, headers=INGEST, timeout=10).status_code == 200
     (acme,) = sandbox.objects("company")
     assert acme["revenue"] == Decimal(BIG) and acme["nested"] == {"list": [Decimal(BIG)]}
@@ -545,8 +596,17 @@ def test_a_string_cannot_pose_as_an_exact_number():
 # --- fields ------------------------------------------------------------------------------------------
 
 #: What POST /v1/fields and POST /v1/schemas/{name}/fields answer for each field: PersonField's required keys.
-PERSON_FIELD_KEYS = {"name", "type", "title", "format", "readOnly", "canMapFrom", "firstClassField", "array",
-                     "createdBy"}
+PERSON_FIELD_KEYS = {
+    "name",
+    "type",
+    "title",
+    "format",
+    "readOnly",
+    "canMapFrom",
+    "firstClassField",
+    "array",
+    "createdBy",
+}
 FIELD_TYPES = {"string", "number", "boolean", "integer", "any"}
 
 
@@ -572,9 +632,15 @@ def test_the_account_has_encharges_built_in_person_fields_some_read_only(sandbox
 
 
 def test_a_person_field_is_created_with_its_enum_and_listed_from_then_on(sandbox):
-    answer = rest(sandbox, "POST", "/fields", [
-        {"name": "plan", "type": "string", "enum": ["free", "pro"], "allowNewEnumValues": False},
-        {"name": "signedUpAt", "title": "Signed up", "type": "string", "format": "date-time"}])
+    answer = rest(
+        sandbox,
+        "POST",
+        "/fields",
+        [
+            {"name": "plan", "type": "string", "enum": ["free", "pro"], "allowNewEnumValues": False},
+            {"name": "signedUpAt", "title": "Signed up", "type": "string", "format": "date-time"},
+        ],
+    )
     assert answer.status_code == 200, answer.text
     plan, signed_up = answer.json()["items"]
     assert set(plan) >= PERSON_FIELD_KEYS and set(signed_up) >= PERSON_FIELD_KEYS
@@ -585,22 +651,28 @@ def test_a_person_field_is_created_with_its_enum_and_listed_from_then_on(sandbox
     assert fields["signedUpAt"]["format"] == "date-time"
     assert sandbox.person_fields() == list(person_fields(sandbox).values())
     # A name taken (a field that exists, or twice in one body) is refused, and then nothing is created.
-    assert_envelope(rest(sandbox, "POST", "/fields", [{"name": "seats", "type": "number"},
-                                                      {"name": "plan", "type": "string"}]), 409, "'plan' already")
+    assert_envelope(
+        rest(sandbox, "POST", "/fields", [{"name": "seats", "type": "number"}, {"name": "plan", "type": "string"}]),
+        409,
+        "'plan' already",
+    )
     assert_envelope(rest(sandbox, "POST", "/fields", [{"name": "email", "type": "string"}]), 409, "already exists")
     twice = [{"name": "x", "type": "string"}, {"name": "x", "type": "number"}]
     assert_envelope(rest(sandbox, "POST", "/fields", twice), 409, "'x'")
     assert "seats" not in person_fields(sandbox) and "x" not in person_fields(sandbox)
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    ({"name": "seats", "type": "number"}, "must be array"),  # the OpenAPI's body is an array of fields
-    ([{"name": "seats"}], "body[0] must contain ['type']"),
-    ([{"name": "seats", "type": "object"}], "body[0].type must be one of"),
-    ([{"name": "", "type": "string"}], "body[0].name must be longer"),
-    ([{"name": "seats", "type": "number", "colour": "red"}], "must not contain"),
-    ([{"name": "when", "type": "string", "format": "time"}], "body[0].format must be one of"),
-])
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"name": "seats", "type": "number"}, "must be array"),  # the OpenAPI's body is an array of fields
+        ([{"name": "seats"}], "body[0] must contain ['type']"),
+        ([{"name": "seats", "type": "object"}], "body[0].type must be one of"),
+        ([{"name": "", "type": "string"}], "body[0].name must be longer"),
+        ([{"name": "seats", "type": "number", "colour": "red"}], "must not contain"),
+        ([{"name": "when", "type": "string", "format": "time"}], "body[0].format must be one of"),
+    ],
+)
 def test_a_field_body_that_does_not_fit_the_openapi_is_refused(sandbox, body, says):
     assert_envelope(rest(sandbox, "POST", "/fields", body), 400, says)
     assert_envelope(rest(sandbox, "POST", "/schemas/company/fields", body), 400, says)
@@ -611,8 +683,12 @@ def test_custom_object_fields_are_listed_in_their_schema_and_created(sandbox):
     fields = {f["name"]: f for f in company_schema(sandbox)["fields"]}
     assert {"id", "externalId", "name"} <= set(fields)
     assert fields["id"]["readOnly"] is True and fields["externalId"]["readOnly"] is False
-    answer = rest(sandbox, "POST", "/schemas/company/fields", [{"name": "industry", "type": "string"},
-                                                              {"name": "seats", "type": "integer"}])
+    answer = rest(
+        sandbox,
+        "POST",
+        "/schemas/company/fields",
+        [{"name": "industry", "type": "string"}, {"name": "seats", "type": "integer"}],
+    )
     assert answer.status_code == 200, answer.text
     created = answer.json()["fields"]
     assert [f["name"] for f in created] == ["industry", "seats"] and all(set(f) >= PERSON_FIELD_KEYS for f in created)
@@ -621,10 +697,14 @@ def test_custom_object_fields_are_listed_in_their_schema_and_created(sandbox):
     assert [f["name"] for f in sandbox.object_fields("company")][-2:] == ["industry", "seats"]
     assert "industry" not in {f["name"] for f in sandbox.object_fields("subscription")}
     assert "industry" not in person_fields(sandbox)
-    assert_envelope(rest(sandbox, "POST", "/schemas/company/fields", [{"name": "industry", "type": "string"}]),
-                    409, "already exists")
-    assert_envelope(rest(sandbox, "POST", "/schemas/Company/fields", [{"name": "x", "type": "string"}]), 404,
-                    "case-sensitive")
+    assert_envelope(
+        rest(sandbox, "POST", "/schemas/company/fields", [{"name": "industry", "type": "string"}]),
+        409,
+        "already exists",
+    )
+    assert_envelope(
+        rest(sandbox, "POST", "/schemas/Company/fields", [{"name": "x", "type": "string"}]), 404, "case-sensitive"
+    )
 
 
 def test_unknown_fields_are_kept_and_listed_unless_the_account_drops_them(sandbox):
@@ -635,22 +715,32 @@ def test_unknown_fields_are_kept_and_listed_unless_the_account_drops_them(sandbo
     assert sandbox.objects("company")[0]["industry"] == "rockets"
     assert "industry" in {f["name"] for f in company_schema(sandbox)["fields"]}
     assert requests.get(sandbox.url + "/_sandbox/field-policy", timeout=10).json() == {
-        "fieldPolicy": {"drop_unknown_fields": False}}
+        "fieldPolicy": {"drop_unknown_fields": False}
+    }
 
     switched = requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop_unknown_fields": True}, timeout=10)
     assert switched.json() == {"fieldPolicy": {"drop_unknown_fields": True}}
     (bo,) = add_people(sandbox, {"email": "bo@example.com", "plan": "free", "seats": 3, "tags": "vip"})
     assert "seats" not in bo and bo["plan"] == "free" and bo["tags"] == ["vip"]  # known fields and tags stay
-    assert ingest(sandbox, {"name": "identify", "user": {"email": "cy@example.com", "seats": 4,
-                                                          "firstName": "Cy"}}).status_code == 200
+    assert (
+        ingest(
+            sandbox, {"name": "identify", "user": {"email": "cy@example.com", "seats": 4, "firstName": "Cy"}}
+        ).status_code
+        == 200
+    )
     cy = sandbox.person(email="cy@example.com")
     assert cy["firstName"] == "Cy" and "seats" not in cy
-    (globex,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "globex", "name": "Globex",
-                                                           "revenue": 10}]).json()["objects"]
+    (globex,) = rest(
+        sandbox, "POST", "/objects/company", [{"externalId": "globex", "name": "Globex", "revenue": 10}]
+    ).json()["objects"]
     assert "revenue" not in globex and globex["name"] == "Globex"
     rest(sandbox, "PATCH", "/objects/company/externalId/globex", {"revenue": 11, "industry": "chemicals"})
-    assert sandbox.objects("company")[1] == {"id": globex["id"], "externalId": "globex", "name": "Globex",
-                                             "industry": "chemicals"}
+    assert sandbox.objects("company")[1] == {
+        "id": globex["id"],
+        "externalId": "globex",
+        "name": "Globex",
+        "industry": "chemicals",
+    }
     assert "seats" not in person_fields(sandbox)
     assert "revenue" not in {f["name"] for f in company_schema(sandbox)["fields"]}
     # What was dropped is counted, shown, and stops once the field is created.
@@ -663,8 +753,11 @@ def test_unknown_fields_are_kept_and_listed_unless_the_account_drops_them(sandbo
     assert sandbox.set_field_policy(drop_unknown_fields=False) == {"drop_unknown_fields": False}
     add_people(sandbox, {"email": "bo@example.com", "team": "red"})
     assert sandbox.person(email="bo@example.com")["team"] == "red"
-    assert_envelope(requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop_unknown_fields": "yes"},
-                                  timeout=10), 400, "boolean")
+    assert_envelope(
+        requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop_unknown_fields": "yes"}, timeout=10),
+        400,
+        "boolean",
+    )
     assert_envelope(requests.post(sandbox.url + "/_sandbox/field-policy", json={"drop": True}, timeout=10), 400)
     with Sandbox(drop_unknown_fields=True) as sb:
         assert sb.field_policy == {"drop_unknown_fields": True}
@@ -687,11 +780,13 @@ def test_people_and_objects_have_stable_encharge_ids_in_answers_and_lookups(sand
     ann, bo = add_people(sandbox, {"email": "ann@example.com"}, {"email": "bo@example.com", "userId": "u-2"})
     (again,) = add_people(sandbox, {"email": "ann@example.com", "firstName": "Ann"})
     assert again["id"] == ann["id"] and ann["id"] != bo["id"]
-    found = rest(sandbox, "GET", "/people", params={"people[0][email]": "ann@example.com",
-                                                    "people[1][email]": "bo@example.com"}).json()["users"]
+    found = rest(
+        sandbox, "GET", "/people", params={"people[0][email]": "ann@example.com", "people[1][email]": "bo@example.com"}
+    ).json()["users"]
     assert [(u["email"], u["id"]) for u in found] == [("ann@example.com", ann["id"]), ("bo@example.com", bo["id"])]
-    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"},
-                                                             {"externalId": "globex"}]).json()["objects"]
+    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}, {"externalId": "globex"}]).json()[
+        "objects"
+    ]
     assert isinstance(acme["id"], int) and acme["id"] != globex["id"]
     assert rest(sandbox, "GET", "/objects/company/externalId/globex").json()["object"]["id"] == globex["id"]
     put = rest(sandbox, "PUT", "/objects/company", {"externalId": "acme", "name": "Acme"}).json()
@@ -709,11 +804,20 @@ def test_a_person_and_a_company_are_associated_and_unlinked_by_their_encharge_id
 
     linked = rest(sandbox, "POST", f"/objects/person/{ann['id']}/associations/default/company/{acme['id']}")
     assert linked.status_code == 201 and linked.content == b""
-    assert sandbox.associations() == [{"associationId": association, "fromObject": "person", "fromId": ann["id"],
-                                       "toObject": "company", "toId": acme["id"]}]
+    assert sandbox.associations() == [
+        {
+            "associationId": association,
+            "fromObject": "person",
+            "fromId": ann["id"],
+            "toObject": "company",
+            "toId": acme["id"],
+        }
+    ]
     # Linking again, by id and from the other side (associations are two-way), is the same one link.
-    assert rest(sandbox, "POST", f"/objects/company/{acme['id']}/associations/{association}/{ann['id']}"
-                ).status_code == 201
+    assert (
+        rest(sandbox, "POST", f"/objects/company/{acme['id']}/associations/{association}/{ann['id']}").status_code
+        == 201
+    )
     assert len(sandbox.associations()) == 1
     companies = rest(sandbox, "GET", f"/objects/person/{ann['id']}/associations/{association}").json()
     assert companies == {"objects": [{"id": acme["id"], "externalId": "acme", "name": "Acme"}]}
@@ -725,8 +829,11 @@ def test_a_person_and_a_company_are_associated_and_unlinked_by_their_encharge_id
     removed = rest(sandbox, "DELETE", f"/objects/person/{ann['id']}/associations/{association}/{acme['id']}")
     assert removed.status_code == 204 and removed.content == b""
     assert sandbox.associations() == []
-    assert_envelope(rest(sandbox, "DELETE", f"/objects/person/{ann['id']}/associations/{association}/{acme['id']}"),
-                    404, "nothing to remove")
+    assert_envelope(
+        rest(sandbox, "DELETE", f"/objects/person/{ann['id']}/associations/{association}/{acme['id']}"),
+        404,
+        "nothing to remove",
+    )
     assert rest(sandbox, "GET", f"/objects/company/{acme['id']}/associations").json() == {"objects": {}}
 
 
@@ -737,8 +844,11 @@ def test_associations_refuse_unknown_ids_objects_and_associations(sandbox):
     association = company_schema(sandbox)["associations"][0]["id"]
     person, company = f"/objects/person/{ann['id']}", f"/objects/company/{acme['id']}"
     for path, status, says in [
-        (f"/objects/person/00000000-0000-0000-0000-000000000000/associations/default/company/{acme['id']}", 404,
-         "no person with id"),
+        (
+            f"/objects/person/00000000-0000-0000-0000-000000000000/associations/default/company/{acme['id']}",
+            404,
+            "no person with id",
+        ),
         (f"{person}/associations/default/company/999", 404, "no company object with id"),
         (f"{person}/associations/default/company/{ann['id']}", 404, "no company object with id"),  # a person's id
         (f"{person}/associations/default/invoice/1", 404, "no custom object schema named 'invoice'"),
@@ -749,14 +859,19 @@ def test_associations_refuse_unknown_ids_objects_and_associations(sandbox):
     ]:
         assert_envelope(rest(sandbox, "POST", path), status, says)
     # An association between company and subscription does not link a person.
-    defined = rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
-                                                              "toObject": "subscription", "name": "Plan"})
+    defined = rest(
+        sandbox,
+        "POST",
+        "/schemas/associations",
+        {"type": "1:M", "fromObject": "company", "toObject": "subscription", "name": "Plan"},
+    )
     other = defined.json()["association"]["id"]
     assert_envelope(rest(sandbox, "POST", f"{person}/associations/{other}/{sub['id']}"), 400, "not person")
     # A second person<->company association makes the default ambiguous.
     rest(sandbox, "POST", "/schemas/associations", {"type": "M:M", "fromObject": "company", "toObject": "person"})
-    assert_envelope(rest(sandbox, "POST", f"{person}/associations/default/company/{acme['id']}"), 400,
-                    "several associations")
+    assert_envelope(
+        rest(sandbox, "POST", f"{person}/associations/default/company/{acme['id']}"), 400, "several associations"
+    )
     # An archived person is out of associations, as of tagging.
     rest(sandbox, "DELETE", "/people?email=ann@example.com")
     assert_envelope(rest(sandbox, "POST", f"{person}/associations/{association}/{acme['id']}"), 404, "archived")
@@ -764,38 +879,59 @@ def test_associations_refuse_unknown_ids_objects_and_associations(sandbox):
 
 
 def test_association_definitions_are_added_shown_in_both_schemas_and_removed_with_their_links(sandbox):
-    answer = rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
-                                                             "toObject": "subscription", "name": "Plan"})
+    answer = rest(
+        sandbox,
+        "POST",
+        "/schemas/associations",
+        {"type": "1:M", "fromObject": "company", "toObject": "subscription", "name": "Plan"},
+    )
     assert answer.status_code == 200, answer.text
     plan = answer.json()["association"]
     assert {k: plan[k] for k in ("type", "fromObject", "toObject", "name")} == {
-        "type": "1:M", "fromObject": "company", "toObject": "subscription", "name": "Plan"}
+        "type": "1:M",
+        "fromObject": "company",
+        "toObject": "subscription",
+        "name": "Plan",
+    }
     assert plan in company_schema(sandbox)["associations"]
     assert plan in rest(sandbox, "GET", "/schemas/subscription").json()["object"]["associations"]
     (acme,) = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}]).json()["objects"]
     (sub,) = rest(sandbox, "POST", "/objects/subscription", [{"externalId": "s-1"}]).json()["objects"]
-    assert rest(sandbox, "POST", f"/objects/subscription/{sub['id']}/associations/default/company/{acme['id']}"
-                ).status_code == 201
+    assert (
+        rest(
+            sandbox, "POST", f"/objects/subscription/{sub['id']}/associations/default/company/{acme['id']}"
+        ).status_code
+        == 201
+    )
     assert sandbox.associations()[0]["fromObject"] == "company"  # kept in the definition's own order
     assert rest(sandbox, "DELETE", f"/schemas/associations/{plan['id']}").status_code == 204
     assert sandbox.associations() == [] and plan not in company_schema(sandbox)["associations"]
     assert_envelope(rest(sandbox, "DELETE", f"/schemas/associations/{plan['id']}"), 404)
-    assert_envelope(rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company",
-                                                                    "toObject": "invoice"}), 404, "invoice")
-    assert_envelope(rest(sandbox, "POST", "/schemas/associations", {"type": "many", "fromObject": "company",
-                                                                    "toObject": "person"}), 400, "type must be one of")
+    assert_envelope(
+        rest(sandbox, "POST", "/schemas/associations", {"type": "1:M", "fromObject": "company", "toObject": "invoice"}),
+        404,
+        "invoice",
+    )
+    assert_envelope(
+        rest(sandbox, "POST", "/schemas/associations", {"type": "many", "fromObject": "company", "toObject": "person"}),
+        400,
+        "type must be one of",
+    )
 
 
 def test_a_person_or_object_that_goes_takes_its_links_with_it(sandbox):
     ann, bo = add_people(sandbox, {"email": "ann@example.com"}, {"email": "bo@example.com"})
-    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"},
-                                                             {"externalId": "globex"}]).json()["objects"]
+    acme, globex = rest(sandbox, "POST", "/objects/company", [{"externalId": "acme"}, {"externalId": "globex"}]).json()[
+        "objects"
+    ]
     for person, company in ((ann, acme), (bo, acme), (bo, globex)):
         rest(sandbox, "POST", f"/objects/person/{person['id']}/associations/default/company/{company['id']}")
     assert len(sandbox.associations()) == 3
     rest(sandbox, "DELETE", "/people?email=ann@example.com&force=true")
-    assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [(bo["id"], acme["id"]),
-                                                                         (bo["id"], globex["id"])]
+    assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [
+        (bo["id"], acme["id"]),
+        (bo["id"], globex["id"]),
+    ]
     rest(sandbox, "DELETE", "/objects/company/externalId/acme")
     assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [(bo["id"], globex["id"])]
     rest(sandbox, "DELETE", "/people?email=bo@example.com")  # archived: the link stays, for when bo comes back
@@ -810,28 +946,61 @@ def test_seeding_puts_fields_and_associations_in_the_account_without_a_logged_re
         objects={"company": [{"externalId": "acme"}]},
         fields=[{"name": "tier", "type": "string", "enum": ["a", "b"], "allowNewEnumValues": False}],
         object_fields={"company": [{"name": "industry", "type": "string"}]},
-        associations=[{"objectName": "person", "email": "ann@example.com", "targetObjectName": "company",
-                       "targetExternalId": "acme"},
-                      {"objectName": "person", "userId": "u-2", "targetObjectName": "company",
-                       "targetExternalId": "acme", "associationId": 1}])
+        associations=[
+            {
+                "objectName": "person",
+                "email": "ann@example.com",
+                "targetObjectName": "company",
+                "targetExternalId": "acme",
+            },
+            {
+                "objectName": "person",
+                "userId": "u-2",
+                "targetObjectName": "company",
+                "targetExternalId": "acme",
+                "associationId": 1,
+            },
+        ],
+    )
     assert seeded == {"people": 2, "tags": 0, "objects": 1, "fields": 1, "object_fields": 1, "associations": 2}
     assert sandbox.requests() == []
     acme = sandbox.objects("company")[0]["id"]
     ann = sandbox.person(email="ann@example.com")["id"]
     assert [(a["fromId"], a["toId"]) for a in sandbox.associations()] == [
-        (ann, acme), (sandbox.person(userId="u-2")["id"], acme)]
+        (ann, acme),
+        (sandbox.person(userId="u-2")["id"], acme),
+    ]
     # A company names its person by Encharge id; the same link seeded again is still one link.
-    sandbox.seed(associations=[{"objectName": "company", "externalId": "acme", "targetObjectName": "person",
-                                "targetId": ann}])
+    sandbox.seed(
+        associations=[{"objectName": "company", "externalId": "acme", "targetObjectName": "person", "targetId": ann}]
+    )
     assert len(sandbox.associations()) == 2
     assert person_fields(sandbox)["tier"]["allowNewEnumValues"] is False
     assert "industry" in {f["name"] for f in company_schema(sandbox)["fields"]}
-    missing = requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={"associations": [
-        {"objectName": "person", "email": "nobody@example.com", "targetObjectName": "company",
-         "targetExternalId": "acme"}]})
+    missing = requests.post(
+        sandbox.url + "/_sandbox/seed",
+        timeout=10,
+        json={
+            "associations": [
+                {
+                    "objectName": "person",
+                    "email": "nobody@example.com",
+                    "targetObjectName": "company",
+                    "targetExternalId": "acme",
+                }
+            ]
+        },
+    )
     assert_envelope(missing, 404, "nobody@example.com")
-    assert_envelope(requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={"associations": [
-        {"objectName": "person", "targetObjectName": "company", "colour": "red"}]}), 400, "must not contain")
+    assert_envelope(
+        requests.post(
+            sandbox.url + "/_sandbox/seed",
+            timeout=10,
+            json={"associations": [{"objectName": "person", "targetObjectName": "company", "colour": "red"}]},
+        ),
+        400,
+        "must not contain",
+    )
     sandbox.reset()  # created fields go with the account; the built-in ones stay
     assert "tier" not in person_fields(sandbox) and "email" in person_fields(sandbox)
 
@@ -840,8 +1009,9 @@ def test_seeding_puts_fields_and_associations_in_the_account_without_a_logged_re
 
 
 def test_a_person_is_unsubscribed_by_email_user_id_or_id_and_the_summary_says_who(sandbox):
-    ann, bo, cy = add_people(sandbox, {"email": "ann@example.com"}, {"userId": "u-2", "email": "bo@example.com"},
-                             {"email": "cy@example.com"})
+    ann, bo, cy = add_people(
+        sandbox, {"email": "ann@example.com"}, {"userId": "u-2", "email": "bo@example.com"}, {"email": "cy@example.com"}
+    )
     for query in ("email=ANN@example.com", "userId=u-2", f"id={cy['id']}"):
         answer = rest(sandbox, "POST", f"/people/unsubscribe?{query}")
         assert answer.status_code == 204 and answer.content == b"", query
@@ -869,7 +1039,11 @@ def test_unknown_paths_and_methods_are_404_and_logged(sandbox):
     assert_envelope(requests.get(sandbox.ingest_url, headers=INGEST, timeout=10), 404)
     logged = sandbox.requests()
     assert [(r["method"], r["path"], r["status"]) for r in logged] == [
-        ("GET", "/nowhere", 404), ("GET", "/v1/tags", 404), ("GET", "/v1/nope", 404), ("GET", "/ingest/v1", 404)]
+        ("GET", "/nowhere", 404),
+        ("GET", "/v1/tags", 404),
+        ("GET", "/v1/nope", 404),
+        ("GET", "/ingest/v1", 404),
+    ]
     assert logged[0]["query"] == {"x": "1"}
 
 
@@ -906,10 +1080,12 @@ def test_the_request_log_is_bounded_in_entries_and_body_memory():
 
 def test_keep_alive_and_exact_content_length(sandbox):
     conn = http.client.HTTPConnection("127.0.0.1", int(sandbox.url.rsplit(":", 1)[1]), timeout=10)
-    payloads = [("POST", "/v1/people", json.dumps([{"email": "ann@example.com"}])),
-                ("POST", "/v1/tags", json.dumps({"tag": "vip", "email": "ann@example.com"})),
-                ("DELETE", "/v1/tags", json.dumps({"tag": "vip", "email": "ann@example.com"})),
-                ("GET", "/v1/missing", None)]
+    payloads = [
+        ("POST", "/v1/people", json.dumps([{"email": "ann@example.com"}])),
+        ("POST", "/v1/tags", json.dumps({"tag": "vip", "email": "ann@example.com"})),
+        ("DELETE", "/v1/tags", json.dumps({"tag": "vip", "email": "ann@example.com"})),
+        ("GET", "/v1/missing", None),
+    ]
     sockets = set()
     for method, path, body in payloads:
         conn.request(method, path, body=body, headers={**REST, "Content-Type": "application/json"})
@@ -990,8 +1166,13 @@ def test_summary_is_a_readable_table_of_people_tags_objects_events_and_requests(
 
 def test_faults_can_be_set_and_read_over_http(sandbox):
     answer = requests.post(sandbox.url + "/_sandbox/faults", json={"error_rate": 0.5, "rate_limit": 10}, timeout=10)
-    assert answer.json()["faults"] == {"latency_ms": 0, "error_rate": 0.5, "drop_rate": 0.0, "rate_limit": 10,
-                                       "retry_after": 1}
+    assert answer.json()["faults"] == {
+        "latency_ms": 0,
+        "error_rate": 0.5,
+        "drop_rate": 0.0,
+        "rate_limit": 10,
+        "retry_after": 1,
+    }
     assert sandbox.faults["error_rate"] == 0.5
     requests.post(sandbox.url + "/_sandbox/faults", json={"rate_limit": None}, timeout=10)
     assert requests.get(sandbox.url + "/_sandbox/faults", timeout=10).json()["faults"]["rate_limit"] is None
@@ -1044,29 +1225,40 @@ def test_state_shows_tags_archived_and_deleted_people_and_objects(sandbox):
 
 
 def test_seeding_puts_people_tags_and_objects_in_the_account_without_a_logged_request(sandbox):
-    seeded = requests.post(sandbox.url + "/_sandbox/seed", timeout=10, json={
-        "people": [{"email": "ann@example.com", "firstName": "Ann"}, {"userId": "u-2"}],
-        "tags": [{"tag": "added-by-flow", "email": "ann@example.com"}, {"tag": "a,b", "userId": "u-2"}],
-        "objects": {"company": [{"externalId": "acme", "name": "Acme"}]}})
+    seeded = requests.post(
+        sandbox.url + "/_sandbox/seed",
+        timeout=10,
+        json={
+            "people": [{"email": "ann@example.com", "firstName": "Ann"}, {"userId": "u-2"}],
+            "tags": [{"tag": "added-by-flow", "email": "ann@example.com"}, {"tag": "a,b", "userId": "u-2"}],
+            "objects": {"company": [{"externalId": "acme", "name": "Acme"}]},
+        },
+    )
     assert seeded.json() == {"seeded": {"people": 2, "tags": 2, "objects": 1}}
     assert sandbox.person(email="ann@example.com")["tags"] == ["added-by-flow"]
     assert sandbox.person(userId="u-2")["tags"] == ["a", "b"]
     assert [o["name"] for o in sandbox.objects("company")] == ["Acme"]
     assert sandbox.requests() == [] and sandbox.write_counts() == {}
     assert sandbox.seed(tags=[{"tag": "from-python", "email": "ann@example.com"}]) == {
-        "people": 0, "tags": 1, "objects": 0}
+        "people": 0,
+        "tags": 1,
+        "objects": 0,
+    }
     assert sandbox.person(email="ann@example.com")["tags"] == ["added-by-flow", "from-python"]
 
 
-@pytest.mark.parametrize(("body", "status", "says"), [
-    ({"people": [{"firstName": "no identifier"}]}, 400, "body.people[0] needs at least one"),
-    ({"tags": [{"tag": "vip"}]}, 400, "body.tags[0] needs at least one"),
-    ({"tags": [{"tag": "vip", "email": "nobody@example.com"}]}, 404, "nobody@example.com"),
-    ({"objects": {"Company": [{"externalId": "x"}]}}, 404, "case-sensitive"),
-    ({"objects": {"company": {"externalId": "x"}}}, 400, "must be array"),
-    ({"persons": []}, 400, "body"),
-    ([], 400, "body must be object"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"people": [{"firstName": "no identifier"}]}, 400, "body.people[0] needs at least one"),
+        ({"tags": [{"tag": "vip"}]}, 400, "body.tags[0] needs at least one"),
+        ({"tags": [{"tag": "vip", "email": "nobody@example.com"}]}, 404, "nobody@example.com"),
+        ({"objects": {"Company": [{"externalId": "x"}]}}, 404, "case-sensitive"),
+        ({"objects": {"company": {"externalId": "x"}}}, 400, "must be array"),
+        ({"persons": []}, 400, "body"),
+        ([], 400, "body must be object"),
+    ],
+)
 def test_a_seed_that_does_not_fit_the_api_is_refused(sandbox, body, status, says):
     assert_envelope(requests.post(sandbox.url + "/_sandbox/seed", json=body, timeout=10), status, says)
     assert sandbox.objects("company") == []
@@ -1083,7 +1275,11 @@ def test_writes_are_counted_per_endpoint_and_the_log_can_be_cleared_alone(sandbo
     assert requests.get(sandbox.url + "/_sandbox/state", timeout=10).json()["requests"]["writes"] == expected
     writes = requests.get(sandbox.url + "/_sandbox/requests?writes=true", timeout=10).json()["requests"]
     assert [(r["method"], r["path"]) for r in writes] == [
-        ("POST", "/v1/people"), ("POST", "/v1/tags"), ("PUT", "/v1/objects/company"), ("POST", "/ingest/v1")]
+        ("POST", "/v1/people"),
+        ("POST", "/v1/tags"),
+        ("PUT", "/v1/objects/company"),
+        ("POST", "/ingest/v1"),
+    ]
     assert [r["method"] for r in sandbox.requests(limit=2, writes_only=True)] == ["PUT", "POST"]
     # An unchanged rerun is proved by no write after the log is cleared; the account stays.
     assert requests.delete(sandbox.url + "/_sandbox/requests", timeout=10).json() == {"cleared": True}
@@ -1104,8 +1300,11 @@ def test_latency_is_added_to_every_api_answer(sandbox):
     rest(sandbox, "GET", "/accounts/info")
     fast = time.monotonic() - started
     sandbox.set_faults(latency_ms=250)
-    for call in (lambda: rest(sandbox, "GET", "/accounts/info"), lambda: rest(sandbox, "GET", "/unknown"),
-                 lambda: rest(sandbox, "GET", "/accounts/info", token="wrong")):
+    for call in (
+        lambda: rest(sandbox, "GET", "/accounts/info"),
+        lambda: rest(sandbox, "GET", "/unknown"),
+        lambda: rest(sandbox, "GET", "/accounts/info", token="wrong"),
+    ):
         started = time.monotonic()
         call()
         assert 0.24 <= time.monotonic() - started < 2
@@ -1116,8 +1315,9 @@ def test_error_rate_answers_that_share_of_500s_reproducibly_with_a_seed():
     def statuses(seed: int) -> list[int]:
         with Sandbox(error_rate=0.3, seed=seed) as sb:
             session = requests.Session()
-            return [session.get(sb.api_url + "/accounts/info", headers=REST, timeout=10).status_code
-                    for _ in range(300)]
+            return [
+                session.get(sb.api_url + "/accounts/info", headers=REST, timeout=10).status_code for _ in range(300)
+            ]
 
     first, second = statuses(7), statuses(7)
     assert first == second
@@ -1140,8 +1340,10 @@ def test_a_500_has_the_envelope_and_no_effect_on_the_account(sandbox):
 def test_above_the_rate_limit_the_answer_is_429_with_retry_after(sandbox):
     sandbox.set_faults(rate_limit=5, retry_after=3)
     session = requests.Session()
-    answers = [session.post(sandbox.api_url + "/people", json=[{"email": f"p{i}@example.com"}], headers=REST,
-                            timeout=10) for i in range(8)]
+    answers = [
+        session.post(sandbox.api_url + "/people", json=[{"email": f"p{i}@example.com"}], headers=REST, timeout=10)
+        for i in range(8)
+    ]
     assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
     assert all(a.headers["Retry-After"] == "3" for a in answers[5:])
     assert_envelope(answers[5], 429, "retry")
@@ -1150,8 +1352,7 @@ def test_above_the_rate_limit_the_answer_is_429_with_retry_after(sandbox):
     time.sleep(1.05)
     assert session.get(sandbox.api_url + "/accounts/info", headers=REST, timeout=10).status_code == 200
     sandbox.set_faults(rate_limit=0)
-    assert all(session.get(sandbox.api_url + "/fields", headers=REST, timeout=10).status_code == 200
-               for _ in range(10))
+    assert all(session.get(sandbox.api_url + "/fields", headers=REST, timeout=10).status_code == 200 for _ in range(10))
 
 
 def test_dropped_connections_raise_connection_error_and_change_nothing(sandbox):
@@ -1180,11 +1381,9 @@ def test_a_share_of_requests_is_dropped(sandbox):
 
 def test_faults_are_settable_at_start_and_only_given_ones_change():
     with Sandbox(latency_ms=5, error_rate=0.1, drop_rate=0.2, rate_limit=50, retry_after=2) as sb:
-        assert sb.faults == {"latency_ms": 5, "error_rate": 0.1, "drop_rate": 0.2, "rate_limit": 50,
-                             "retry_after": 2}
+        assert sb.faults == {"latency_ms": 5, "error_rate": 0.1, "drop_rate": 0.2, "rate_limit": 50, "retry_after": 2}
         sb.set_faults(error_rate=0.0)
-        assert sb.faults == {"latency_ms": 5, "error_rate": 0.0, "drop_rate": 0.2, "rate_limit": 50,
-                             "retry_after": 2}
+        assert sb.faults == {"latency_ms": 5, "error_rate": 0.0, "drop_rate": 0.2, "rate_limit": 50, "retry_after": 2}
         sb.set_faults(rate_limit=0)
         assert sb.faults["rate_limit"] is None
         with pytest.raises(ValueError):
@@ -1202,9 +1401,24 @@ def sandbox_command() -> list[str]:
 
 
 def test_the_command_serves_until_sigterm_and_prints_a_summary():
-    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--schemas", "company,invoice",
-                                "--api-key", "k1", "--write-key", "w1", "--rate-limit", "1000"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            *sandbox_command(),
+            "--port",
+            "0",
+            "--schemas",
+            "company,invoice",
+            "--api-key",
+            "k1",
+            "--write-key",
+            "w1",
+            "--rate-limit",
+            "1000",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         urls = re.findall(r"http://127\.0\.0\.1:\d+\S*", line)
@@ -1212,14 +1426,30 @@ def test_the_command_serves_until_sigterm_and_prints_a_summary():
         api_url = next(u for u in urls if u.endswith("/v1") and "ingest" not in u)
         ingest_url = next(u for u in urls if u.endswith("/ingest/v1"))
         base = api_url[: -len("/v1")]
-        assert requests.post(api_url + "/people", json=[{"email": "cli@example.com"}],
-                             headers={"X-Encharge-Token": "k1"}, timeout=10).status_code == 200
-        assert requests.post(ingest_url, json={"name": "Ran", "user": {"email": "cli@example.com"}},
-                             headers={"X-Encharge-Token": "w1"}, timeout=10).status_code == 200
-        assert requests.get(api_url + "/schemas", headers={"X-Encharge-Token": "k1"},
-                            timeout=10).json()["objects"][1]["name"] == "invoice"
-        summary = subprocess.run([*sandbox_command(), "summary", "--url", base], capture_output=True, text=True,
-                                 timeout=30)
+        assert (
+            requests.post(
+                api_url + "/people", json=[{"email": "cli@example.com"}], headers={"X-Encharge-Token": "k1"}, timeout=10
+            ).status_code
+            == 200
+        )
+        assert (
+            requests.post(
+                ingest_url,
+                json={"name": "Ran", "user": {"email": "cli@example.com"}},
+                headers={"X-Encharge-Token": "w1"},
+                timeout=10,
+            ).status_code
+            == 200
+        )
+        assert (
+            requests.get(api_url + "/schemas", headers={"X-Encharge-Token": "k1"}, timeout=10).json()["objects"][1][
+                "name"
+            ]
+            == "invoice"
+        )
+        summary = subprocess.run(
+            [*sandbox_command(), "summary", "--url", base], capture_output=True, text=True, timeout=30
+        )
         assert summary.returncode == 0, summary.stderr
         assert "cli@example.com" in summary.stdout and "Ran" in summary.stdout
         assert "rate_limit=1000" in summary.stdout
@@ -1232,8 +1462,12 @@ def test_the_command_serves_until_sigterm_and_prints_a_summary():
 
 
 def test_the_command_applies_fault_flags():
-    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--error-rate", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*sandbox_command(), "--port", "0", "--error-rate", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
         answer = requests.get(base + "/v1/accounts/info", headers=REST, timeout=10)
@@ -1244,26 +1478,36 @@ def test_the_command_applies_fault_flags():
 
 
 def test_the_command_refuses_non_loopback_hosts_and_reports_a_missing_sandbox():
-    refused = subprocess.run([*sandbox_command(), "--host", "0.0.0.0", "--port", "0"],  # noqa: S104 - refused
-                             capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [*sandbox_command(), "--host", "0.0.0.0", "--port", "0"],  # noqa: S104 - refused
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert refused.returncode == 2 and "loopback" in refused.stderr
     with Sandbox() as sb:
         free_url = sb.url
-    missing = subprocess.run([*sandbox_command(), "summary", "--url", free_url], capture_output=True, text=True,
-                             timeout=30)
+    missing = subprocess.run(
+        [*sandbox_command(), "summary", "--url", free_url], capture_output=True, text=True, timeout=30
+    )
     assert missing.returncode == 1 and "no sandbox answering" in missing.stderr
 
 
 def test_the_command_takes_the_account_and_the_duplicate_mode():
-    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--account-id", "77", "--account-name", "Acme Ltd",
-                                "--duplicate-objects"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*sandbox_command(), "--port", "0", "--account-id", "77", "--account-name", "Acme Ltd", "--duplicate-objects"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
         info = requests.get(base + "/v1/accounts/info", headers=REST, timeout=10).json()
         assert (info["accountId"], info["name"]) == (77, "Acme Ltd")
         for _ in range(2):
-            answer = requests.post(base + "/v1/objects/company", json=[{"externalId": "acme"}], headers=REST,
-                                   timeout=10)
+            answer = requests.post(
+                base + "/v1/objects/company", json=[{"externalId": "acme"}], headers=REST, timeout=10
+            )
             assert answer.status_code == 200
         assert requests.get(base + "/_sandbox/options", timeout=10).json() == {"options": {"duplicate_objects": True}}
     finally:
@@ -1272,20 +1516,28 @@ def test_the_command_takes_the_account_and_the_duplicate_mode():
 
 
 def test_the_command_takes_the_drop_unknown_fields_policy():
-    process = subprocess.Popen([*sandbox_command(), "--port", "0", "--drop-unknown-fields"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*sandbox_command(), "--port", "0", "--drop-unknown-fields"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         base = re.search(r"http://127\.0\.0\.1:\d+", process.stdout.readline()).group(0)
-        answer = requests.post(base + "/v1/people", json=[{"email": "a@example.com", "plan": "pro"}], headers=REST,
-                               timeout=10)
+        answer = requests.post(
+            base + "/v1/people", json=[{"email": "a@example.com", "plan": "pro"}], headers=REST, timeout=10
+        )
         assert answer.status_code == 200 and "plan" not in answer.json()["users"][0]
         assert requests.get(base + "/_sandbox/field-policy", timeout=10).json() == {
-            "fieldPolicy": {"drop_unknown_fields": True}}
-        summary = subprocess.run([*sandbox_command(), "summary", "--url", base], capture_output=True, text=True,
-                                 timeout=30)
+            "fieldPolicy": {"drop_unknown_fields": True}
+        }
+        summary = subprocess.run(
+            [*sandbox_command(), "summary", "--url", base], capture_output=True, text=True, timeout=30
+        )
         assert summary.returncode == 0 and "person.plan x1" in summary.stdout
-        bad = subprocess.run([*sandbox_command(), "summary", "--url", "file:///etc/passwd"], capture_output=True,
-                             text=True, timeout=30)
+        bad = subprocess.run(
+            [*sandbox_command(), "summary", "--url", "file:///etc/passwd"], capture_output=True, text=True, timeout=30
+        )
         assert bad.returncode == 2 and "http://" in bad.stderr and "root:" not in bad.stdout
     finally:
         process.terminate()

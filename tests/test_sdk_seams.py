@@ -92,8 +92,10 @@ def test_a_state_message_reaches_our_hook_and_waits_for_the_records_before_it(mo
     seen = []
     original = TargetEncharge.on_state
     monkeypatch.setattr(TargetEncharge, "on_state", lambda self, state: (seen.append(state), original(self, state)))
-    _, out = _run({**DRY, "dry_run": False, "api_url": "http://127.0.0.1:9/v1", "preview_path": None},
-                  {"type": "STATE", "value": {"bookmarks": {"a": 1}}})
+    _, out = _run(
+        {**DRY, "dry_run": False, "api_url": "http://127.0.0.1:9/v1", "preview_path": None},
+        {"type": "STATE", "value": {"bookmarks": {"a": 1}}},
+    )
     assert seen == [{"bookmarks": {"a": 1}}]
     assert json.loads(out.splitlines()[-1]) == {"bookmarks": {"a": 1}}  # written by our gate, once
     assert out.count("bookmarks") == 1  # the SDK's own STATE writer (at its drain) wrote nothing
@@ -109,13 +111,20 @@ def test_dates_are_parsed_by_our_narrowed_hook(monkeypatch, tmp_path):
         assert isinstance(record["createdAt"], datetime.datetime)
 
     monkeypatch.setattr(SeamSink, "_parse_timestamps_in_record", spy)
-    schema = {"type": "object", "properties": {"email": {"type": "string"},
-                                               "createdAt": {"type": "string", "format": "date-time"}}}
+    schema = {
+        "type": "object",
+        "properties": {"email": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"}},
+    }
     previews = tmp_path / "previews.jsonl"  # previews never go to stdout
-    _run({**DRY, "preview_path": str(previews)},
-         {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": []},
-         {"type": "RECORD", "stream": "people",
-          "record": {"email": "a@example.com", "createdAt": "2024-01-02T03:04:05+00:00"}})
+    _run(
+        {**DRY, "preview_path": str(previews)},
+        {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": []},
+        {
+            "type": "RECORD",
+            "stream": "people",
+            "record": {"email": "a@example.com", "createdAt": "2024-01-02T03:04:05+00:00"},
+        },
+    )
     assert calls, "the SDK no longer calls _parse_timestamps_in_record"
     (preview,) = [json.loads(line) for line in previews.read_text().splitlines() if line.strip()]
     assert preview["body"] == [{"email": "a@example.com", "createdAt": "2024-01-02T03:04:05Z"}]  # ISO 8601 again
@@ -154,10 +163,16 @@ def test_a_batch_message_reaches_our_hook_and_its_records_go_as_records(tmp_path
     rows.write_text('{"email": "a@example.com"}\n{"email": "b@example.com"}\n')
     previews = tmp_path / "previews.jsonl"
     schema = {"type": "object", "properties": {"email": {"type": "string"}}}
-    _run({**DRY, "preview_path": str(previews), "batch_records": False},
-         {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": ["email"]},
-         {"type": "BATCH", "stream": "people", "encoding": {"format": "jsonl", "compression": "none"},
-          "manifest": [rows.as_uri()]})
+    _run(
+        {**DRY, "preview_path": str(previews), "batch_records": False},
+        {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": ["email"]},
+        {
+            "type": "BATCH",
+            "stream": "people",
+            "encoding": {"format": "jsonl", "compression": "none"},
+            "manifest": [rows.as_uri()],
+        },
+    )
     bodies = [json.loads(line)["body"] for line in previews.read_text().splitlines()]
     assert bodies == [[{"email": "a@example.com"}], [{"email": "b@example.com"}]], "BATCH records vanished"
 

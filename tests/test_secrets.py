@@ -43,8 +43,11 @@ def leaks(text: str, keys: tuple[str, ...] = KEYS) -> list[str]:
 
 def everything_written(run) -> str:
     """stdout, stderr and every file the run wrote (its config, which holds the keys, aside)."""
-    files = [p.read_bytes().decode("utf-8", "replace")  # the sync ledger (SQLite) too
-             for p in sorted(run.workdir.iterdir()) if p.name != "config.json"]
+    files = [
+        p.read_bytes().decode("utf-8", "replace")  # the sync ledger (SQLite) too
+        for p in sorted(run.workdir.iterdir())
+        if p.name != "config.json"
+    ]
     return "\n".join([run.stdout, run.stderr, *files])
 
 
@@ -56,8 +59,23 @@ class VerboseSandbox:
         self.out_path, self.err_path = workdir / "sandbox.out", workdir / "sandbox.err"
         with self.out_path.open("w") as out, self.err_path.open("w") as err:  # files: a full pipe would block it
             self.process = subprocess.Popen(
-                [exe, "--verbose", "--port", "0", "--api-key", API_KEY, "--write-key", WRITE_KEY,
-                 "--error-rate", "0.15", "--seed", "11"], stdout=out, stderr=err)
+                [
+                    exe,
+                    "--verbose",
+                    "--port",
+                    "0",
+                    "--api-key",
+                    API_KEY,
+                    "--write-key",
+                    WRITE_KEY,
+                    "--error-rate",
+                    "0.15",
+                    "--seed",
+                    "11",
+                ],
+                stdout=out,
+                stderr=err,
+            )
         deadline = time.monotonic() + 30
         while "Ingest" not in self.out_path.read_text():
             assert self.process.poll() is None and time.monotonic() < deadline, self.err_path.read_text()
@@ -115,8 +133,10 @@ ROUTES = {
 }
 
 RUNS = {
-    "dead letters and the response stream in files": {"response_output": "stream",
-                                                       "response_stream_path": "@work/responses.jsonl"},
+    "dead letters and the response stream in files": {
+        "response_output": "stream",
+        "response_stream_path": "@work/responses.jsonl",
+    },
     "the response stream on stdout": {"response_output": "stream", "response_stream_path": "-"},
     "the summary in STATE": {"response_output": "state"},
     "a dry run, previews on stdout": {"dry_run": True},
@@ -128,8 +148,16 @@ RUNS = {
 def test_no_key_shows_in_any_output_of_any_run_nor_in_the_sandbox_logs(verbose_sandbox):
     written = []
     for name, settings in RUNS.items():
-        config = sandbox_config(verbose_sandbox, api_key=API_KEY, write_key=WRITE_KEY, streams=ROUTES,
-                                max_failures=-1, max_retries=10, dead_letter_path="@work/dead.jsonl", **settings)
+        config = sandbox_config(
+            verbose_sandbox,
+            api_key=API_KEY,
+            write_key=WRITE_KEY,
+            streams=ROUTES,
+            max_failures=-1,
+            max_retries=10,
+            dead_letter_path="@work/dead.jsonl",
+            **settings,
+        )
         run = run_target(config, every_kind_of_record(), env=DEBUG)
         assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
         assert " | DEBUG " in run.stderr  # the scan covers debug logging
@@ -168,13 +196,17 @@ def test_a_key_passed_in_the_query_is_not_printed_by_the_sandbox(verbose_sandbox
     assert leaks(verbose_sandbox.stop()) == []
 
 
-@pytest.mark.parametrize("setting", [
-    pytest.param({"api_url": f"http://api.example.com/v1?token={API_KEY}"}, id="a key in api_url"),
-    pytest.param({"endpoint": "manual", "url": f"http://hooks.example.com/in?key={WRITE_KEY}"},
-                 id="a key in a manual url"),
-    pytest.param({"request_headers": f"Authorization {API_KEY}"}, id="a key in a malformed header"),
-    pytest.param({"endpoint": "create_custom_object", "object_name": WRITE_KEY}, id="a key as object_name"),
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        pytest.param({"api_url": f"http://api.example.com/v1?token={API_KEY}"}, id="a key in api_url"),
+        pytest.param(
+            {"endpoint": "manual", "url": f"http://hooks.example.com/in?key={WRITE_KEY}"}, id="a key in a manual url"
+        ),
+        pytest.param({"request_headers": f"Authorization {API_KEY}"}, id="a key in a malformed header"),
+        pytest.param({"endpoint": "create_custom_object", "object_name": WRITE_KEY}, id="a key as object_name"),
+    ],
+)
 def test_a_reason_to_stop_that_quotes_a_setting_masks_the_keys(setting):
     with Sandbox(api_key=API_KEY, write_key=WRITE_KEY) as encharge:
         config = {**sandbox_config(encharge), "api_key": API_KEY, "write_key": WRITE_KEY, **setting}
@@ -196,20 +228,27 @@ def foreign() -> t.Iterator[Sandbox]:
 
 
 def host_port(sb: Sandbox) -> str:
-    return sb.url[len("http://"):]
+    return sb.url[len("http://") :]
 
 
-@pytest.mark.parametrize("spelling", [
-    "{foreign}/hooks/people",
-    "{foreign}/v1/people",
-    "{foreign}/ingest/v1",
-    "http://localhost:{foreign_port}/v1/people",
-    "http://{encharge}@{foreign_host}/v1/people",  # userinfo that looks like the Encharge host
-    "http://{foreign_host}\\@{encharge}/v1/people",  # a backslash: urllib3 connects to the first host
-])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "{foreign}/hooks/people",
+        "{foreign}/v1/people",
+        "{foreign}/ingest/v1",
+        "http://localhost:{foreign_port}/v1/people",
+        "http://{encharge}@{foreign_host}/v1/people",  # userinfo that looks like the Encharge host
+        "http://{foreign_host}\\@{encharge}/v1/people",  # a backslash: urllib3 connects to the first host
+    ],
+)
 def test_the_token_never_reaches_another_host_however_its_url_is_spelled(sandbox, foreign, spelling):
-    url = spelling.format(foreign=foreign.url, foreign_host=host_port(foreign), encharge=host_port(sandbox),
-                          foreign_port=host_port(foreign).rsplit(":", 1)[1])
+    url = spelling.format(
+        foreign=foreign.url,
+        foreign_host=host_port(foreign),
+        encharge=host_port(sandbox),
+        foreign_port=host_port(foreign).rsplit(":", 1)[1],
+    )
     run = run_target(sandbox_config(sandbox, endpoint="manual", url=url, max_failures=-1), people(2), env=DEBUG)
     assert run.returncode == 0, run.stderr
     calls = foreign.requests()
@@ -222,8 +261,10 @@ def test_the_token_never_reaches_another_host_however_its_url_is_spelled(sandbox
 
 def test_plain_http_is_refused_to_any_host_but_this_machine_however_the_url_is_spelled(sandbox):
     # urllib.parse reads 127.0.0.1 here; the connection would go to api.example.com, in the clear
-    for setting in ({"api_url": f"http://api.example.com\\@{host_port(sandbox)}/v1"},
-                    {"endpoint": "manual", "url": f"http://hooks.example.com\\@{host_port(sandbox)}/v1/people"}):
+    for setting in (
+        {"api_url": f"http://api.example.com\\@{host_port(sandbox)}/v1"},
+        {"endpoint": "manual", "url": f"http://hooks.example.com\\@{host_port(sandbox)}/v1/people"},
+    ):
         run = run_target({**sandbox_config(sandbox), **setting}, people(1))
         assert run.returncode == 1
         assert "must be an https URL" in run.error_line
@@ -274,12 +315,24 @@ def redirector(foreign) -> t.Iterator[ThreadingHTTPServer]:
 def test_a_redirect_from_encharge_to_another_host_drops_the_token(redirector, foreign, status, stream):
     redirector.status = status
     base = f"http://{redirector.server_address[0]}:{redirector.server_address[1]}"
-    config = {"api_key": SANDBOX_KEYS[0], "write_key": SANDBOX_KEYS[1], "api_url": base + "/v1",
-              "ingest_url": base + "/ingest/v1", "retry_backoff": 0.01, "max_retries": 1, "max_failures": -1,
-              "streams": {"events": {"endpoint": "track_event"}}}
-    messages = people(1) if stream == "people" else [
-        schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
-        record("events", {"name": "Signed up", "email": "a@example.com"})]
+    config = {
+        "api_key": SANDBOX_KEYS[0],
+        "write_key": SANDBOX_KEYS[1],
+        "api_url": base + "/v1",
+        "ingest_url": base + "/ingest/v1",
+        "retry_backoff": 0.01,
+        "max_retries": 1,
+        "max_failures": -1,
+        "streams": {"events": {"endpoint": "track_event"}},
+    }
+    messages = (
+        people(1)
+        if stream == "people"
+        else [
+            schema("events", {"name": {"type": "string"}, "email": {"type": "string"}}),
+            record("events", {"name": "Signed up", "email": "a@example.com"}),
+        ]
+    )
     run = run_target(config, messages, env=DEBUG)
     sent = [s for s in redirector.seen if s[0] == "POST"]
     assert sent and all(token == SANDBOX_KEYS[stream == "events"] for _, _, token in sent)  # Encharge got its key
@@ -293,13 +346,20 @@ def test_a_redirect_from_encharge_to_another_host_drops_the_token(redirector, fo
 
 @pytest.mark.subprocess  # --config ENV
 def test_keys_given_as_environment_variables_do_not_show_either(sandbox, tmp_path):
-    env = {**os.environ, **DEBUG, "TARGET_ENCHARGE_API_KEY": SANDBOX_KEYS[0],
-           "TARGET_ENCHARGE_WRITE_KEY": SANDBOX_KEYS[1], "TARGET_ENCHARGE_API_URL": sandbox.api_url,
-           "TARGET_ENCHARGE_INGEST_URL": sandbox.ingest_url, "TARGET_ENCHARGE_RESPONSE_OUTPUT": "state"}
+    env = {
+        **os.environ,
+        **DEBUG,
+        "TARGET_ENCHARGE_API_KEY": SANDBOX_KEYS[0],
+        "TARGET_ENCHARGE_WRITE_KEY": SANDBOX_KEYS[1],
+        "TARGET_ENCHARGE_API_URL": sandbox.api_url,
+        "TARGET_ENCHARGE_INGEST_URL": sandbox.ingest_url,
+        "TARGET_ENCHARGE_RESPONSE_OUTPUT": "state",
+    }
     exe = shutil.which("target-encharge") or str(Path(sys.executable).parent / "target-encharge")
     data = "".join(json.dumps(m) + "\n" for m in [*people(2), state({"n": 2})]).encode()
-    proc = subprocess.run([exe, "--config", "ENV"], input=data, capture_output=True, env=env, cwd=tmp_path,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [exe, "--config", "ENV"], input=data, capture_output=True, env=env, cwd=tmp_path, timeout=120, check=False
+    )
     output = (proc.stdout + proc.stderr).decode()
     assert proc.returncode == 0, output
     assert len(sandbox.people()) == 2
@@ -315,10 +375,13 @@ def test_a_key_of_the_wrong_type_is_refused_without_showing_it():
         assert key not in run.stderr + run.stdout
 
 
-@pytest.mark.parametrize("ledger_url", [
-    "postgresql://ledger:pass%40word-9@127.0.0.1:5432/ledger",
-    "postgresql://ledger@127.0.0.1:5432/ledger?password=pass%40word-9",
-])
+@pytest.mark.parametrize(
+    "ledger_url",
+    [
+        "postgresql://ledger:pass%40word-9@127.0.0.1:5432/ledger",
+        "postgresql://ledger@127.0.0.1:5432/ledger?password=pass%40word-9",
+    ],
+)
 def test_the_ledger_password_is_a_secret_in_either_place_a_url_carries_it(ledger_url):
     secrets = RunSettings.from_config({"ledger_url": ledger_url}).secrets
     assert "pass%40word-9" in secrets and "pass@word-9" in secrets  # as written and percent-decoded

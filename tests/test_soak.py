@@ -25,9 +25,11 @@ ENDPOINTS = {"people": "POST /v1/people", "tags": "POST /v1/tags", "events": "PO
 
 def soak_input() -> list[dict]:
     """3,500 people; for 750 of them (each well after its own record) a tag and an event; a STATE every 250."""
-    messages = [schema("people", PERSON_PROPS, ["email"]),
-                schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}}),
-                schema("events", {"name": {"type": "string"}, "email": {"type": "string"}, "n": {"type": "integer"}})]
+    messages = [
+        schema("people", PERSON_PROPS, ["email"]),
+        schema("tags", {"email": {"type": "string"}, "tag": {"type": "string"}}),
+        schema("events", {"name": {"type": "string"}, "email": {"type": "string"}, "n": {"type": "integer"}}),
+    ]
     tagged = 0
     for i in range(PEOPLE):
         messages.append(record("people", {"email": f"s{i}@example.com", "firstName": f"Soak {i}", "score": i}))
@@ -48,12 +50,13 @@ def summary_table(stderr: str) -> dict[str, dict[str, int]]:
     start = max(i for i, line in enumerate(lines) if re.match(r"stream\s+records\s+calls\s+succeeded", line))
     header = lines[start].split()
     table = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         cells = line.split()
         if len(cells) != len(header) or not all(re.fullmatch(r"[\d,]+", c) for c in cells[1:]):
             break
-        table[cells[0]] = {name: int(value.replace(",", ""))
-                           for name, value in zip(header[1:], cells[1:], strict=False)}
+        table[cells[0]] = {
+            name: int(value.replace(",", "")) for name, value in zip(header[1:], cells[1:], strict=False)
+        }
     return table
 
 
@@ -64,9 +67,11 @@ def test_five_thousand_records_under_500s_drops_and_429s_all_arrive_once_and_are
             max_concurrency=8,
             max_retries=100,  # patience: a tight rate limit can answer one call 429 many times in a row
             request_timeout=60,  # no timeouts: a call Encharge took is never sent again
-            streams={"people": {"batch_records": True, "batch_size": 25},
-                     "tags": {"endpoint": "add_tag"},
-                     "events": {"endpoint": "track_event"}},
+            streams={
+                "people": {"batch_records": True, "batch_size": 25},
+                "tags": {"endpoint": "add_tag"},
+                "events": {"endpoint": "track_event"},
+            },
             response_output="stream",
             response_stream_path="@work/responses.jsonl",
             dead_letter_path="@work/dead.jsonl",

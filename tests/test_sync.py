@@ -102,8 +102,9 @@ def objects(n: int, changed: t.Iterable[int] = (), start: int = 0) -> list[dict]
 @pytest.mark.parametrize("duplicates", [False, True], ids=["409-on-create", "stores-duplicates"])
 def test_custom_objects_resync_with_changes_and_never_duplicate(sandbox, ledger_url, duplicates):
     sandbox.set_options(duplicate_objects=duplicates)
-    config = synced(sandbox, ledger_url, endpoint="create_custom_object", object_name="company",
-                    dead_letter_path="@work/dead.jsonl")
+    config = synced(
+        sandbox, ledger_url, endpoint="create_custom_object", object_name="company", dead_letter_path="@work/dead.jsonl"
+    )
     first = run_target(config, objects(40))
     assert first.returncode == 0, first.stderr
     for _ in range(2):  # again and again: 5 changed, 5 new
@@ -118,8 +119,9 @@ def test_custom_objects_resync_with_changes_and_never_duplicate(sandbox, ledger_
 
 def test_an_object_in_encharge_but_not_in_the_ledger_is_updated_not_failed(sandbox, ledger_url):
     sandbox.seed(objects={"company": [{"externalId": "c1", "name": "Old name"}]})
-    config = synced(sandbox, ledger_url, endpoint="create_custom_object", object_name="company",
-                    dead_letter_path="@work/dead.jsonl")
+    config = synced(
+        sandbox, ledger_url, endpoint="create_custom_object", object_name="company", dead_letter_path="@work/dead.jsonl"
+    )
     run = run_target(config, [*objects(3), state({"b": 1})])
     assert run.returncode == 0, run.stderr
     assert run.file_lines("dead.jsonl") == []
@@ -131,8 +133,15 @@ def test_an_object_in_encharge_but_not_in_the_ledger_is_updated_not_failed(sandb
 
 def test_failures_that_can_pass_are_delivered_by_the_next_run(sandbox, ledger_url):
     sandbox.set_faults(error_rate=0.3)
-    config = synced(sandbox, ledger_url, max_retries=0, max_failures=-1, batch_records=False, max_concurrency=1,
-                    dead_letter_path="@work/dead.jsonl")
+    config = synced(
+        sandbox,
+        ledger_url,
+        max_retries=0,
+        max_failures=-1,
+        batch_records=False,
+        max_concurrency=1,
+        dead_letter_path="@work/dead.jsonl",
+    )
     first = run_target(config, [*people(40), state({"b": 1})])
     failed = {d["record"]["email"] for d in first.file_lines("dead.jsonl")}
     assert failed, "the sandbox should have failed some calls"
@@ -149,8 +158,10 @@ def test_failures_that_can_pass_are_delivered_by_the_next_run(sandbox, ledger_ur
 
 def test_records_refused_for_their_content_wait_for_the_source(sandbox, ledger_url):
     config = synced(sandbox, ledger_url, max_failures=-1, dead_letter_path="@work/dead.jsonl")
-    bad = [schema("people", {"email": {"type": "string"}, "userId": {"type": "integer"}}, ["email"]),
-           record("people", {"email": "a@example.com", "userId": 5})]
+    bad = [
+        schema("people", {"email": {"type": "string"}, "userId": {"type": "integer"}}, ["email"]),
+        record("people", {"email": "a@example.com", "userId": 5}),
+    ]
     run_target(config, bad)
     sandbox.clear_requests()
     again = run_target(config, [schema("people", PERSON_PROPS, ["email"]), state({"b": 1})])
@@ -188,8 +199,13 @@ def test_events_with_an_id_once_across_kill_9_and_resume(sandbox, tmp_path):
     config = synced(sandbox, ledger, endpoint="track_event", max_concurrency=2)
     (tmp_path / "config.json").write_text(json.dumps(config))
     sandbox.set_faults(latency_ms=30)
-    proc = subprocess.Popen([*target_command(), "--config", str(tmp_path / "config.json")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [*target_command(), "--config", str(tmp_path / "config.json")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     proc.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in events(200)))  # type: ignore[union-attr]
     proc.stdin.flush()  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
@@ -212,8 +228,7 @@ def test_a_dry_run_reads_the_ledger_and_never_writes_it(sandbox, ledger_url, tmp
     assert run_target(synced(sandbox, ledger_url), people(20)).returncode == 0
     status_before = ledger_status(ledger_url, tmp_path)
     previews = tmp_path / "previews.jsonl"
-    run = run_target(synced(sandbox, ledger_url, dry_run=True, preview_path=str(previews)),
-                     changed_people(20, [3, 4]))
+    run = run_target(synced(sandbox, ledger_url, dry_run=True, preview_path=str(previews)), changed_people(20, [3, 4]))
     assert run.returncode == 0, run.stderr
     shown = [p for line in previews.read_text().splitlines() for p in (json.loads(line).get("body") or [])]
     assert sorted(p["email"] for p in shown) == ["p3@example.com", "p4@example.com"]
@@ -226,8 +241,9 @@ def test_a_dry_run_reads_the_ledger_and_never_writes_it(sandbox, ledger_url, tmp
 def ledger_status(ledger_url: str, tmp_path: Path) -> str:
     (tmp_path / "ledger-config.json").write_text(json.dumps({"ledger_url": ledger_url}))
     exe = str(Path(target_command()[0]).parent / "target-encharge-ledger")
-    done = subprocess.run([exe, "status", "--config", str(tmp_path / "ledger-config.json")], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [exe, "status", "--config", str(tmp_path / "ledger-config.json")], capture_output=True, text=True, check=True
+    )
     return done.stdout
 
 
@@ -235,8 +251,11 @@ def test_forget_then_the_next_run_sends_everything_again(sandbox, ledger_url, tm
     assert run_target(synced(sandbox, ledger_url), people(10)).returncode == 0
     assert "people" in ledger_status(ledger_url, tmp_path)
     exe = str(Path(target_command()[0]).parent / "target-encharge-ledger")
-    subprocess.run([exe, "forget", "--stream", "people", "--config", str(tmp_path / "ledger-config.json")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [exe, "forget", "--stream", "people", "--config", str(tmp_path / "ledger-config.json")],
+        check=True,
+        capture_output=True,
+    )
     sandbox.clear_requests()
     assert run_target(synced(sandbox, ledger_url), people(10)).returncode == 0
     assert sum(len(r["body"]) for r in sandbox.requests(writes_only=True)) == 10
@@ -255,8 +274,10 @@ def test_replayed_dead_letters_are_delivered_after_the_data_is_fixed(sandbox, le
 
 
 def test_another_account_starts_from_nothing(ledger_url):
-    with Sandbox(api_key="sandbox-api-key", write_key="sandbox-write-key", account_id=1) as one, \
-            Sandbox(api_key="sandbox-api-key", write_key="sandbox-write-key", account_id=2) as two:
+    with (
+        Sandbox(api_key="sandbox-api-key", write_key="sandbox-write-key", account_id=1) as one,
+        Sandbox(api_key="sandbox-api-key", write_key="sandbox-write-key", account_id=2) as two,
+    ):
         assert run_target(synced(one, ledger_url), people(5)).returncode == 0
         assert run_target(synced(two, ledger_url), people(5)).returncode == 0
         assert len(two.people()) == 5
@@ -299,6 +320,7 @@ def test_deliveries_from_many_workers_share_commits_and_none_is_lost(tmp_path):
     scope = Scope("1@sandbox", "create_or_update_person", "people")
     commits = []
     with SyncLedger.open(str(tmp_path / "ledger.db")) as ledger:
+
         def write(rows):
             commits.append(len(rows))
             ledger.mark_delivered(scope, rows)
@@ -332,8 +354,9 @@ def test_an_unchanged_rerun_on_sqlite_never_imports_sqlalchemy(sandbox, tmp_path
     for settings in ({}, {"dry_run": True}):
         again = run_target_process({**config, **settings}, people(20), env={"PYTHONPROFILEIMPORTTIME": "1"})
         assert again.returncode == 0, again.stderr
-        imported = [line.split("|")[-1].strip() for line in again.stderr.splitlines()
-                    if line.startswith("import time:")]
+        imported = [
+            line.split("|")[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")
+        ]
         assert "target_encharge.ledger.store" in imported  # (the import times are there to be read)
         assert not [name for name in imported if name.split(".")[0] == "sqlalchemy"]
         assert sandbox.write_counts() == {}  # unchanged: nothing sent

@@ -28,15 +28,19 @@ def _postgres_customers(url: str, count: int) -> None:
 
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("CREATE TABLE customers (customer_id INT PRIMARY KEY, email TEXT NOT NULL, plan TEXT)")
-        connection.execute("INSERT INTO customers SELECT i, 'p' || i || '@example.com', 'pro'"
-                           " FROM generate_series(1, %s) i", (count,))
+        connection.execute(
+            "INSERT INTO customers SELECT i, 'p' || i || '@example.com', 'pro' FROM generate_series(1, %s) i", (count,)
+        )
 
 
 def _mariadb_customers(server, database: str, count: int) -> None:
-    server.execute("CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL,"
-                   " plan VARCHAR(20));"
-                   " INSERT INTO customers SELECT seq, CONCAT('p', seq, '@example.com'), 'pro'"
-                   f" FROM seq_1_to_{count};", database)
+    server.execute(
+        "CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL,"
+        " plan VARCHAR(20));"
+        " INSERT INTO customers SELECT seq, CONCAT('p', seq, '@example.com'), 'pro'"
+        f" FROM seq_1_to_{count};",
+        database,
+    )
 
 
 def _versions(records: list[dict]) -> set:
@@ -46,8 +50,7 @@ def _versions(records: list[dict]) -> set:
 # MeltanoLabs tap-postgres (singer-sdk)
 
 
-def test_tap_postgres_announces_the_version_before_its_records_and_sends_nothing_after(postgres_server,
-                                                                                      postgres_url):
+def test_tap_postgres_announces_the_version_before_its_records_and_sends_nothing_after(postgres_server, postgres_url):
     _postgres_customers(postgres_url, 5)
     before = int(time.time())
     run = run_tap_postgres(postgres_server, postgres_url, ["customers"])
@@ -70,15 +73,15 @@ def test_tap_postgres_sends_no_activate_version_and_no_record_version_unless_tol
 
 
 def test_tap_postgres_does_not_list_emit_activate_version_messages_in_its_about():
-    about = subprocess.run([executable("tap-postgres"), "--about", "--format=json"], capture_output=True,
-                           check=True, timeout=60)
+    about = subprocess.run(
+        [executable("tap-postgres"), "--about", "--format=json"], capture_output=True, check=True, timeout=60
+    )
     settings = json.loads(about.stdout)["settings"]["properties"]
     assert "emit_activate_version_messages" not in settings  # under Meltano, a custom setting
     assert "activate-version" in json.loads(about.stdout)["capabilities"]
 
 
-def test_tap_postgres_records_reach_encharge_through_the_target_in_upsert_mode(postgres_server, postgres_url,
-                                                                              sandbox):
+def test_tap_postgres_records_reach_encharge_through_the_target_in_upsert_mode(postgres_server, postgres_url, sandbox):
     _postgres_customers(postgres_url, 5)
     tap = run_tap_postgres(postgres_server, postgres_url, ["customers"])
     run = run_target(sandbox_config(sandbox), tap.lines())
@@ -90,12 +93,21 @@ def test_tap_postgres_records_reach_encharge_through_the_target_in_upsert_mode(p
 # singer-io tap-mysql
 
 
-def test_tap_mysql_first_full_table_activates_its_version_before_and_after_the_records(mariadb_server,
-                                                                                      mariadb_database):
+def test_tap_mysql_first_full_table_activates_its_version_before_and_after_the_records(
+    mariadb_server, mariadb_database
+):
     _mariadb_customers(mariadb_server, mariadb_database, 5)
     run = run_tap_mysql(mariadb_server, mariadb_database, ["customers"])
-    assert run.kinds() == ["STATE", "SCHEMA", "ACTIVATE_VERSION", "RECORD", "STATE", "ACTIVATE_VERSION", "STATE",
-                           "STATE"]
+    assert run.kinds() == [
+        "STATE",
+        "SCHEMA",
+        "ACTIVATE_VERSION",
+        "RECORD",
+        "STATE",
+        "ACTIVATE_VERSION",
+        "STATE",
+        "STATE",
+    ]
     first, last = run.of_type("ACTIVATE_VERSION")
     assert first["version"] == last["version"]
     assert _versions(run.records()) == {first["version"]}
@@ -115,7 +127,8 @@ def test_tap_mysql_first_full_table_activates_its_version_before_and_after_the_r
 
 @pytest.mark.parametrize("completed_before", [False, True], ids=["first-table", "after-a-complete-one"])
 def test_tap_mysql_resumes_a_killed_full_table_past_last_pk_fetched_under_a_new_version(
-        mariadb_server, mariadb_database, completed_before):
+    mariadb_server, mariadb_database, completed_before
+):
     _mariadb_customers(mariadb_server, mariadb_database, ROWS)
     stream_id = f"{mariadb_database}-customers"
     state = None
@@ -146,8 +159,7 @@ def test_tap_mysql_resumes_a_killed_full_table_past_last_pk_fetched_under_a_new_
     assert resumed.last_state["bookmarks"][stream_id] == {"initial_full_table_complete": True}
 
 
-def test_tap_mysql_records_reach_encharge_through_the_target_in_upsert_mode(mariadb_server, mariadb_database,
-                                                                           sandbox):
+def test_tap_mysql_records_reach_encharge_through_the_target_in_upsert_mode(mariadb_server, mariadb_database, sandbox):
     _mariadb_customers(mariadb_server, mariadb_database, 5)
     tap = run_tap_mysql(mariadb_server, mariadb_database, ["customers"])
     run = run_target(sandbox_config(sandbox), tap.lines())

@@ -25,8 +25,15 @@ def test_people_are_upserted_with_iso_dates_and_plain_numbers(sandbox):
         sandbox_config(sandbox, batch_records=False),  # one call per record (people are batched by default)
         [
             schema("people", PERSON_PROPS, ["email"]),
-            record("people", {"email": "ann@example.com", "firstName": "Ann", "score": 1.25,
-                              "createdAt": "2024-03-01T10:00:00+00:00"}),
+            record(
+                "people",
+                {
+                    "email": "ann@example.com",
+                    "firstName": "Ann",
+                    "score": 1.25,
+                    "createdAt": "2024-03-01T10:00:00+00:00",
+                },
+            ),
             record("people", {"email": "ann@example.com", "lastName": "Lee"}),
             state({"bookmarks": {"people": {"replication_key_value": "2024-03-01"}}}),
         ],
@@ -87,8 +94,13 @@ def test_custom_objects_go_to_their_schema(sandbox):
 
 
 def test_events_go_to_ingest_with_user_and_properties(sandbox):
-    props = {"name": {"type": "string"}, "email": {"type": "string"}, "plan": {"type": "string"},
-             "amount": {"type": "number"}, "firstName": {"type": "string"}}
+    props = {
+        "name": {"type": "string"},
+        "email": {"type": "string"},
+        "plan": {"type": "string"},
+        "amount": {"type": "number"},
+        "firstName": {"type": "string"},
+    }
     run = run_target(
         sandbox_config(sandbox, endpoint="track_event"),
         [
@@ -100,8 +112,11 @@ def test_events_go_to_ingest_with_user_and_properties(sandbox):
     assert run.returncode == 0, run.stderr
     assert [e["name"] for e in sandbox.events()] == ["Upgraded plan"]  # identify only updates the person
     sent_events = {r["body"]["name"]: r["body"] for r in sandbox.requests() if r["path"] == "/ingest/v1"}
-    assert sent_events["Upgraded plan"] == {"name": "Upgraded plan", "user": {"email": "ev@example.com"},
-                                            "properties": {"plan": "pro", "amount": 49.9}}
+    assert sent_events["Upgraded plan"] == {
+        "name": "Upgraded plan",
+        "user": {"email": "ev@example.com"},
+        "properties": {"plan": "pro", "amount": 49.9},
+    }
     assert sent_events["identify"] == {"name": "identify", "user": {"email": "ev@example.com", "firstName": "Eve"}}
     assert sandbox.person(email="ev@example.com")["firstName"] == "Eve"
     ingest = [r for r in sandbox.requests() if r["path"] == "/ingest/v1"]
@@ -137,17 +152,26 @@ def test_excluded_attributes_are_never_sent(sandbox):
 
 # The template table, in-process: every template says, as data, what the run asks of it.
 
+
 def _every_template() -> list[Template]:
-    manual = template_for(resolve({"streams": {"s": {"endpoint": "manual", "url": "/objects/Deal/{id}",
-                                                     "method": "PATCH"}}}, "s"),
-                          "https://api.example.com/v1", "https://ingest.example.com/events")
+    manual = template_for(
+        resolve({"streams": {"s": {"endpoint": "manual", "url": "/objects/Deal/{id}", "method": "PATCH"}}}, "s"),
+        "https://api.example.com/v1",
+        "https://ingest.example.com/events",
+    )
     return [*encharge_templates("https://api.example.com/v1", "https://ingest.example.com/events", "Deal"), manual]
 
 
 def test_every_template_declares_what_the_run_asks_of_it():
     templates = _every_template()
-    assert sorted(x.name for x in templates) == ["add_tag", "create_custom_object", "create_or_update_person",
-                                                 "manual", "remove_tag", "track_event"]
+    assert sorted(x.name for x in templates) == [
+        "add_tag",
+        "create_custom_object",
+        "create_or_update_person",
+        "manual",
+        "remove_tag",
+        "track_event",
+    ]
     for template in templates:
         assert template.kind in t.get_args(Kind), template.name
         assert template.lookup in (*t.get_args(Lookup), None), template.name
@@ -162,12 +186,18 @@ def test_every_template_declares_what_the_run_asks_of_it():
             assert Verdict.EXISTS not in template.upsert.answers.values()
             assert template.upsert.method == "PUT" and not template.upsert.batchable
     by_name = {x.name: x for x in templates}
-    assert {n for n, x in by_name.items() if x.people} == {"create_or_update_person", "add_tag", "remove_tag",
-                                                           "track_event"}
+    assert {n for n, x in by_name.items() if x.people} == {
+        "create_or_update_person",
+        "add_tag",
+        "remove_tag",
+        "track_event",
+    }
     assert [n for n, x in by_name.items() if x.events] == ["track_event"]
     assert {n: dict(x.answers) for n, x in by_name.items() if x.answers} == {
-        "add_tag": {404: Verdict.LATER}, "remove_tag": {404: Verdict.LATER},
-        "create_custom_object": {409: Verdict.EXISTS}}
+        "add_tag": {404: Verdict.LATER},
+        "remove_tag": {404: Verdict.LATER},
+        "create_custom_object": {409: Verdict.EXISTS},
+    }
     assert all(dict(x.removal_answers) == {404: Verdict.ABSENT} for x in templates)
 
 
@@ -183,12 +213,17 @@ def test_each_template_knows_its_records_by_its_own_identity_and_orders_by_perso
     assert by_name["track_event"].identity({"name": "signup", "id": 3}, ["id"]) == "key:[3]"  # key properties
 
     ids = {"email": "Ann@Example.com", "userId": "u1", "externalId": "d1", "id": 7}
-    assert by_name["create_or_update_person"].ordering_keys(ids, "u") == ("email:ann@example.com", "userId:u1",
-                                                                         "id:7")
+    assert by_name["create_or_update_person"].ordering_keys(ids, "u") == ("email:ann@example.com", "userId:u1", "id:7")
     assert by_name["create_custom_object"].ordering_keys(ids, "u") == ("object externalId:d1", "object id:7")
     url = "https://api.example.com/v1/objects/Deal/7"  # a manual URL with a placeholder: its own key too
-    assert by_name["manual"].ordering_keys(ids, url) == ("email:ann@example.com", "userId:u1", "id:7",
-                                                        "object externalId:d1", "object id:7", url)
+    assert by_name["manual"].ordering_keys(ids, url) == (
+        "email:ann@example.com",
+        "userId:u1",
+        "id:7",
+        "object externalId:d1",
+        "object id:7",
+        url,
+    )
 
 
 def test_a_template_without_a_setting_it_requires_is_refused_naming_it():

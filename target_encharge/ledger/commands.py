@@ -51,15 +51,23 @@ def format_status(location: str, rows: list[StreamStatus]) -> str:
         return f"Ledger {location}: empty (nothing delivered, no failures waiting).\n"
     header = ("account", "destination", "stream", "records", "last delivery", "failures waiting")
     table = [header] + [
-        (row.scope.account, row.scope.destination, row.scope.stream, str(row.records), _when(row.last_delivery),
-         str(row.failures_waiting))
+        (
+            row.scope.account,
+            row.scope.destination,
+            row.scope.stream,
+            str(row.records),
+            _when(row.last_delivery),
+            str(row.failures_waiting),
+        )
         for row in rows
     ]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     numeric = {3, 5}
     lines = [
-        "  ".join(cell.rjust(width) if column in numeric else cell.ljust(width)
-                  for column, (cell, width) in enumerate(zip(line, widths, strict=True))).rstrip()
+        "  ".join(
+            cell.rjust(width) if column in numeric else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
         for line in table
     ]
     out = [f"Ledger {location}", "", *lines]
@@ -83,8 +91,9 @@ def _forget(args: argparse.Namespace) -> None:
     with SyncLedger.open(ledger_url(args.config)) as ledger:
         removed = ledger.forget(account=args.account, destination=args.destination, stream=args.stream)
         chosen = ", ".join(
-            f"{name} {value}" for name, value in
-            (("account", args.account), ("destination", args.destination), ("stream", args.stream)) if value
+            f"{name} {value}"
+            for name, value in (("account", args.account), ("destination", args.destination), ("stream", args.stream))
+            if value
         )
         sys.stdout.write(f"Forgot {removed} entries ({chosen}) in ledger {ledger.location.shown}.\n")
 
@@ -103,9 +112,12 @@ def dead_letters(path: str) -> list[dict[str, t.Any]]:
             letter = _record_decoder.decode(line)
         except msgspec.DecodeError:
             raise CommandError(f"{path} line {number}: not JSON") from None
-        if not isinstance(letter, dict) or not isinstance(letter.get("stream"), str) \
-                or not isinstance(letter.get("record"), dict):
-            raise CommandError(f"{path} line {number}: not a dead letter (needs a \"stream\" and a \"record\" object)")
+        if (
+            not isinstance(letter, dict)
+            or not isinstance(letter.get("stream"), str)
+            or not isinstance(letter.get("record"), dict)
+        ):
+            raise CommandError(f'{path} line {number}: not a dead letter (needs a "stream" and a "record" object)')
         letters.append(letter)
     return letters
 
@@ -137,20 +149,27 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Look inside target-encharge's sync ledger.")
     config = _Parser(add_help=False)
-    config.add_argument("--config", metavar="FILE", help=f"the target's config JSON (its ledger_url); "
-                        f"else ${ENVIRONMENT_URL}, else the default file in the working directory")
+    config.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the target's config JSON (its ledger_url); "
+        f"else ${ENVIRONMENT_URL}, else the default file in the working directory",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="{status,forget,replay}")
-    status = verbs.add_parser("status", parents=[config],
-                              help="per account, destination and stream: records, last delivery, failures waiting")
+    status = verbs.add_parser(
+        "status", parents=[config], help="per account, destination and stream: records, last delivery, failures waiting"
+    )
     status.set_defaults(run=_status)
-    forget = verbs.add_parser("forget", parents=[config],
-                              help="remove what the ledger knows for a stream, destination or account")
+    forget = verbs.add_parser(
+        "forget", parents=[config], help="remove what the ledger knows for a stream, destination or account"
+    )
     forget.add_argument("--stream")
     forget.add_argument("--destination", help="template name, custom object name or manual URL")
     forget.add_argument("--account", help="the Encharge account id")
     forget.set_defaults(run=_forget)
-    replay = verbs.add_parser("replay", parents=[config],
-                              help="print a dead-letter file as Singer messages, to pipe back into the target")
+    replay = verbs.add_parser(
+        "replay", parents=[config], help="print a dead-letter file as Singer messages, to pipe back into the target"
+    )
     replay.add_argument("dead_letter_file", metavar="DEAD_LETTER_FILE")
     replay.set_defaults(run=_replay)
     return parser

@@ -47,20 +47,29 @@ _POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql
 
 # What a driver's message means, in the user's words (searched in its lower-cased text, first match wins).
 _MEANINGS = (
-    (r"password authentication failed|authentication failed|no password supplied|role \".*\" does not exist",
-     "the server refused the user name or password"),
-    (r"database is locked|database table is locked",
-     "locked by another process for longer than {timeout:g} s; let the other run finish, or give each its "
-     "own ledger"),
-    (r"file is not a database|database disk image is malformed",
-     "not a readable SQLite ledger (a corrupt or foreign file); move it aside to start a new ledger"),
-    (r"unable to open database file",
-     "cannot open the file: check that its directory exists and is writable"),
-    (r"database \".*\" does not exist",
-     "the server has no such database ({detail}); create it, or name one that exists"),
-    (r"connection refused|could not connect|timeout expired|timed out|could not translate host|name or service "
-     r"not known|no route to host|server closed the connection|connection failed",
-     "cannot reach the server ({detail}); check host, port and that it is running"),
+    (
+        r"password authentication failed|authentication failed|no password supplied|role \".*\" does not exist",
+        "the server refused the user name or password",
+    ),
+    (
+        r"database is locked|database table is locked",
+        "locked by another process for longer than {timeout:g} s; let the other run finish, or give each its "
+        "own ledger",
+    ),
+    (
+        r"file is not a database|database disk image is malformed",
+        "not a readable SQLite ledger (a corrupt or foreign file); move it aside to start a new ledger",
+    ),
+    (r"unable to open database file", "cannot open the file: check that its directory exists and is writable"),
+    (
+        r"database \".*\" does not exist",
+        "the server has no such database ({detail}); create it, or name one that exists",
+    ),
+    (
+        r"connection refused|could not connect|timeout expired|timed out|could not translate host|name or service "
+        r"not known|no route to host|server closed the connection|connection failed",
+        "cannot reach the server ({detail}); check host, port and that it is running",
+    ),
 )
 
 
@@ -141,7 +150,6 @@ class Location:
             pool_pre_ping=True,
             connect_args={"connect_timeout": max(1, math.ceil(timeout))},
         )
-
 
     def driver(self, timeout: float) -> sqlite3.Connection:
         """A connection of the SQLite driver itself, set up as the engine's are (for the file's everyday reads

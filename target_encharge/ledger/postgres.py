@@ -49,8 +49,11 @@ def _among(column: sa.ColumnElement, identities: t.Sequence[str]) -> sa.ColumnEl
     return column.in_(sa.select(_listed(identities).c.value))
 
 
-def _select_known(columns: t.Sequence[sa.ColumnElement], scope_id: int | sa.BindParameter,
-                  identities: t.Sequence[str] | sa.BindParameter) -> sa.Select:
+def _select_known(
+    columns: t.Sequence[sa.ColumnElement],
+    scope_id: int | sa.BindParameter,
+    identities: t.Sequence[str] | sa.BindParameter,
+) -> sa.Select:
     """The deliveries of ``identities`` in the scope: a primary-key probe per identity, as a lateral subquery with
     ``LIMIT 1`` (the planner cannot merge it into a join, which it would run by reading the scope's every row into
     a hash: ten times slower for 1,000 identities in 100,000)."""
@@ -100,8 +103,9 @@ def _upsert_failures() -> sa.Insert:
 def _select_fingerprints() -> sa.Select:
     """Built once: the skip-unchanged check runs for every batch sent."""
     table = schema.deliveries
-    return _select_known([table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"),
-                         sa.bindparam("listed", type_=_LISTING))
+    return _select_known(
+        [table.c.identity, table.c.fingerprint], sa.bindparam("scope_id"), sa.bindparam("listed", type_=_LISTING)
+    )
 
 
 def _scopes_matching(matching: dict[str, str]) -> list[sa.ColumnElement]:
@@ -164,8 +168,11 @@ class PostgresLedger(SyncLedger):
     def _scope_row(connection: sa.Connection, scope: Scope) -> int | None:
         scopes = schema.scopes
         return connection.execute(
-            sa.select(scopes.c.id).where(scopes.c.account == scope.account,
-                                         scopes.c.destination == scope.destination, scopes.c.stream == scope.stream)
+            sa.select(scopes.c.id).where(
+                scopes.c.account == scope.account,
+                scopes.c.destination == scope.destination,
+                scopes.c.stream == scope.stream,
+            )
         ).scalar()
 
     @override
@@ -193,8 +200,9 @@ class PostgresLedger(SyncLedger):
     def _upsert_deliveries(self, scope_id: int, values: list[DeliveryValues]) -> None:
         with self._writing() as connection:
             for chunk in chunks(values, CHUNK):
-                columns = dict(zip(DELIVERY_COLUMNS, (list(column) for column in zip(*chunk, strict=True)),
-                                   strict=True))
+                columns = dict(
+                    zip(DELIVERY_COLUMNS, (list(column) for column in zip(*chunk, strict=True)), strict=True)
+                )
                 connection.execute(_upsert_deliveries(), columns)
                 self._delete_in(connection, schema.failures, scope_id, columns["identity"])
 
@@ -210,8 +218,11 @@ class PostgresLedger(SyncLedger):
             if identities is None:
                 everything = sa.select(*columns).where(schema.deliveries.c.scope_id == scope_id)
                 return [tuple(row) for row in connection.execute(everything)]
-            return [tuple(row) for chunk in chunks(identities, CHUNK)
-                    for row in connection.execute(_select_known(columns, scope_id, chunk))]
+            return [
+                tuple(row)
+                for chunk in chunks(identities, CHUNK)
+                for row in connection.execute(_select_known(columns, scope_id, chunk))
+            ]
 
     @override
     def _fingerprints(self, scope_id: int, identities: t.Sequence[str]) -> dict[str, str]:
@@ -243,9 +254,19 @@ class PostgresLedger(SyncLedger):
     def _waiting(self, matching: dict[str, str], *, retryable_only: bool) -> list[FailureRow]:
         failures, scopes = schema.failures, schema.scopes
         query = (
-            sa.select(failures.c.identity, failures.c.payload, failures.c.reason, failures.c.status,
-                      failures.c.retryable, scopes.c.account, scopes.c.destination, scopes.c.stream,
-                      failures.c.first_failed_at, failures.c.last_failed_at, failures.c.attempts)
+            sa.select(
+                failures.c.identity,
+                failures.c.payload,
+                failures.c.reason,
+                failures.c.status,
+                failures.c.retryable,
+                scopes.c.account,
+                scopes.c.destination,
+                scopes.c.stream,
+                failures.c.first_failed_at,
+                failures.c.last_failed_at,
+                failures.c.attempts,
+            )
             .join(scopes, scopes.c.id == failures.c.scope_id)
             .where(*_scopes_matching(matching))
             .order_by(failures.c.first_failed_at, failures.c.scope_id, failures.c.identity)
@@ -261,8 +282,9 @@ class PostgresLedger(SyncLedger):
     def _write_account(self, key_digest: str, account: str) -> None:
         statement = postgresql.insert(schema.accounts).values(key_digest=key_digest, account=account)
         with self._writing() as connection:
-            connection.execute(statement.on_conflict_do_update(index_elements=["key_digest"],
-                                                               set_={"account": account}))
+            connection.execute(
+                statement.on_conflict_do_update(index_elements=["key_digest"], set_={"account": account})
+            )
 
     @override
     def _read_account(self, key_digest: str) -> str | None:
@@ -286,8 +308,9 @@ class PostgresLedger(SyncLedger):
             known = {
                 scope_id: (records, last)
                 for scope_id, records, last in connection.execute(
-                    sa.select(deliveries.c.scope_id, sa.func.count(), sa.func.max(deliveries.c.delivered_at))
-                    .group_by(deliveries.c.scope_id)
+                    sa.select(deliveries.c.scope_id, sa.func.count(), sa.func.max(deliveries.c.delivered_at)).group_by(
+                        deliveries.c.scope_id
+                    )
                 )
             }
             waiting: dict[int, dict[str, int]] = {}
@@ -298,7 +321,8 @@ class PostgresLedger(SyncLedger):
             ):
                 waiting.setdefault(scope_id, {})[reason] = count
             rows = connection.execute(
-                sa.select(scopes.c.id, scopes.c.account, scopes.c.destination, scopes.c.stream)
-                .order_by(scopes.c.account, scopes.c.destination, scopes.c.stream)
+                sa.select(scopes.c.id, scopes.c.account, scopes.c.destination, scopes.c.stream).order_by(
+                    scopes.c.account, scopes.c.destination, scopes.c.stream
+                )
             ).all()
         return known, waiting, [tuple(row) for row in rows]

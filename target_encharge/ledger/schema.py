@@ -114,7 +114,10 @@ def _drop_source_keys(connection: sa.Connection) -> None:
 
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
 MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
-    _create_tables, _index_source_keys, _create_accounts, _drop_source_keys,
+    _create_tables,
+    _index_source_keys,
+    _create_accounts,
+    _drop_source_keys,
 )
 
 

@@ -55,7 +55,8 @@ _DELIVERED = f"SELECT identity, fingerprint, encharge_id, tags, delivered_at FRO
 _UPSERT_FAILURES = (
     f"INSERT INTO {FAILURES} ({', '.join(FAILURE_COLUMNS)}) "  # noqa: S608
     f"VALUES ({', '.join(':' + c for c in FAILURE_COLUMNS)}) ON CONFLICT (scope_id, identity) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in FAILURE_UPDATES) + f", attempts = {FAILURES}.attempts + 1"
+    + ", ".join(f"{c} = excluded.{c}" for c in FAILURE_UPDATES)
+    + f", attempts = {FAILURES}.attempts + 1"
 )
 _WAITING = (  # {conditions}: fixed column names, their values bound
     "SELECT f.identity, f.payload, f.reason, f.status, f.retryable, s.account, s.destination, s.stream, "  # noqa: S608
@@ -86,8 +87,10 @@ def _upsert_sql(rows: int) -> str:
 @functools.lru_cache(maxsize=CHUNK)
 def _fingerprints_sql(count: int) -> str:
     """The fingerprints of ``count`` identities as one row, a JSON array of [identity, fingerprint] pairs."""
-    return (f"SELECT json_group_array(json_array(identity, fingerprint)) FROM {DELIVERIES} "  # noqa: S608
-            f"WHERE scope_id = ? AND identity IN ({', '.join('?' * count)})")
+    return (
+        f"SELECT json_group_array(json_array(identity, fingerprint)) FROM {DELIVERIES} "  # noqa: S608
+        f"WHERE scope_id = ? AND identity IN ({', '.join('?' * count)})"
+    )
 
 
 @functools.lru_cache(maxsize=CHUNK)
@@ -242,8 +245,11 @@ class SQLiteLedger(SyncLedger):
         if identities is None:
             return self._rows(_DELIVERED, (scope_id,))
         with self._read_transaction() as connection:
-            return [row for chunk in chunks(identities, CHUNK)
-                    for row in connection.execute(_lookup_sql(len(chunk)), (scope_id, *chunk))]
+            return [
+                row
+                for chunk in chunks(identities, CHUNK)
+                for row in connection.execute(_lookup_sql(len(chunk)), (scope_id, *chunk))
+            ]
 
     @override
     def _fingerprints(self, scope_id: int, identities: t.Sequence[str]) -> dict[str, str]:
@@ -291,8 +297,9 @@ class SQLiteLedger(SyncLedger):
     def _forget(self, matching: dict[str, str]) -> int:
         with self._write_transaction() as connection:
             return sum(
-                connection.execute(_FORGET.format(table=table, conditions=_conditions(matching)),
-                                   tuple(matching.values())).rowcount
+                connection.execute(
+                    _FORGET.format(table=table, conditions=_conditions(matching)), tuple(matching.values())
+                ).rowcount
                 for table in (DELIVERIES, FAILURES)
             )
 

@@ -112,8 +112,17 @@ FailureRow = tuple[str, str, str, int | None, t.Any, str, str, str, str, str, in
 ScopeRow = tuple[int, str, str, str]  # id, account, destination, stream
 
 DELIVERY_COLUMNS = ("scope_id", "identity", "fingerprint", "delivered_at", "encharge_id", "tags")
-FAILURE_COLUMNS = ("scope_id", "identity", "payload", "reason", "status", "retryable", "first_failed_at",
-                   "last_failed_at", "attempts")
+FAILURE_COLUMNS = (
+    "scope_id",
+    "identity",
+    "payload",
+    "reason",
+    "status",
+    "retryable",
+    "first_failed_at",
+    "last_failed_at",
+    "attempts",
+)
 FAILURE_UPDATES = ("payload", "reason", "status", "retryable", "last_failed_at")  # and one more attempt
 
 
@@ -321,8 +330,14 @@ class SyncLedger(abc.ABC):
             return
         scope_id, now = self._scope_id(scope), stamp()
         values = [  # in the order of DELIVERY_COLUMNS
-            (scope_id, row.identity, row.fingerprint, stamp(row.delivered_at) if row.delivered_at else now,
-             row.encharge_id, canonical_json(sorted(row.tags)) if row.tags is not None else None)
+            (
+                scope_id,
+                row.identity,
+                row.fingerprint,
+                stamp(row.delivered_at) if row.delivered_at else now,
+                row.encharge_id,
+                canonical_json(sorted(row.tags)) if row.tags is not None else None,
+            )
             for row in self._in_write_order(latest.values())
         ]
         self._upsert_deliveries(scope_id, values)
@@ -368,20 +383,22 @@ class SyncLedger(abc.ABC):
         if not latest:
             return
         scope_id, now = self._scope_id(scope), stamp()
-        self._upsert_failures([
-            {
-                "scope_id": scope_id,
-                "identity": row.identity,
-                "payload": encoding.dumps(row.payload).decode(),
-                "reason": row.reason.replace("\x00", "\ufffd"),  # (an answer's text: PostgreSQL text holds no NUL)
-                "status": row.status,
-                "retryable": row.retryable,
-                "first_failed_at": now,
-                "last_failed_at": now,
-                "attempts": 1,
-            }
-            for row in sorted(latest.values(), key=lambda row: row.identity)
-        ])
+        self._upsert_failures(
+            [
+                {
+                    "scope_id": scope_id,
+                    "identity": row.identity,
+                    "payload": encoding.dumps(row.payload).decode(),
+                    "reason": row.reason.replace("\x00", "\ufffd"),  # (an answer's text: PostgreSQL text holds no NUL)
+                    "status": row.status,
+                    "retryable": row.retryable,
+                    "first_failed_at": now,
+                    "last_failed_at": now,
+                    "attempts": 1,
+                }
+                for row in sorted(latest.values(), key=lambda row: row.identity)
+            ]
+        )
 
     def waiting_failures(
         self,
@@ -407,9 +424,19 @@ class SyncLedger(abc.ABC):
                 last_failed_at=_when(last),
                 attempts=attempts,
             )
-            for (identity, payload, reason, status, retryable, scope_account, scope_destination, scope_stream,
-                 first, last, attempts)
-            in self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
+            for (
+                identity,
+                payload,
+                reason,
+                status,
+                retryable,
+                scope_account,
+                scope_destination,
+                scope_stream,
+                first,
+                last,
+                attempts,
+            ) in self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
         ]
 
     def clear_failures(self, scope: Scope, identities: t.Iterable[str]) -> int:

@@ -60,8 +60,9 @@ def _plural(name: str) -> str:
 
 
 class Api:
-    def __init__(self, store: Store, api_key: str, write_key: str, account_id: int = 1,
-                 account_name: str = "Encharge sandbox") -> None:
+    def __init__(
+        self, store: Store, api_key: str, write_key: str, account_id: int = 1, account_name: str = "Encharge sandbox"
+    ) -> None:
         self.store = store
         self.account_id, self.account_name = account_id, account_name
         self._api_key = api_key.encode()
@@ -72,19 +73,26 @@ class Api:
             (("people", "all"), {"GET": self.all_people}),
             (("people", "unsubscribe"), {"POST": self.unsubscribe}),
             (("tags",), {"POST": self.add_tag, "DELETE": self.remove_tag}),
-            (("objects", "{name}"), {"GET": self.list_objects, "POST": self.create_objects,
-                                     "PUT": self.upsert_object}),
+            (("objects", "{name}"), {"GET": self.list_objects, "POST": self.create_objects, "PUT": self.upsert_object}),
             (("objects", "{name}", "count"), {"GET": self.count_objects}),
-            (("objects", "{name}", "{id}"), {"GET": self.get_object, "PATCH": self.update_object,
-                                             "DELETE": self.delete_object}),
-            (("objects", "{name}", "externalId", "{externalId}"),
-             {"GET": self.get_object, "PATCH": self.update_object, "DELETE": self.delete_object}),
+            (
+                ("objects", "{name}", "{id}"),
+                {"GET": self.get_object, "PATCH": self.update_object, "DELETE": self.delete_object},
+            ),
+            (
+                ("objects", "{name}", "externalId", "{externalId}"),
+                {"GET": self.get_object, "PATCH": self.update_object, "DELETE": self.delete_object},
+            ),
             (("objects", "{name}", "{id}", "associations"), {"GET": self.all_associated}),
             (("objects", "{name}", "{id}", "associations", "{associationId}"), {"GET": self.associated}),
-            (("objects", "{name}", "{id}", "associations", "{associationId}", "{targetId}"),
-             {"POST": self.associate, "DELETE": self.dissociate}),
-            (("objects", "{name}", "{id}", "associations", "default", "{targetObjectName}", "{targetId}"),
-             {"POST": self.associate_by_default}),
+            (
+                ("objects", "{name}", "{id}", "associations", "{associationId}", "{targetId}"),
+                {"POST": self.associate, "DELETE": self.dissociate},
+            ),
+            (
+                ("objects", "{name}", "{id}", "associations", "default", "{targetObjectName}", "{targetId}"),
+                {"POST": self.associate_by_default},
+            ),
             (("schemas",), {"GET": self.list_schemas}),
             (("schemas", "associations"), {"POST": self.define_association}),
             (("schemas", "associations", "{associationId}"), {"DELETE": self.undefine_association}),
@@ -103,7 +111,7 @@ class Api:
             handler = self.track_event if method == "POST" else None
             return Route(f"{method} {INGEST_PATH}", "ingest" if handler else None, handler, {})
         if path.startswith(REST_PREFIX):
-            segments = [unquote(s) for s in path[len(REST_PREFIX):].split("/")]
+            segments = [unquote(s) for s in path[len(REST_PREFIX) :].split("/")]
             for pattern, methods in self._routes:
                 params = self._match(pattern, segments)
                 if params is not None and method in methods:
@@ -149,13 +157,22 @@ class Api:
         raw = (token or "").encode()
         if api == "rest":
             if not hmac.compare_digest(raw, self._api_key):
-                hint = (" This is the Ingest write key; the REST API takes the API key."
-                        if token and hmac.compare_digest(raw, self._write_key) else "")
-                raise ApiError(401, "Unauthorized: send your Encharge API key in the X-Encharge-Token header "
-                                    "(or the token query parameter)." + hint)
+                hint = (
+                    " This is the Ingest write key; the REST API takes the API key."
+                    if token and hmac.compare_digest(raw, self._write_key)
+                    else ""
+                )
+                raise ApiError(
+                    401,
+                    "Unauthorized: send your Encharge API key in the X-Encharge-Token header "
+                    "(or the token query parameter)." + hint,
+                )
         elif not hmac.compare_digest(raw, self._write_key):
-            hint = (" This is the REST API key; the Ingest API takes the write key."
-                    if token and hmac.compare_digest(raw, self._api_key) else "")
+            hint = (
+                " This is the REST API key; the Ingest API takes the write key."
+                if token and hmac.compare_digest(raw, self._api_key)
+                else ""
+            )
             raise ApiError(401, "Unauthorized: send your Encharge write key in the X-Encharge-Token header." + hint)
 
     # --- helpers --------------------------------------------------------------------------------
@@ -271,9 +288,16 @@ class Api:
         return 200, {"items": self.store.create_person_fields(self._body(call, schemas.validate_fields))}
 
     def account_info(self, _call: Call) -> Answer:
-        return 200, {"accountId": self.account_id, "name": self.account_name, "site": "sandbox.local",
-                     "status": "active", "timezone": "UTC", "peopleCount": self.store.people_count(),
-                     "services": {}, "activeServices": []}
+        return 200, {
+            "accountId": self.account_id,
+            "name": self.account_name,
+            "site": "sandbox.local",
+            "status": "active",
+            "timezone": "UTC",
+            "peopleCount": self.store.people_count(),
+            "services": {},
+            "activeServices": [],
+        }
 
     # --- custom objects -------------------------------------------------------------------------
 
@@ -386,8 +410,10 @@ class Api:
         people, objects = body.get("people", []), body.get("objects", {})
         for index, person in enumerate(people):
             self._identifier(person, f"body.people[{index}]")
-        tags = [(self._identifier(item, f"body.tags[{index}]"), split_tags(item["tag"]))
-                for index, item in enumerate(body.get("tags", []))]
+        tags = [
+            (self._identifier(item, f"body.tags[{index}]"), split_tags(item["tag"]))
+            for index, item in enumerate(body.get("tags", []))
+        ]
         object_fields, associations = body.get("object_fields", {}), body.get("associations", [])
         for name in [*objects, *object_fields]:
             self.store.require_schema(name)
@@ -403,8 +429,11 @@ class Api:
         for spec in associations:
             self.store.seed_association(spec)
         counts = {"people": len(people), "tags": len(tags), "objects": sum(len(items) for items in objects.values())}
-        extra = {"fields": len(body.get("fields", [])), "associations": len(associations),
-                 "object_fields": sum(len(specs) for specs in object_fields.values())}
+        extra = {
+            "fields": len(body.get("fields", [])),
+            "associations": len(associations),
+            "object_fields": sum(len(specs) for specs in object_fields.values()),
+        }
         return {**counts, **{name: n for name, n in extra.items() if n}}
 
     # --- ingest ---------------------------------------------------------------------------------

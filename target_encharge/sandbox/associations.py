@@ -58,12 +58,16 @@ class Associations:
         """The one association between two objects (either way round)."""
         found = [d for d in self.definitions.values() if {d["fromObject"], d["toObject"]} == {name, target}]
         if not found:
-            raise ApiError(404, f"No association between {name} and {target} is defined (GET /v1/schemas lists "
-                                f"the associations)")
+            raise ApiError(
+                404, f"No association between {name} and {target} is defined (GET /v1/schemas lists the associations)"
+            )
         if len(found) > 1:
             ids = ", ".join(str(d["id"]) for d in found)
-            raise ApiError(400, f"{name} and {target} have several associations (ids {ids}): name one, "
-                                f"POST /v1/objects/{name}/{{id}}/associations/{{associationId}}/{{targetId}}")
+            raise ApiError(
+                400,
+                f"{name} and {target} have several associations (ids {ids}): name one, "
+                f"POST /v1/objects/{name}/{{id}}/associations/{{associationId}}/{{targetId}}",
+            )
         return found[0]
 
     @staticmethod
@@ -73,8 +77,10 @@ class Associations:
             return str(definition["toObject"])
         if name == definition["toObject"]:
             return str(definition["fromObject"])
-        raise ApiError(400, f"Association {definition['id']} links {definition['fromObject']} and "
-                            f"{definition['toObject']}, not {name}")
+        raise ApiError(
+            400,
+            f"Association {definition['id']} links {definition['fromObject']} and {definition['toObject']}, not {name}",
+        )
 
     @staticmethod
     def link_of(definition: dict[str, Any], name: str, key: Any, target_key: Any) -> Link:  # noqa: ANN401
@@ -100,17 +106,19 @@ class Associations:
                 continue
             if definition["fromObject"] == name and from_key == key:
                 found.append((definition["toObject"], to_key))
-            if definition["toObject"] == name and to_key == key and (definition["fromObject"], from_key) != (
-                    name, key):
+            if definition["toObject"] == name and to_key == key and (definition["fromObject"], from_key) != (name, key):
                 found.append((definition["fromObject"], from_key))
         return found
 
     def forget(self, name: str, key: Any) -> None:  # noqa: ANN401 - a person's id string or an object's number
         """Drop every link that touches this person or object (it is gone)."""
+
         def touches(link: Link) -> bool:
             definition = self.definitions[link[0]]
-            return ((definition["fromObject"] == name and link[1] == key)
-                    or (definition["toObject"] == name and link[2] == key))
+            return (definition["fromObject"] == name and link[1] == key) or (
+                definition["toObject"] == name and link[2] == key
+            )
+
         self.links = {link: None for link in self.links if not touches(link)}
 
     def listed(self) -> list[dict[str, Any]]:
@@ -118,6 +126,13 @@ class Associations:
         rows = []
         for number, from_key, to_key in self.links:
             definition = self.definitions[number]
-            rows.append({"associationId": number, "fromObject": definition["fromObject"], "fromId": from_key,
-                         "toObject": definition["toObject"], "toId": to_key})
+            rows.append(
+                {
+                    "associationId": number,
+                    "fromObject": definition["fromObject"],
+                    "fromId": from_key,
+                    "toObject": definition["toObject"],
+                    "toId": to_key,
+                }
+            )
         return rows

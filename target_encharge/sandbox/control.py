@@ -26,7 +26,7 @@ Answer = tuple[int, Any, str]
 def handle(sandbox: Sandbox, method: str, path: str, query_string: str, raw: bytes) -> Answer:
     """Answer one /_sandbox/ request: (status, payload, content type)."""
     query = dict(parse_qsl(query_string))
-    name = path[len(PREFIX):].rstrip("/")
+    name = path[len(PREFIX) :].rstrip("/")
     try:
         if (method, name) == ("GET", "state"):
             return 200, sandbox.state(), JSON_TYPE
@@ -71,4 +71,3 @@ def handle(sandbox: Sandbox, method: str, path: str, query_string: str, raw: byt
     except (ValueError, BodyError) as exc:
         return 400, envelope(str(exc), sandbox._trace_id()), JSON_TYPE
     return 404, envelope(f"Cannot {method} {path}", sandbox._trace_id()), JSON_TYPE
-

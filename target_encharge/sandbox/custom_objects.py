@@ -52,14 +52,23 @@ class CustomObjects:
     def find(self, key: Any, by: str) -> dict[str, Any]:  # noqa: ANN401 - as matches
         return self.matches(key, by)[0]
 
-    def check_new(self, external_id: Any, where: str, *, duplicates: bool,  # noqa: ANN401 - any JSON value
-                  taken: AbstractSet[str] = frozenset()) -> None:
+    def check_new(
+        self,
+        external_id: Any,  # noqa: ANN401 - any JSON value
+        where: str,
+        *,
+        duplicates: bool,
+        taken: AbstractSet[str] = frozenset(),
+    ) -> None:
         """409 when a create would repeat an existing externalId (unless duplicates are stored)."""
         if duplicates or external_id is None:
             return
         if external_id in self.by_external_id or external_id in taken:
-            raise ApiError(409, f"{where}: a {self.name} object with externalId {external_id!r} already exists "
-                                f"(POST creates; PUT /objects/{self.name} upserts)")
+            raise ApiError(
+                409,
+                f"{where}: a {self.name} object with externalId {external_id!r} already exists "
+                f"(POST creates; PUT /objects/{self.name} upserts)",
+            )
 
     def create(self, fields: dict[str, Any]) -> dict[str, Any]:
         obj: dict[str, Any] = {"id": self.next_id}

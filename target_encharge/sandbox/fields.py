@@ -26,10 +26,18 @@ from .errors import ApiError
 _JSON_TYPES = {bool: "boolean", int: "number", float: "number", Decimal: "number", str: "string"}
 
 
-def _builtin(name: str, title: str, kind: str = "string", *, read_only: bool = False,
-             first_class: bool = False, **extra: str) -> dict[str, Any]:
-    return {"name": name, "title": title, "type": kind, "readOnly": read_only, "array": False,
-            "firstClassField": first_class, **extra}
+def _builtin(
+    name: str, title: str, kind: str = "string", *, read_only: bool = False, first_class: bool = False, **extra: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": title,
+        "type": kind,
+        "readOnly": read_only,
+        "array": False,
+        "firstClassField": first_class,
+        **extra,
+    }
 
 
 #: Person fields every Encharge account has (GET /v1/fields lists them first).
@@ -59,8 +67,14 @@ OBJECT_FIELDS = (
 )
 
 #: What POST /v1/fields answers for a created field when the request leaves a PersonField key out.
-_CREATED_DEFAULTS = {"format": None, "readOnly": False, "canMapFrom": True, "firstClassField": False,
-                     "array": False, "createdBy": "api"}
+_CREATED_DEFAULTS = {
+    "format": None,
+    "readOnly": False,
+    "canMapFrom": True,
+    "firstClassField": False,
+    "array": False,
+    "createdBy": "api",
+}
 
 
 class FieldSet:

@@ -66,9 +66,26 @@ FIELD: dict[str, Any] = {
         "title": {"type": "string"},
         "type": {"enum": ["string", "number", "boolean", "integer", "any"]},
         "format": {"enum": ["date", "date-time", None]},
-        "displayType": {"enum": ["text", "textarea", "date", "datetime", "number", "select", "multiselect",
-                                 "checkbox", "radio", "email", "url", "phone", "integer", "decimal", "currency",
-                                 "currencyCents"]},
+        "displayType": {
+            "enum": [
+                "text",
+                "textarea",
+                "date",
+                "datetime",
+                "number",
+                "select",
+                "multiselect",
+                "checkbox",
+                "radio",
+                "email",
+                "url",
+                "phone",
+                "integer",
+                "decimal",
+                "currency",
+                "currencyCents",
+            ]
+        },
         "readOnly": {"type": "boolean"},
         "tooltip": {"type": "string"},
         "icon": {"type": "string"},
@@ -183,8 +200,9 @@ def _compile(schema: dict[str, Any]) -> Callable[[Any], None]:
             check(body)
         except fastjsonschema.JsonSchemaValueException as exc:
             # fastjsonschema calls the document "data"; users know it as the request body.
-            raise BodyError("body" + exc.message[len("data"):] if exc.message.startswith("data")
-                            else exc.message) from None
+            raise BodyError(
+                "body" + exc.message[len("data") :] if exc.message.startswith("data") else exc.message
+            ) from None
 
     return validate
 

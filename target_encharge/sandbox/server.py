@@ -157,18 +157,40 @@ class _Handler(BaseHTTPRequestHandler):
                 api.check_auth(route.api, token)
                 status, payload = route.handler(call)
             except ApiError as exc:
-                message = api.redact(exc.message.encode()).decode() if api.mentions_key(exc.message.encode()) \
-                    else exc.message
+                message = (
+                    api.redact(exc.message.encode()).decode() if api.mentions_key(exc.message.encode()) else exc.message
+                )
                 status, payload = exc.status, envelope(message, sandbox._trace_id())
 
         # Logged before answering: once a client has its answer, the log already shows the request.
-        self._log(sandbox, route.endpoint, path, query, logged_body, len(raw), status, fault, received,
-                  auth=api.key_name(header_token if header_token is not None else query_token))
+        self._log(
+            sandbox,
+            route.endpoint,
+            path,
+            query,
+            logged_body,
+            len(raw),
+            status,
+            fault,
+            received,
+            auth=api.key_name(header_token if header_token is not None else query_token),
+        )
         if status is not None:
             self._answer(status, payload, _JSON, extra)
 
-    def _log(self, sandbox: Sandbox, endpoint: str, path: str, query: dict[str, str], body: Any, size: int,  # noqa: ANN401
-             status: int | None, fault: str | None, received: float, auth: str | None) -> None:
+    def _log(
+        self,
+        sandbox: Sandbox,
+        endpoint: str,
+        path: str,
+        query: dict[str, str],
+        body: Any,  # noqa: ANN401
+        size: int,
+        status: int | None,
+        fault: str | None,
+        received: float,
+        auth: str | None,
+    ) -> None:
         """One request log entry, with the keys replaced by *** wherever they appear."""
         api = sandbox._api
         if "token" in query:
@@ -181,15 +203,29 @@ class _Handler(BaseHTTPRequestHandler):
             path = api.redact(unquote(path).encode()).decode()
             query = {k: api.redact(v.encode()).decode() for k, v in query.items()}
             headers = {k: api.redact(v.encode()).decode() for k, v in headers.items()}
-        entry = {"method": self.command, "path": path, "query": query, "status": status, "body": body,
-                 "auth": auth, "headers": headers, "fault": fault, "time": received}
+        entry = {
+            "method": self.command,
+            "path": path,
+            "query": query,
+            "status": status,
+            "body": body,
+            "auth": auth,
+            "headers": headers,
+            "fault": fault,
+            "time": received,
+        }
         sandbox._log.add(entry, endpoint, size)
         if sandbox.verbose:
             took = (time.time() - received) * 1000
             sys.stderr.write(f"{self.command} {path} {status or 'dropped'} {took:.1f}ms\n")
 
-    def _answer(self, status: int, payload: Any, content_type: str = _JSON,  # noqa: ANN401 - any JSON value
-                extra: Iterable[tuple[str, str]] = ()) -> None:
+    def _answer(
+        self,
+        status: int,
+        payload: Any,  # noqa: ANN401 - any JSON value
+        content_type: str = _JSON,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> None:
         """The whole answer in one write (no Nagle stalls), with an exact Content-Length; 201/204 bodiless."""
         if payload is None:
             body = b""
@@ -233,13 +269,26 @@ def _parse_body(raw: bytes, content_type: str, call: Call) -> Any:  # noqa: ANN4
 class Sandbox:
     """A local stand-in for Encharge's REST and Ingest APIs, for rehearsing pipelines and for tests."""
 
-    def __init__(self, api_key: str = DEFAULT_API_KEY, write_key: str = DEFAULT_WRITE_KEY,
-                 schemas: Iterable[str] = DEFAULT_SCHEMAS, host: str = "127.0.0.1", port: int = 0, *,
-                 latency_ms: float = 0, error_rate: float = 0.0, drop_rate: float = 0.0,
-                 rate_limit: float | None = None, retry_after: float = 1, seed: int | None = None,
-                 verbose: bool = False, account_id: int = DEFAULT_ACCOUNT_ID,
-                 account_name: str = DEFAULT_ACCOUNT_NAME, duplicate_objects: bool = False,
-                 drop_unknown_fields: bool = False) -> None:
+    def __init__(
+        self,
+        api_key: str = DEFAULT_API_KEY,
+        write_key: str = DEFAULT_WRITE_KEY,
+        schemas: Iterable[str] = DEFAULT_SCHEMAS,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_ms: float = 0,
+        error_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        rate_limit: float | None = None,
+        retry_after: float = 1,
+        seed: int | None = None,
+        verbose: bool = False,
+        account_id: int = DEFAULT_ACCOUNT_ID,
+        account_name: str = DEFAULT_ACCOUNT_NAME,
+        duplicate_objects: bool = False,
+        drop_unknown_fields: bool = False,
+    ) -> None:
         """`account_id`/`account_name`: what GET /v1/accounts/info answers (two sandboxes, two accounts).
         `duplicate_objects`: POST /v1/objects/{name} with an existing externalId stores a second object
         instead of answering 409. `drop_unknown_fields`: a person or custom object write with a field the
@@ -260,8 +309,9 @@ class Sandbox:
     def start(self) -> Sandbox:
         if self._server is None:
             self._server = _Server((self.host, self.port), self)
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="encharge-sandbox", daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="encharge-sandbox", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -300,12 +350,22 @@ class Sandbox:
 
     # --- control --------------------------------------------------------------------------------
 
-    def set_faults(self, latency_ms: float | None = None, error_rate: float | None = None,
-                   drop_rate: float | None = None, rate_limit: float | None = None,
-                   retry_after: float | None = None) -> dict[str, Any]:
+    def set_faults(
+        self,
+        latency_ms: float | None = None,
+        error_rate: float | None = None,
+        drop_rate: float | None = None,
+        rate_limit: float | None = None,
+        retry_after: float | None = None,
+    ) -> dict[str, Any]:
         """Change the given fault settings only (rate_limit=0 removes the limit); returns them all."""
-        given = {"latency_ms": latency_ms, "error_rate": error_rate, "drop_rate": drop_rate,
-                 "rate_limit": rate_limit, "retry_after": retry_after}
+        given = {
+            "latency_ms": latency_ms,
+            "error_rate": error_rate,
+            "drop_rate": drop_rate,
+            "rate_limit": rate_limit,
+            "retry_after": retry_after,
+        }
         return self._faults.set(**{k: v for k, v in given.items() if v is not None}).as_dict()
 
     @property
@@ -339,17 +399,29 @@ class Sandbox:
         """{"accountId", "name"}, as GET /v1/accounts/info answers them."""
         return {"accountId": self._api.account_id, "name": self._api.account_name}
 
-    def seed(self, people: Iterable[dict[str, Any]] = (), tags: Iterable[dict[str, Any]] = (),
-             objects: dict[str, list[dict[str, Any]]] | None = None, *, fields: Iterable[dict[str, Any]] = (),
-             object_fields: dict[str, list[dict[str, Any]]] | None = None,
-             associations: Iterable[dict[str, Any]] = ()) -> dict[str, int]:
+    def seed(
+        self,
+        people: Iterable[dict[str, Any]] = (),
+        tags: Iterable[dict[str, Any]] = (),
+        objects: dict[str, list[dict[str, Any]]] | None = None,
+        *,
+        fields: Iterable[dict[str, Any]] = (),
+        object_fields: dict[str, list[dict[str, Any]]] | None = None,
+        associations: Iterable[dict[str, Any]] = (),
+    ) -> dict[str, int]:
         """Put people, tags ({"tag": "a,b", "email": ...}) and objects ({"company": [...]}) in the account as a
         flow or another tool would have: checked like API bodies, not in the request log. Returns the counts.
         `fields` and `object_fields` ({"company": [...]}) as POST /v1/fields takes them; `associations` as a
         record names a link: {"objectName": "person", "email": ..., "targetObjectName": "company",
         "targetExternalId": ...} (or "id"/"userId"/"externalId", "targetId", and "associationId")."""
-        body = {"people": list(people), "tags": list(tags), "objects": dict(objects or {}), "fields": list(fields),
-                "object_fields": dict(object_fields or {}), "associations": list(associations)}
+        body = {
+            "people": list(people),
+            "tags": list(tags),
+            "objects": dict(objects or {}),
+            "fields": list(fields),
+            "object_fields": dict(object_fields or {}),
+            "associations": list(associations),
+        }
         return self._api.seed(body)
 
     def clear_requests(self) -> None:
@@ -373,8 +445,12 @@ class Sandbox:
         """The identifiers of people deleted for good (DELETE /v1/people?force=true), with "deletedAt"."""
         return self._store.deleted_people()
 
-    def person(self, email: str | None = None, userId: str | None = None,  # noqa: N803 - Encharge's names
-               id: str | None = None) -> dict[str, Any] | None:
+    def person(
+        self,
+        email: str | None = None,
+        userId: str | None = None,  # noqa: N803 - Encharge's names
+        id: str | None = None,
+    ) -> dict[str, Any] | None:
         return self._store.person({"id": id, "userId": userId, "email": email})
 
     def objects(self, name: str) -> list[dict[str, Any]]:
@@ -407,9 +483,11 @@ class Sandbox:
     def state(self) -> dict[str, Any]:
         """Everything that arrived, as the /_sandbox/state endpoint shows it."""
         state = self._store.snapshot()
-        state["requests"] = {"total": self._log.total(),
-                             "counts": [{"endpoint": e, "status": s, "count": n} for e, s, n in self._log.counts()],
-                             "writes": self._log.writes()}
+        state["requests"] = {
+            "total": self._log.total(),
+            "counts": [{"endpoint": e, "status": s, "count": n} for e, s, n in self._log.counts()],
+            "writes": self._log.writes(),
+        }
         state["faults"] = self.faults
         state["options"] = self.options
         state["fieldPolicy"] = self.field_policy

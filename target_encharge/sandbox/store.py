@@ -60,8 +60,13 @@ def _same_person(user: dict[str, Any], person: dict[str, Any]) -> bool:
 class Store:
     """One Encharge account in memory, safe to use from many handler threads."""
 
-    def __init__(self, schemas: Iterable[str] = ("company", "subscription"), *, duplicate_objects: bool = False,
-                 drop_unknown_fields: bool = False) -> None:
+    def __init__(
+        self,
+        schemas: Iterable[str] = ("company", "subscription"),
+        *,
+        duplicate_objects: bool = False,
+        drop_unknown_fields: bool = False,
+    ) -> None:
         self.schema_names = tuple(schemas)
         #: POST /objects with an externalId that exists: False answers 409, True stores a duplicate.
         self.duplicate_objects = duplicate_objects
@@ -190,7 +195,7 @@ class Store:
 
     def all_people(self, limit: int, offset: int) -> list[dict[str, Any]]:
         with self._lock:
-            people = [p for p in self._people.values() if not p.get("archived")][offset:offset + limit]
+            people = [p for p in self._people.values() if not p.get("archived")][offset : offset + limit]
             return [self._public(p) for p in people]
 
     def archive_people(self, idents: list[dict[str, Any]], *, force: bool) -> None:
@@ -249,8 +254,9 @@ class Store:
         schema = self._schemas.get(name)
         if schema is None:
             known = ", ".join(self.schema_names) or "none"
-            raise ApiError(404, f"No custom object schema named {name!r} (names are case-sensitive; "
-                                f"this account has: {known})")
+            raise ApiError(
+                404, f"No custom object schema named {name!r} (names are case-sensitive; this account has: {known})"
+            )
         return schema
 
     def create_objects(self, name: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -259,8 +265,9 @@ class Store:
             schema = self._schema(name)
             seen: set[str] = set()
             for index, fields in enumerate(objects):
-                schema.check_new(fields.get("externalId"), f"body[{index}]", duplicates=self.duplicate_objects,
-                                 taken=seen)
+                schema.check_new(
+                    fields.get("externalId"), f"body[{index}]", duplicates=self.duplicate_objects, taken=seen
+                )
                 if fields.get("externalId") is not None:
                     seen.add(fields["externalId"])
             return [dict(schema.create(self._admit(name, fields))) for fields in objects]
@@ -328,8 +335,7 @@ class Store:
             return person["id"]
         return self._schema(name).find(raw_id, "id")["id"]
 
-    def _link(self, name: str, raw_id: str, association_id: str | None, target: str | None,
-              raw_target_id: str) -> Link:
+    def _link(self, name: str, raw_id: str, association_id: str | None, target: str | None, raw_target_id: str) -> Link:
         for side in (name, target):
             if side is not None and side != PERSON:
                 self._schema(side)
@@ -343,8 +349,15 @@ class Store:
         key, target_key = self._key(name, raw_id), self._key(other, raw_target_id)
         return self._associations.link_of(definition, name, key, target_key)
 
-    def associate(self, name: str, raw_id: str, raw_target_id: str, *, target: str | None = None,
-                  association_id: str | None = None) -> None:
+    def associate(
+        self,
+        name: str,
+        raw_id: str,
+        raw_target_id: str,
+        *,
+        target: str | None = None,
+        association_id: str | None = None,
+    ) -> None:
         """Link two existing ids under an association: the one named, or the one between name and target."""
         with self._lock:
             self._associations.add(self._link(name, raw_id, association_id, target, raw_target_id))
@@ -383,11 +396,13 @@ class Store:
         with self._lock:
             name, target = spec["objectName"], spec["targetObjectName"]
             key = self._seed_key(name, spec)
-            target_key = self._seed_key(target, {"id": spec.get("targetId"),
-                                                 "externalId": spec.get("targetExternalId")})
+            target_key = self._seed_key(
+                target, {"id": spec.get("targetId"), "externalId": spec.get("targetExternalId")}
+            )
             association_id = spec.get("associationId")
-            self._associations.add(self._link(name, key, None if association_id is None else str(association_id),
-                                              target, target_key))
+            self._associations.add(
+                self._link(name, key, None if association_id is None else str(association_id), target, target_key)
+            )
 
     def define_association(self, spec: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
