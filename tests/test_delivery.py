@@ -27,8 +27,10 @@ from helpers import (
 )
 
 from target_encharge.client import Client, RateLimiter
+from target_encharge.failures import FailureLimit
+from target_encharge.jsonl import Lines
 from target_encharge.ledger import SyncLedger
-from target_encharge.outputs import FailureLimit, Lines, Outputs
+from target_encharge.outputs import Outputs
 from target_encharge.redaction import Redactor
 from target_encharge.request import Outcome, Request
 from target_encharge.results import Results
