@@ -8,6 +8,7 @@ naming ledger_url with its password masked; the commands show, forget and replay
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import os
 import subprocess
@@ -81,7 +82,8 @@ def test_a_float_fingerprints_as_the_decimal_of_its_shortest_text(number: float)
 def test_a_decimal_fingerprints_by_its_value(number: Decimal) -> None:
     """Plain decimals take a short cut; the text must stay that of an int when integral, else the normalized
     decimal (what the first ledgers were written with)."""
-    by_value = int(number) if number == number.to_integral_value() else number.normalize()
+    exact = decimal.Context(prec=decimal.MAX_PREC)  # every digit (issue 23: no rounding past 28)
+    by_value = int(number) if number == number.to_integral_value() else number.normalize(exact)
     assert canonical_json({"n": number}) == canonical_json({"n": by_value})
     assert fingerprint({"n": number}) == fingerprint(
         {"n": Decimal(str(number) + "000") if "." in str(number) and "E" not in str(number) else number}
