@@ -14,10 +14,21 @@ P4  memory: peak RSS of a dry run of 1,000,000 records, at most 1.2 times that o
 P5  sync ledger: an unchanged rerun of 100,000 people against the sandbox (a first run fills a fresh SQLite
     ledger, the reruns are timed and send nothing), against the stock singer-sdk no-op target on the same input.
     Goal: at most 0.5 of its CPU time.
+P6  mirror memory (issue 22): peak RSS of a `mirror` rerun of 1,000,000 known people (the tap's ACTIVATE_VERSION
+    after SCHEMA and before the records, every RECORD carrying "version", as a singer-sdk tap sends them), at most
+    1.5 times that of an unchanged `upsert` rerun of the same people. A first `upsert` run fills a fresh SQLite
+    ledger through the sandbox; both reruns must find all of them unchanged and send nothing.
+P7  PostgreSQL ledger beside SQLite (issue 23), when a PostgreSQL server can be started (skipped otherwise): a
+    first load of 5,000 events with ids (`track_event`, one call per record), records/s from first to last call;
+    and an unchanged rerun of 50,000 people, wall time (the ledger server's work included). Goal: PostgreSQL
+    within 1.25 times SQLite on both. Each side runs three times, the two taking turns; its best run counts.
 S   start-up: time from launch to the first request reaching the sandbox.
 
-P1 and P5 compare CPU times, which on this VM move by 10 to 20 % from one run to the next: each side runs three
-times, the two taking turns, and its least CPU time counts (as timeit takes the least of its repeats).
+P1, P5 and P7 compare times, which on this VM move by 10 to 20 % from one run to the next: each side runs three
+times, the two taking turns, and its least time counts (as timeit takes the least of its repeats).
+
+    .venv/bin/python benchmarks/run.py --only P6,P7 [--quick]   # some of them
+
 
 Every run of the target gets its own working directory and `ledger_url`, so no case reads another's ledger (nor
 the repository's `.target-encharge-ledger.db`).
@@ -30,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +50,9 @@ import time
 from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import postgres_server  # benchmarks/ is not a package: found beside this file
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -316,6 +331,182 @@ def p4(small: int, large: int, filled_ledger: str) -> dict:
     return {"rss_small_mib": low, "rss_large_mib": high, "ratio": high / low}
 
 
+def end_counts(stderr: str) -> dict[str, dict[str, int]]:
+    """The end-of-run table the target writes to stderr: per stream, its counts (records, unchanged, ...)."""
+    lines = stderr.splitlines()
+    for at in range(len(lines) - 1, -1, -1):
+        header = lines[at].split()
+        if header[:2] == ["stream", "records"]:
+            table: dict[str, dict[str, int]] = {}
+            for line in lines[at + 1 :]:
+                cells = line.split()
+                if len(cells) != len(header) or not all(c.replace(",", "").isdigit() for c in cells[1:]):
+                    break
+                table[cells[0]] = {k: int(v.replace(",", "")) for k, v in zip(header[1:], cells[1:], strict=True)}
+            return table
+    raise SystemExit(f"no end-of-run table in the target's output: {stderr[-1000:]}")
+
+
+def measured(cmd: list[str], stdin: Path) -> dict:
+    """One run of the target: wall and CPU seconds, peak RSS (MiB, wait4 of the child), its end-of-run counts."""
+    errors = WORK / "stderr.log"
+    started = time.perf_counter()
+    with stdin.open("rb") as data, errors.open("wb") as err:
+        proc = subprocess.Popen(cmd, stdin=data, stdout=subprocess.DEVNULL, stderr=err, cwd=WORK)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    text = errors.read_text(errors="replace")
+    if status:
+        raise SystemExit(f"{cmd[0]} failed with status {status}: {text[-2000:]}")
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "counts": end_counts(text),
+    }
+
+
+def mirror_input(n: int) -> Path:
+    """P6's people as a singer-sdk tap sends a full table for `mirror`: ACTIVATE_VERSION right after SCHEMA, before
+    the records, and "version" on every RECORD (singer-sdk Stream.sync); no message after the records."""
+    path = WORK / f"p6-mirror-{n}.jsonl"
+    if path.exists():
+        return path
+    version = 1_764_000_000_000
+    with singer_input(n, "p6").open() as source, path.open("w") as out:
+        for line in source:
+            message = json.loads(line)
+            if message["type"] == "RECORD":
+                message["version"] = version
+            out.write(json.dumps(message) + "\n")
+            if message["type"] == "SCHEMA":
+                out.write(json.dumps({"type": "ACTIVATE_VERSION", "stream": "people", "version": version}) + "\n")
+    return path
+
+
+def p6(n: int) -> dict:
+    """Peak RSS of a mirror rerun of ``n`` known people vs an unchanged upsert rerun of them (a first run fills)."""
+    data, mirrored = singer_input(n, "p6"), mirror_input(n)
+    sandbox = Sandbox(latency_ms=0)
+    try:
+        settings = {"batch_records": True, "batch_size": 100, "ledger_url": ledger("p6")}
+        first = measured([TARGET, "--config", str(sandbox.target_config(**settings))], data)
+        sandbox.reset()
+        upsert = measured([TARGET, "--config", str(sandbox.target_config(**settings))], data)
+        mirror = measured([TARGET, "--config", str(sandbox.target_config(sync_mode="mirror", **settings))], mirrored)
+        writes = [r for r in logged(sandbox.requests()) if r["method"] != "GET"]
+    finally:
+        sandbox.stop()
+    for label, found in (("upsert", upsert), ("mirror", mirror)):
+        unchanged = found["counts"].get("people", {}).get("unchanged")
+        if unchanged != n:
+            raise SystemExit(f"P6: the {label} rerun found {unchanged} of {n:,} people unchanged; it must find all")
+    if writes:
+        raise SystemExit(f"P6: the reruns sent {len(writes)} write(s); they must send none")
+    return {
+        "first_wall": first["wall"],
+        "upsert_rss_mib": upsert["rss_mib"],
+        "mirror_rss_mib": mirror["rss_mib"],
+        "upsert_wall": upsert["wall"],
+        "mirror_wall": mirror["wall"],
+        "ratio": mirror["rss_mib"] / upsert["rss_mib"],
+    }
+
+
+def events_input(n: int) -> Path:
+    """``n`` events with ids (key property "event_id"): `track_event` sends each in its own call, once."""
+    path = WORK / f"p7-events-{n}.jsonl"
+    if path.exists():
+        return path
+    with path.open("w") as out:
+        out.write(
+            json.dumps(
+                {
+                    "type": "SCHEMA",
+                    "stream": "events",
+                    "key_properties": ["event_id"],
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "event_id": {"type": "integer"},
+                            "name": {"type": "string"},
+                            "email": {"type": "string"},
+                            "plan": {"type": ["string", "null"]},
+                        },
+                    },
+                }
+            )
+            + "\n"
+        )
+        for i in range(n):
+            out.write(
+                json.dumps(
+                    {
+                        "type": "RECORD",
+                        "stream": "events",
+                        "record": {
+                            "event_id": i,
+                            "name": "Signed up",
+                            "email": f"user{i % 1000}@example.com",
+                            "plan": "pro",
+                        },
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def p7(events: int, people: int, rounds: int = ROUNDS) -> dict | str:
+    """PostgreSQL ledger vs SQLite: one-call-per-record first loads (records/s) and unchanged reruns (wall s), each
+    side's best of ``rounds``, the two taking turns. A string (why) when no PostgreSQL server can be started."""
+    server, why = postgres_server.start()
+    if server is None:
+        return why
+    sandbox = Sandbox(latency_ms=0)
+    try:
+        stream, data = events_input(events), singer_input(people, "p7")
+        urls = {"sqlite": ledger("p7-rerun"), "postgres": server.new_database()}
+        for url in urls.values():  # the first runs fill each ledger with the same people
+            measured([TARGET, "--config", str(sandbox.target_config(batch_records=True, ledger_url=url))], data)
+        loads: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+        reruns: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+        for _ in range(rounds):
+            for kind in ("sqlite", "postgres"):
+                fresh = ledger("p7-events") if kind == "sqlite" else server.new_database()
+                sandbox.reset()
+                cfg = sandbox.target_config(ledger_url=fresh, streams={"events": {"endpoint": "track_event"}})
+                found = measured([TARGET, "--config", str(cfg)], stream)
+                calls = [r for r in logged(sandbox.requests()) if r["path"].startswith("/ingest")]
+                if found["counts"]["events"]["succeeded"] != events or len(calls) != events:
+                    raise SystemExit(f"P7: the {kind} first load sent {len(calls)} of {events:,} events")
+                loads[kind].append((len(calls) - 1) / span(calls))
+            for kind in ("sqlite", "postgres"):
+                sandbox.reset()
+                found = measured(
+                    [TARGET, "--config", str(sandbox.target_config(batch_records=True, ledger_url=urls[kind]))], data
+                )
+                writes = [r for r in logged(sandbox.requests()) if r["method"] != "GET"]
+                if found["counts"]["people"]["unchanged"] != people or writes:
+                    raise SystemExit(f"P7: the {kind} rerun was not unchanged ({len(writes)} write(s) sent)")
+                reruns[kind].append(found["wall"])
+    finally:
+        sandbox.stop()
+        server.stop()
+    load = {kind: max(found) for kind, found in loads.items()}
+    rerun = {kind: min(found) for kind, found in reruns.items()}
+    return {
+        "load_sqlite": load["sqlite"],
+        "load_postgres": load["postgres"],
+        "load_ratio": load["sqlite"] / load["postgres"],  # PostgreSQL's time per record over SQLite's
+        "rerun_sqlite": rerun["sqlite"],
+        "rerun_postgres": rerun["postgres"],
+        "rerun_ratio": rerun["postgres"] / rerun["sqlite"],
+        "all_loads": loads,
+        "all_reruns": reruns,
+    }
+
+
 def p5(n: int) -> dict:
     """An unchanged rerun of ``n`` people (the first run fills the ledger) vs the stock no-op target."""
     data = singer_input(n, "p5")
@@ -356,62 +547,117 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument(
+        "--only",
+        default="P1,P2,P3,P4,P5,P6,P7",
+        help="the benchmarks to run, comma-separated (P4 runs P5 too, S comes with P3)",
+    )
     args = parser.parse_args()
+    wanted = {name.strip().upper() for name in args.only.split(",")}
     scale = 10 if args.quick else 1
     rows, goals = [], []
-    r = p1(100_000 // scale)
-    rows.append(
-        (
-            "P1 dry run CPU vs stock SDK target",
-            f"{r['ours_cpu']:.2f} s vs {r['stock_cpu']:.2f} s",
-            f"{r['ratio']:.2f}",
-            "<= 0.45",
+    if "P1" in wanted:
+        r = p1(100_000 // scale)
+        rows.append(
+            (
+                "P1 dry run CPU vs stock SDK target",
+                f"{r['ours_cpu']:.2f} s vs {r['stock_cpu']:.2f} s",
+                f"{r['ratio']:.2f}",
+                "<= 0.45",
+            )
         )
-    )
-    goals.append(r["ratio"] <= 0.45)
-    r = p2(1_600 // (scale // 5 or 1))
-    rows.append(
-        (
-            "P2 one-record calls/s, 50 ms, 16 in flight",
-            f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}",
-            f"{r['ratio']:.2f}",
-            ">= 0.90",
+        goals.append(r["ratio"] <= 0.45)
+    if "P2" in wanted:
+        r = p2(1_600 // (scale // 5 or 1))
+        rows.append(
+            (
+                "P2 one-record calls/s, 50 ms, 16 in flight",
+                f"{r['ours_calls_s']:.0f} vs bare {r['bare_calls_s']:.0f}",
+                f"{r['ratio']:.2f}",
+                ">= 0.90",
+            )
         )
-    )
-    goals.append(r["ratio"] >= 0.90)
-    r3 = p3(20_000 // scale)
-    rows.append(
-        (
-            "P3 batched records/s, 50 ms, 8 in flight",
-            f"{r3['records_s']:.0f} records/s (median of {', '.join(map(str, r3['all_records_s']))})",
-            f"{r3['records_s'] / 8000:.2f}",
-            ">= 1.00 (8,000/s)",
+        goals.append(r["ratio"] >= 0.90)
+    r3 = None
+    if "P3" in wanted:
+        r3 = p3(20_000 // scale)
+        rows.append(
+            (
+                "P3 batched records/s, 50 ms, 8 in flight",
+                f"{r3['records_s']:.0f} records/s (median of {', '.join(map(str, r3['all_records_s']))})",
+                f"{r3['records_s'] / 8000:.2f}",
+                ">= 1.00 (8,000/s)",
+            )
         )
-    )
-    goals.append(r3["records_s"] >= 8000)
-    r5 = p5(100_000 // scale)
-    r = p4(10_000, 1_000_000 // scale, r5["ledger_url"])
-    rows.append(
-        (
-            "P4 peak RSS, 1M vs 10k records (dry run, ledger on)",
-            f"{r['rss_large_mib']:.0f} MiB vs {r['rss_small_mib']:.0f} MiB",
-            f"{r['ratio']:.2f}",
-            "<= 1.20",
+        goals.append(r3["records_s"] >= 8000)
+    if wanted & {"P4", "P5"}:
+        r5 = p5(100_000 // scale)
+        r = p4(10_000, 1_000_000 // scale, r5["ledger_url"])
+        rows.append(
+            (
+                "P4 peak RSS, 1M vs 10k records (dry run, ledger on)",
+                f"{r['rss_large_mib']:.0f} MiB vs {r['rss_small_mib']:.0f} MiB",
+                f"{r['ratio']:.2f}",
+                "<= 1.20",
+            )
         )
-    )
-    goals.append(r["ratio"] <= 1.20)
-    rows.append(
-        (
-            "P5 unchanged rerun CPU vs stock SDK target",
-            f"{r5['rerun_cpu']:.2f} s vs {r5['stock_cpu']:.2f} s (wall {r5['rerun_wall']:.2f} vs "
-            f"{r5['stock_wall']:.2f}; first run {r5['first_cpu']:.2f} s CPU)",
-            f"{r5['ratio']:.2f}",
-            "<= 0.50",
+        goals.append(r["ratio"] <= 1.20)
+        rows.append(
+            (
+                "P5 unchanged rerun CPU vs stock SDK target",
+                f"{r5['rerun_cpu']:.2f} s vs {r5['stock_cpu']:.2f} s (wall {r5['rerun_wall']:.2f} vs "
+                f"{r5['stock_wall']:.2f}; first run {r5['first_cpu']:.2f} s CPU)",
+                f"{r5['ratio']:.2f}",
+                "<= 0.50",
+            )
         )
-    )
-    goals.append(r5["ratio"] <= 0.50)
-    rows.append(("S  start-up: launch to first request", f"{r3['startup_s']:.2f} s", "", ""))
-    goals.append(True)
+        goals.append(r5["ratio"] <= 0.50)
+    if "P6" in wanted:
+        n = 50_000 if args.quick else 1_000_000
+        r = p6(n)
+        rows.append(
+            (
+                f"P6 peak RSS, mirror vs upsert unchanged rerun of {n:,} known people",
+                f"{r['mirror_rss_mib']:.0f} MiB vs {r['upsert_rss_mib']:.0f} MiB (wall {r['mirror_wall']:.1f} "
+                f"vs {r['upsert_wall']:.1f} s; fill {r['first_wall']:.0f} s)",
+                f"{r['ratio']:.2f}",
+                "<= 1.50",
+            )
+        )
+        goals.append(r["ratio"] <= 1.50)
+    if "P7" in wanted:
+        events, people = (1_000, 5_000) if args.quick else (5_000, 50_000)
+        r7 = p7(events, people, rounds=1 if args.quick else ROUNDS)
+        if isinstance(r7, str):
+            print(f"P7 skipped: {r7}", file=sys.stderr)
+            rows.append(("P7 PostgreSQL ledger vs SQLite", f"skipped: {r7}", "", "<= 1.25"))
+            goals.append(True)
+        else:
+            rows.append(
+                (
+                    f"P7a one-call-per-record first load ({events:,} events with ids), PostgreSQL vs SQLite",
+                    f"{r7['load_postgres']:.0f} vs {r7['load_sqlite']:.0f} records/s (runs "
+                    f"{', '.join(f'{v:.0f}' for v in r7['all_loads']['postgres'])} vs "
+                    f"{', '.join(f'{v:.0f}' for v in r7['all_loads']['sqlite'])})",
+                    f"{r7['load_ratio']:.2f}",
+                    "<= 1.25",
+                )
+            )
+            goals.append(r7["load_ratio"] <= 1.25)
+            rows.append(
+                (
+                    f"P7b unchanged rerun of {people:,} people, PostgreSQL vs SQLite (wall)",
+                    f"{r7['rerun_postgres']:.2f} s vs {r7['rerun_sqlite']:.2f} s (runs "
+                    f"{', '.join(f'{v:.2f}' for v in r7['all_reruns']['postgres'])} vs "
+                    f"{', '.join(f'{v:.2f}' for v in r7['all_reruns']['sqlite'])})",
+                    f"{r7['rerun_ratio']:.2f}",
+                    "<= 1.25",
+                )
+            )
+            goals.append(r7["rerun_ratio"] <= 1.25)
+    if r3 is not None:
+        rows.append(("S  start-up: launch to first request", f"{r3['startup_s']:.2f} s", "", ""))
+        goals.append(True)
     print(
         f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; load average at the end {load()} (1, 5, 15 min)\n"
@@ -426,4 +672,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)  # inputs and ledgers: P6's alone are some 400 MB
