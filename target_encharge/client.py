@@ -29,6 +29,7 @@ if t.TYPE_CHECKING:
 USER_AGENT = "target-encharge"
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
 MAX_READ_BYTES = 4 * MAX_BODY_CHARS + 1024  # of an answer kept (decoded): what is shown, plus a little
+MAX_CHECK_BYTES = 16 * 1024 * 1024  # of a start-up check's or a lookup's answer: read whole, the run learns from it
 DRAIN_BYTES = 64 * 1024  # of an answer read past what is kept, and dropped: its connection is then kept
 MIN_POOL = 4  # keep-alive connections per host, at the least
 
@@ -70,28 +71,29 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
-def read_answer(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """An answer's body, decoded, kept up to MAX_READ_BYTES and read before ``deadline`` (a server dripping bytes
+def read_answer(response: urllib3.BaseHTTPResponse, deadline: float, keep: int = MAX_READ_BYTES) -> bytes:
+    """An answer's body, decoded, kept up to ``keep`` bytes and read before ``deadline`` (a server dripping bytes
     cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound).
 
     An answer at most DRAIN_BYTES longer than what is kept is read to its end (the rest dropped), so that its
     keep-alive connection goes back to the pool; a longer one is cut, and its connection closed."""
     chunks, size = [], 0
-    while size < MAX_READ_BYTES + DRAIN_BYTES:
+    while size < keep + DRAIN_BYTES:
         if time.monotonic() > deadline:
             raise TimeoutError
-        room = MAX_READ_BYTES - size if size < MAX_READ_BYTES else MAX_READ_BYTES + DRAIN_BYTES - size
+        room = keep - size if size < keep else keep + DRAIN_BYTES - size
         chunk = response.read1(room, decode_content=True)  # what has arrived, up to room: one read of the socket
         if not chunk:
             break
-        if size < MAX_READ_BYTES:
+        if size < keep:
             chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes) -> t.Any:  # noqa: ANN401
-    """An answer's body: parsed JSON, else text, else None (201 and 204 have none); truncated when large."""
+def parse_body(raw: bytes, *, whole: bool = False) -> t.Any:  # noqa: ANN401
+    """An answer's body: parsed JSON, else text, else None (201 and 204 have none); truncated when large (unless
+    ``whole``: a check's or a lookup's JSON, which the run reads)."""
     if not raw:
         return None
     try:
@@ -100,7 +102,7 @@ def parse_body(raw: bytes) -> t.Any:  # noqa: ANN401
         if len(raw) > MAX_BODY_CHARS:
             return {"truncated": True, "preview": raw[:MAX_BODY_CHARS].decode("utf-8", "replace")}
         return raw.decode("utf-8", "replace")
-    if len(raw) > MAX_BODY_CHARS:
+    if len(raw) > MAX_BODY_CHARS and not whole:
         return {"truncated": True, "preview": raw[:MAX_BODY_CHARS].decode("utf-8", "replace")}
     return body
 
@@ -145,6 +147,7 @@ class Client:
     ) -> tuple[Outcome, str | None]:
         """One try, bounded by the timeout as a whole: its outcome (so far) and the Retry-After it was told."""
         deadline = time.monotonic() + self.timeout
+        checking = request.endpoint == "check"  # a start-up check or a lookup: its answer is read whole
         try:
             response, redirected, sent = self.transport.open(
                 request.method, request.url, request.body, headers, self.timeout
@@ -152,7 +155,7 @@ class Client:
             if redirected:  # a refusal blames our key only if the key went along
                 credentialed = TOKEN_HEADER in sent
             try:
-                raw = read_answer(response, deadline)
+                raw = read_answer(response, deadline, MAX_CHECK_BYTES if checking else MAX_READ_BYTES)
             finally:
                 if not response.closed:  # cut short: the rest is never read, so its connection is dropped
                     response.close()
@@ -166,7 +169,7 @@ class Client:
         except UNSENDABLE as exc:
             error, failure = f"request failed: {type(exc).__name__}", "request"
         else:
-            status, body = response.status, parse_body(raw)
+            status, body = response.status, parse_body(raw, whole=checking)
             refusal = None if 200 <= status < 300 else self.redact(f"HTTP {status}: {_error_message(body)}")
             return (
                 Outcome(

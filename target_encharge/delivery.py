@@ -101,6 +101,12 @@ class Delivery:
         with self._cond:
             return self._in_flight
 
+    @property
+    def unfinished(self) -> int:
+        """Requests submitted and not yet answered (in flight, or queued behind others)."""
+        with self._cond:
+            return self._unfinished
+
     def wait(self) -> None:
         """Until every submitted request is finished (or the run has stopped); calls that failed after their
         retries and are still held back then fail for good (too few in a row to mean an outage)."""

@@ -88,7 +88,7 @@ class Results:
             self.out.response(request, outcome)
         if not settle:
             return
-        sync = self.sync.of(request.stream) if self.sync is not None else None
+        sync = self.sync.of(request.stream, request.entries) if self.sync is not None else None
         if request.removal and judged in (Verdict.DELIVERED, Verdict.ABSENT):  # ABSENT: already gone
             if sync is not None:
                 sync.removed_entries(request.entries)
@@ -123,7 +123,7 @@ class Results:
     def refuse(self, entry: Entry, problem: str) -> None:
         """A record refused before sending (``problem``: why it cannot be sent): failed for good, in the ledger
         too (sending it again cannot pass)."""
-        sync = self.sync.of(entry.stream) if self.sync is not None else None
+        sync = self.sync.of(entry.stream, (entry,)) if self.sync is not None else None
         self._failed(sync, (entry,), f"refused before sending: {problem}", None, None, retryable=False)
 
     def _failed(

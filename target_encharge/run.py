@@ -33,6 +33,7 @@ from target_encharge.urls import Credentials
 if t.TYPE_CHECKING:
     from target_encharge.outbox import Route
     from target_encharge.request import Entry
+    from target_encharge.sync import Exists
     from target_encharge.templates import Template
 
 
@@ -194,11 +195,22 @@ class Run:
             exists=self._exists(template, settings),
         )
 
-    def _exists(self, template: Template, settings: StreamSettings) -> t.Callable[..., list[bool]] | None:
+    def _exists(self, template: Template, settings: StreamSettings) -> Exists | None:
+        """How the stream's sync asks Encharge what exists (`update`, `create`); a record too long to be asked
+        about fails alone, with its reason (None in the answers: settled here)."""
         lookups = self.lookups
         if lookups is None or settings.sync_mode not in ("update", "create") or template.lookup is None:
             return None
-        return lambda entries: lookups.exist(template, entries)
+
+        def exist(entries: t.Sequence[Entry]) -> list[bool | None]:
+            answers: list[bool | None] = []
+            for entry, found in zip(entries, lookups.exist(template, entries), strict=True):
+                if isinstance(found, str):
+                    self.results.refuse(entry, found)
+                answers.append(None if isinstance(found, str) else found)
+            return answers
+
+        return exist
 
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None:
         """A record the tap marks deleted (`_sdc_deleted_at`): `mirror` removes what it wrote for it; other modes
@@ -273,16 +285,28 @@ class Run:
             finally:
                 self.waiting = False
             return
+        # the grace period is for the calls in flight (and queued behind them) only: records that wait for a later
+        # pass (results.later, calls held back after their retries) do not hold the shutdown
         deadline = time.monotonic() + grace
-        while self.results.gate.pending and time.monotonic() < deadline:
+        while self.delivery.unfinished and self.results.gate.pending and time.monotonic() < deadline:
             self.delivery.raise_if_fatal()
             time.sleep(GRACE_POLL)
-        if self.results.gate.pending:
+        pending = self.results.gate.pending
+        if not pending:
+            return
+        if self.delivery.unfinished:
             self.logger.warning(
                 "%d record(s) not done within shutdown_grace_period (%g s): the tap's STATE after "
                 "them was held back, so they are sent again next run",
-                self.results.gate.pending,
+                pending,
                 grace,
+            )
+        else:
+            self.logger.warning(
+                "%d record(s) waiting for a later pass (such as tags whose person did not exist yet) were not "
+                "sent again, as the run was stopped: the tap's STATE after them was held back, so they are sent "
+                "again next run",
+                pending,
             )
 
     def finish(self) -> None:

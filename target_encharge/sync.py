@@ -64,7 +64,8 @@ class DeleteGuardError(Exception):
     """More removals than `max_delete_share` allows: none of them is sent."""
 
 
-Exists = t.Callable[[t.Sequence["Entry"]], list[bool]]  # whether each entry's person or object is in Encharge
+# whether each entry's person or object is in Encharge; None: it could not be asked about (it failed alone)
+Exists = t.Callable[[t.Sequence["Entry"]], t.Sequence[t.Optional[bool]]]
 
 
 class GroupCommit:
@@ -166,18 +167,20 @@ class StreamSync:
 
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
-        to know exist."""
+        to know exist: in `create` what the ledger does not know, in `update` every record about to be sent
+        (whatever the ledger says: a person erased in Encharge since is never created again)."""
         identities = {e.seq: self.template.identity(e.record, self.key_properties, e.ids) for e in entries}
         known = self.ledger.fingerprints(self.scope, [i for i in identities.values() if i is not None])
         sifted = Sifted()
-        unsure: list[Entry] = []  # update/create: not in the ledger, so Encharge is asked
+        asking = self.mode in ("update", "create")
+        unsure: list[Entry] = []  # update/create: Encharge is asked whether they exist
         marks: dict[int, Mark | None] = {}  # of the entries that may be sent: written to the ledger on delivery
         for entry in entries:
             identity = identities[entry.seq]
             last = known.get(identity) if identity is not None else None
             if last is None:  # not in the ledger (a fingerprint only where it will be written: not in a dry run)
                 marks[entry.seq] = self.mark(entry, identity=identity) if identity and self.writes else None
-                (unsure if identity is not None and self.mode in ("update", "create") else sifted.send).append(entry)
+                (unsure if identity is not None and asking else sifted.send).append(entry)
                 continue
             if self.mode == "create":
                 sifted.skipped.append(entry)  # it exists: create leaves it as it is
@@ -189,7 +192,10 @@ class StreamSync:
                 sifted.unchanged.append(entry)
                 continue
             marks[entry.seq] = self.mark(entry, known=True, identity=identity, fingerprinted=printed)
-            (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
+            if asking:  # update: the ledger knows it, Encharge is asked all the same
+                unsure.append(entry)
+            else:
+                (sifted.update if self.template.upsert is not None else sifted.send).append(entry)
         if unsure:
             self._ask_encharge(unsure, marks, sifted)
         if self.writes:  # kept until the answer, which writes them (a dry run keeps nothing: memory stays flat)
@@ -201,13 +207,23 @@ class StreamSync:
         return sifted
 
     def _ask_encharge(self, entries: list[Entry], marks: dict[int, Mark | None], sifted: Sifted) -> None:
-        there = self.exists(entries) if self.exists is not None else [False] * len(entries)
-        remembered = []
+        """Sort ``entries`` by what Encharge says of them; what it taught is remembered: in `create`, what is
+        there already (so it is not asked again); in `update`, what the ledger knew and is gone (forgotten, so
+        it is asked again next time). A dry run, which cannot ask, takes what the ledger knows as there."""
+        if self.exists is not None:
+            there = self.exists(entries)
+        else:
+            there = [bool(mark is not None and mark.known) for mark in (marks[e.seq] for e in entries)]
+        remembered, gone = [], []
         for entry, exists in zip(entries, there, strict=True):
             mark = marks[entry.seq]
+            if exists is None:  # it could not be asked about: it failed alone, with its reason
+                continue
             if self.mode == "update":
                 if not exists:
                     sifted.skipped.append(entry)  # update never creates
+                    if mark is not None and mark.known:
+                        gone.append(mark.identity)
                 elif self.template.upsert is not None:
                     sifted.update.append(entry)
                 else:
@@ -220,8 +236,20 @@ class StreamSync:
                 sifted.send.append(entry)
         if self.writes and remembered:
             self.ledger.mark_delivered(self.scope, remembered)
+        if self.writes and gone:
+            logger.info(
+                "Stream '%s': %d record(s) the ledger knew are no longer in Encharge: skipped (update never "
+                "creates) and forgotten",
+                self.scope.stream,
+                len(gone),
+            )
+            self.ledger.remove(self.scope, gone)
 
     # after the answer
+
+    def holds(self, seq: int) -> bool:
+        """Whether the entry numbered ``seq`` was sifted (or planned for removal) here and is not settled yet."""
+        return seq in self._marks or seq in self._removing
 
     def delivered(self, entries: t.Iterable[Entry]) -> list[Mark | None]:
         """Encharge answered 2xx for ``entries``: the ledger says so at once (not only at the next STATE).
@@ -348,7 +376,8 @@ class Sync:
     ) -> None:
         self.ledger, self.redact = ledger, redact
         self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
-        self.streams: dict[str, StreamSync] = {}
+        self.streams: dict[str, StreamSync] = {}  # each stream's sync, for its latest SCHEMA
+        self._replaced: dict[str, list[StreamSync]] = {}  # a stream's earlier syncs: their calls may be in flight
 
     def stream(
         self,
@@ -376,11 +405,20 @@ class Sync:
             exists=exists,
             redact=self.redact,
         )
+        earlier = self.streams.get(stream)
+        if earlier is not None:  # a new SCHEMA: the old sink's batches may still be sent, and answered
+            self._replaced.setdefault(stream, []).append(earlier)
         self.streams[stream] = sync
         return sync
 
-    def of(self, stream: str) -> StreamSync | None:
-        return self.streams.get(stream)
+    def of(self, stream: str, entries: t.Sequence[Entry] = ()) -> StreamSync | None:
+        """The sync that sifted ``entries`` (when a SCHEMA came for the stream since, an earlier one), else the
+        stream's latest: a request settles against the sync that sent it, so the ledger records its answer."""
+        latest = self.streams.get(stream)
+        if not entries or latest is None or latest.holds(entries[0].seq):
+            return latest
+        seq = entries[0].seq
+        return next((s for s in reversed(self._replaced.get(stream, ())) if s.holds(seq)), latest)
 
     def close(self) -> None:
         self.ledger.close()

@@ -113,16 +113,19 @@ class TargetEncharge(SeamTarget):
         super().process_endofpipe()
         self.finish()
 
-    def finish(self) -> None:
-        """The run's ending, once whichever way it ends (then stop if too many records failed)."""
+    def finish(self, *, complete: bool = True) -> None:
+        """The run's ending, once whichever way it ends (then stop if too many records failed); ``complete``
+        False: it stopped before the end of its input."""
         try:
-            self._warn_unmatched_streams()
+            if complete:
+                self._warn_unmatched_streams()
             self.run.finish()
         finally:
             self._uninstall_redaction()
 
     def _warn_unmatched_streams(self) -> None:
-        """Every `streams` key no stream of this run matched (a typo routes a stream to the default endpoint)."""
+        """Every `streams` key no stream of this run matched (a typo routes a stream to the default endpoint); only
+        for a run that read its whole input (one stopped early may not have met its streams yet)."""
         if self.run.finished:
             return
         came = ", ".join(f"'{s}'" for s in sorted(self.streams_seen)) or "none"
@@ -134,7 +137,7 @@ class TargetEncharge(SeamTarget):
         before are still delivered (and their STATE), never cut off mid-call; after a signal, within the grace
         period."""
         self.run.deliver_all(self.run.settings.shutdown_grace_period if self.stop_signal is not None else None)
-        self.finish()
+        self.finish(complete=False)
 
     @override
     @classmethod
@@ -200,7 +203,7 @@ class TargetEncharge(SeamTarget):
     def finish_quietly(self) -> None:
         """Whatever happened, nothing of this run is left running or attached (threads, files, log filters)."""
         with contextlib.suppress(*STOPS):
-            self.finish()
+            self.finish(complete=False)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ DEFAULT_ACCOUNT_ID = 1
 DEFAULT_ACCOUNT_NAME = "Encharge sandbox"
 REDIRECT_PATH = control.PREFIX + "redirect"
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_URL_BYTES = 8 * 1024  # a longer request target is answered 414, as real servers do (nginx's default buffer)
 _REDACTED_HEADERS = frozenset(("x-encharge-token", "authorization"))
 
 
@@ -93,7 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             return
         sandbox = self.server.sandbox
-        if path == REDIRECT_PATH:  # any method: 307 to ?to=URL, to see which headers follow a redirect
+        if len(self.path) > MAX_URL_BYTES:
+            self._answer(414, envelope(f"URI longer than {MAX_URL_BYTES} bytes", "sandbox-http"))
+        elif path == REDIRECT_PATH:  # any method: 307 to ?to=URL, to see which headers follow a redirect
             self._answer(307, None, extra=(("Location", dict(parse_qsl(query_string)).get("to", "/")),))
         elif path.startswith(control.PREFIX):
             status, payload, content_type = control.handle(sandbox, self.command, path, query_string, raw)
