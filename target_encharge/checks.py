@@ -22,7 +22,7 @@ class StartupChecks:
     def __init__(self, client: Client, api_url: str) -> None:
         self.client, self.api_url = client, api_url
         self._account: t.Any = None
-        self._schemas: list[str] | None = None
+        self._schemas: list[dict] | None = None
 
     def before_sending(self, stream: str, template: Template, settings: StreamSettings) -> None:
         """Raise ConfigError when ``stream`` cannot be sent: a missing or refused key, an unknown object_name."""
@@ -33,6 +33,14 @@ class StartupChecks:
             raise ConfigError(msg)
         if credential and credential.setting == "api_key":
             self.account()
+        association = template.associates
+        for side in (association.object_name, association.target_object_name) if association else ():
+            if side != "person" and side not in self.schemas():
+                msg = (
+                    f"stream '{stream}': {side!r} is not a custom object schema of this Encharge account (names "
+                    f"are case-sensitive); the account has: {', '.join(map(repr, self.schemas())) or 'none'}"
+                )
+                raise ConfigError(msg)
         object_name = template.object_schema
         if object_name:
             schemas = self.schemas()
@@ -51,14 +59,15 @@ class StartupChecks:
         return self._account
 
     def schemas(self) -> list[str]:
-        """`GET /schemas` (once): the names of the account's custom object schemas."""
+        """The names of the account's custom object schemas."""
+        return [o["name"] for o in self.schema_list()]
+
+    def schema_list(self) -> list[dict]:
+        """`GET /schemas` (once): the account's custom object schemas, with their fields and associations."""
         if self._schemas is None:
             body = self._get("/schemas")
-            self._schemas = [
-                o["name"]
-                for o in (body or {}).get("objects", [])
-                if isinstance(o, dict) and isinstance(o.get("name"), str)
-            ]
+            objects = body.get("objects", []) if isinstance(body, dict) else []
+            self._schemas = [o for o in objects if isinstance(o, dict) and isinstance(o.get("name"), str)]
         return self._schemas
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
