@@ -17,6 +17,7 @@ from target_encharge.delivery import Delivery
 from target_encharge.encharge_ids import Associations, EnchargeIds
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.failures import FailureLimit
+from target_encharge.fields import Consent, FieldContract
 from target_encharge.ledger import SyncLedger
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
@@ -65,6 +66,7 @@ class Run:
     lookups: Lookups | None = None  # asks Encharge what exists (`update`, `create`; not in a dry run)
     refusals: list[str] = dataclasses.field(default_factory=list)  # mirror's guard: told at the end, exit 1
     associations: Associations | None = None  # association records: their Encharge ids, or waiting (issue 24)
+    resubscribes: Consent = dataclasses.field(default_factory=Consent)  # `unsubscribed: false` left out (issue 24)
     _account: str | None = None
 
     @classmethod
@@ -117,7 +119,7 @@ class Run:
     def template(self, settings: StreamSettings) -> Template:
         """The template a stream's settings route it to, at this run's REST API and Ingest URLs."""
         template = template_for(settings, self.settings.api_url, self.settings.ingest_url)
-        if template.associates is not None and self.associations is not None and template.modes != ("upsert",):
+        if template.associates is not None and template.removal is not None and self.associations is not None:
             template = dataclasses.replace(template, removal=self.associations.removal(template))
         return template
 
@@ -133,6 +135,18 @@ class Run:
             self.associations.ids.account = self.account(template)  # (its REST account)
         self.progress.start()
         return sync
+
+    def field_contract(
+        self, stream: str, template: Template, settings: StreamSettings, schema: dict
+    ) -> FieldContract | None:
+        """The stream's fields against the account's (not in a dry run, which asks nothing)."""
+        if self.settings.dry_run:
+            return None
+        return self.checks.field_contract(stream, template, schema, create=settings.create_missing_fields)
+
+    def consent(self) -> Consent:
+        """What person upserts leave out so that nobody who opted out is subscribed again, counted for the run."""
+        return self.resubscribes
 
     @property
     def retry_failed(self) -> bool:
@@ -326,8 +340,9 @@ class Run:
             self.finished = True
             self.delivery.close()
             self.progress.stop()
-            if warning := self.case_merges.warning():
-                self.logger.warning("%s", warning)
+            for warning in (self.case_merges.warning(), self.resubscribes.warning()):
+                if warning:
+                    self.logger.warning("%s", warning)
             self.results.final_state()
             self.results.failure_log.close()
             counts = self.results.counts

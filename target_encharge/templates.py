@@ -72,6 +72,7 @@ class Template:
     answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: NO_ANSWERS)
     removal_answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: REMOVAL_ANSWERS)
     associates: Association | None = None  # an association's two sides: its URL takes their Encharge ids
+    field_owner: str | None = None  # whose fields its records write ("person", or the custom object's schema)
 
     def identity(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
@@ -424,6 +425,20 @@ def _unsubscribe_url(api: str) -> t.Callable[[dict], str]:
     return url
 
 
+def _association_removal(association: Association) -> t.Callable[[dict, str], Removal]:
+    """`DELETE /objects/{objectName}/{id}/associations/{associationId}/{targetId}`, as data: the sides named by
+    their identities (the run, which knows Encharge's ids and the association's, binds one that fills them in)."""
+
+    def removal(ids: dict, _action: str) -> Removal:
+        source, target = association.source(ids), association.target(ids)
+        shown = [f"{{{side[1]}}}" if side else "{unknown}" for side in (source, target)]
+        number = association.association_id if association.association_id is not None else "{associationId}"
+        base = f"{association.api}/objects/{urllib.parse.quote(association.object_name, safe='')}"
+        return Removal("DELETE", f"{base}/{shown[0]}/associations/{number}/{shown[1]}")
+
+    return removal
+
+
 def _association_templates(
     api: str, object_name: str | None, target_object_name: str | None, association_id: int | None
 ) -> list[Template]:
@@ -441,6 +456,7 @@ def _association_templates(
         requires=("target_object_name",),
         destination=f"add_association {association.object_name} {association.target_object_name}"
         + (f" #{association_id}" if association_id is not None else ""),
+        removal=_association_removal(association),
         modes=("upsert", "mirror"),
         answers=PERSON_LATER,  # (a person or object not there yet: once more at the end)
         associates=association,
@@ -448,6 +464,7 @@ def _association_templates(
     remove = dataclasses.replace(
         add,
         name="remove_association",
+        removal=None,
         method="DELETE",
         destination=add.destination.replace("add_", "remove_", 1),
         modes=("upsert",),
@@ -530,6 +547,7 @@ def encharge_templates(
         lookup="object",
         object_schema=object_name,
         requires=("object_name",),
+        field_owner=object_name,
         destination=f"create_custom_object {object_name}",
         removal=_object_removal(objects),
         modes=ALL_MODES,
@@ -548,6 +566,7 @@ def encharge_templates(
             batchable=True,
             people=True,
             lookup="people",
+            field_owner="person",
             destination="create_or_update_person",
             removal=_person_removal(api),
             modes=ALL_MODES,
