@@ -14,6 +14,7 @@ from target_encharge.urls import join_url
 from target_encharge.verdicts import Verdict
 
 logger = logging.getLogger("target_encharge")
+WHOLE_ANSWER = 8 * 1024 * 1024  # bytes of a start-up GET read whole (an account's fields, its schemas)
 
 if t.TYPE_CHECKING:
     from target_encharge.client import Client
@@ -150,7 +151,7 @@ class StartupChecks:
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
         """A start-up GET on the REST API, with the same retries as any call."""
-        request = Request.check(self.api_url + path)
+        request = Request.check(self.api_url + path, whole_answer=WHOLE_ANSWER)
         outcome = self.client.send(request)
         if request.verdict(outcome) is not Verdict.DELIVERED:
             msg = (

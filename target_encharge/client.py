@@ -70,30 +70,36 @@ class RateLimiter:
             time.sleep(slot - now)
 
 
-def read_answer(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+def read_answer(response: urllib3.BaseHTTPResponse, deadline: float, keep: int = MAX_READ_BYTES) -> bytes:
     """An answer's body, decoded, kept up to MAX_READ_BYTES and read before ``deadline`` (a server dripping bytes
     cannot hold a call past its timeout; a small compressed answer is never inflated beyond the bound).
 
     An answer at most DRAIN_BYTES longer than what is kept is read to its end (the rest dropped), so that its
     keep-alive connection goes back to the pool; a longer one is cut, and its connection closed."""
     chunks, size = [], 0
-    while size < MAX_READ_BYTES + DRAIN_BYTES:
+    while size < keep + DRAIN_BYTES:
         if time.monotonic() > deadline:
             raise TimeoutError
-        room = MAX_READ_BYTES - size if size < MAX_READ_BYTES else MAX_READ_BYTES + DRAIN_BYTES - size
+        room = keep - size if size < keep else keep + DRAIN_BYTES - size
         chunk = response.read1(room, decode_content=True)  # what has arrived, up to room: one read of the socket
         if not chunk:
             break
-        if size < MAX_READ_BYTES:
+        if size < keep:
             chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes) -> t.Any:  # noqa: ANN401
-    """An answer's body: parsed JSON, else text, else None (201 and 204 have none); truncated when large."""
+def parse_body(raw: bytes, *, whole: bool = False) -> t.Any:  # noqa: ANN401
+    """An answer's body: parsed JSON, else text, else None (201 and 204 have none); truncated when large (unless
+    ``whole``: a start-up check's answer, read whole)."""
     if not raw:
         return None
+    if whole:
+        try:
+            return encoding.loads(raw)
+        except Exception:  # noqa: BLE001 - not JSON: shown as text, cut
+            return raw[:MAX_BODY_CHARS].decode("utf-8", "replace")
     try:
         body = encoding.loads(raw)
     except Exception:  # noqa: BLE001 - anything that is not JSON (or JSON cut off at the read bound) is kept as text
@@ -152,7 +158,7 @@ class Client:
             if redirected:  # a refusal blames our key only if the key went along
                 credentialed = TOKEN_HEADER in sent
             try:
-                raw = read_answer(response, deadline)
+                raw = read_answer(response, deadline, request.whole_answer or MAX_READ_BYTES)
             finally:
                 if not response.closed:  # cut short: the rest is never read, so its connection is dropped
                     response.close()
@@ -166,7 +172,7 @@ class Client:
         except UNSENDABLE as exc:
             error, failure = f"request failed: {type(exc).__name__}", "request"
         else:
-            status, body = response.status, parse_body(raw)
+            status, body = response.status, parse_body(raw, whole=bool(request.whole_answer))
             refusal = None if 200 <= status < 300 else self.redact(f"HTTP {status}: {_error_message(body)}")
             return (
                 Outcome(

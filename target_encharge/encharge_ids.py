@@ -29,6 +29,7 @@ logger = logging.getLogger("target_encharge")
 
 Ref = tuple[str, str]  # (object name, identity): ("person", "email:ann@example.com"), ("company", "externalId:acme")
 PEOPLE_PER_LOOKUP = 50  # people named in one GET
+WHOLE_ANSWER = 1024 * 1024  # bytes of a lookup's answer read whole (50 people and their fields)
 _ABSENT = {NOT_FOUND: Verdict.ABSENT}
 
 
@@ -118,7 +119,7 @@ class EnchargeIds:
     def _get(self, url: str) -> t.Any:  # noqa: ANN401
         if self.client is None:
             return None
-        request = Request.check(url, _ABSENT)
+        request = Request.check(url, _ABSENT, whole_answer=WHOLE_ANSWER)
         outcome = self.client.send(request)
         if request.verdict(outcome) is Verdict.DELIVERED:
             return outcome.body

@@ -41,6 +41,7 @@ class Request:
     note: str | None = None  # why it is sent, shown in previews (a removal's reason)
     # what a refusal's status means for it (its template's, or a removal's or lookup's own)
     answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: NO_ANSWERS)
+    whole_answer: int = 0  # bytes of the answer to read and keep whole (a start-up check's); 0: the usual bound
 
     def verdict(self, outcome: Outcome) -> Verdict:
         """What ``outcome`` means for this request's records."""
@@ -83,10 +84,18 @@ class Request:
         return tuple(Request.upsert(self.template, self.headers, entry, self.keys) for entry in self.entries)
 
     @classmethod
-    def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
+    def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS, *, whole_answer: int = 0) -> Request:
         """A GET that carries no record (a start-up check, a lookup)."""
         return cls(
-            stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None, answers=answers
+            stream="",
+            endpoint="check",
+            method="GET",
+            url=url,
+            content_type="",
+            headers={},
+            body=None,
+            answers=answers,
+            whole_answer=whole_answer,
         )
 
     @property

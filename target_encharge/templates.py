@@ -12,6 +12,7 @@ stream's settings the same way.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import functools
 import hashlib
 import re
@@ -215,9 +216,20 @@ def event_identifiers(record: dict) -> dict:
     return {**person_identifiers(record), **ids}
 
 
+def _numeric_id(ids: dict) -> str | None:
+    """A number in `id`: a database key, not Encharge's own (text) id of a person; it belongs in userId."""
+    value = ids.get("id")
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
+        return None
+    return (
+        f"its id is a number ({value}): Encharge's id is its own; send your key as userId, e.g. with the stream "
+        'map `stream_maps: {"<stream>": {"userId": "str(id)", "id": "__NULL__"}}`'
+    )
+
+
 def _needs_person(_record: dict, ids: dict) -> str | None:
     if ids:
-        return None
+        return _numeric_id(ids)
     return "no email, userId or id to say which person it is"
 
 
@@ -235,7 +247,7 @@ def _needs_event(record: dict, ids: dict) -> str | None:
             return f"its '{field}' is not an object"
     if not ("email" in ids or "userId" in ids):
         return "no email or userId for the event's user"
-    return None
+    return _numeric_id(ids)
 
 
 def _nothing_needed(_record: dict, _ids: dict) -> str | None:
@@ -392,7 +404,7 @@ def _needs_association(association: Association) -> t.Callable[[dict, dict], str
             return f"no externalId to say which {association.object_name} it is"
         if association.target(ids) is None:
             return f"no targetExternalId or targetId to say which {association.target_object_name} it links to"
-        return None
+        return _numeric_id(ids) if association.object_name == PERSON else None
 
     return needs
 

@@ -3,8 +3,11 @@ re-subscribing, the field contract, and `id` kept for Encharge's own."""
 
 from __future__ import annotations
 
+import requests
+from conftest import API_KEY
 from helpers import record, run_target, sandbox_config, schema, state
 
+REST = {"X-Encharge-Token": API_KEY}
 COMPANY_PROPS = {"externalId": {"type": "string"}, "name": {"type": ["string", "null"]}}
 LINK_PROPS = {
     "email": {"type": "string"},
@@ -177,3 +180,155 @@ def test_unsubscribe_person_posts_one_person_per_call(sandbox):
     calls = [r for r in sandbox.requests() if r["path"] == "/v1/people/unsubscribe"]
     assert [(c["method"], c["status"]) for c in calls] == [("POST", 204), ("POST", 204)]
     assert all(p["unsubscribed"] is True for p in sandbox.people())
+
+
+# --- never re-subscribe ---------------------------------------------------------------------------------------
+
+
+def test_a_sync_never_sends_unsubscribed_false_unless_allowed(sandbox):
+    sandbox.seed(people=[{"email": "ann@example.com"}, {"email": "bo@example.com"}])
+    props = {"email": {"type": "string"}, "unsubscribed": {"type": ["boolean", "string", "null"]}}
+    messages = [
+        schema("customers", props, ["email"]),
+        record("customers", {"email": "ann@example.com", "unsubscribed": False}),
+        record("customers", {"email": "bo@example.com", "unsubscribed": "false"}),
+        record("customers", {"email": "cy@example.com", "unsubscribed": True}),
+    ]
+    for email in ("ann@example.com", "bo@example.com"):
+        requests.post(f"{sandbox.api_url}/people/unsubscribe?email={email}", headers=REST, timeout=10)
+    run = run_target(sandbox_config(sandbox), messages)
+    assert run.returncode == 0, run.stderr
+    assert all(p["unsubscribed"] is True for p in sandbox.people())
+    (body,) = [r["body"] for r in sandbox.requests() if r["path"] == "/v1/people"]
+    assert [("unsubscribed" in p) for p in body] == [False, False, True]
+    assert run.stderr.count("carried unsubscribed: false") == 1 and "2 person record(s)" in run.stderr
+    allowed = run_target(sandbox_config(sandbox, allow_resubscribe=True), messages)
+    assert allowed.returncode == 0, allowed.stderr
+    assert sandbox.person(email="ann@example.com")["unsubscribed"] is False
+    assert "carried unsubscribed" not in allowed.stderr
+
+
+# --- the field contract ---------------------------------------------------------------------------------------
+
+FIELD_PROPS = {
+    "email": {"type": "string"},
+    "firstName": {"type": ["string", "null"]},
+    "seats": {"type": ["integer", "null"]},
+    "mrr": {"type": ["number", "null"]},
+    "trial": {"type": ["boolean", "null"]},
+    "renewsOn": {"type": ["string", "null"], "format": "date"},
+    "createdAt": {"type": ["string", "null"], "format": "date-time"},
+}
+
+
+def test_fields_the_account_lacks_are_named_once_and_encharge_may_drop_them(sandbox):
+    sandbox.set_field_policy(drop_unknown_fields=True)
+    run = run_target(
+        sandbox_config(sandbox, batch_size=1),
+        [
+            schema("customers", FIELD_PROPS, ["email"]),
+            record("customers", {"email": "ann@example.com", "seats": 3, "createdAt": "2024-01-02T03:04:05Z"}),
+            record("customers", {"email": "bo@example.com", "seats": 4, "mrr": 9.5}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    named = [line for line in run.stderr.splitlines() if "lack" in line]
+    assert len(named) == 1 and "seats, mrr, trial, renewsOn" in named[0] and "may drop" in named[0]
+    assert run.stderr.count("createdAt is read-only") == 1
+    bodies = [r["body"][0] for r in sandbox.requests() if r["path"] == "/v1/people"]
+    assert all("createdAt" not in b for b in bodies)  # read-only: left out
+    assert "seats" not in sandbox.person(email="ann@example.com")  # the account dropped it
+
+
+def test_create_missing_fields_creates_them_typed_from_the_schema_first(sandbox):
+    sandbox.set_field_policy(drop_unknown_fields=True)
+    run = run_target(
+        sandbox_config(sandbox, create_missing_fields=True),
+        [
+            schema("customers", FIELD_PROPS, ["email"]),
+            record("customers", {"email": "ann@example.com", "seats": 3, "mrr": 9.5, "renewsOn": "2025-01-01"}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    created = [r for r in sandbox.requests() if r["method"] == "POST" and r["path"] == "/v1/fields"]
+    assert len(created) == 1
+    assert created[0]["body"] == [
+        {"name": "seats", "type": "integer"},
+        {"name": "mrr", "type": "number"},
+        {"name": "trial", "type": "boolean"},
+        {"name": "renewsOn", "type": "string", "format": "date"},
+    ]
+    assert sandbox.requests().index(created[0]) < [r["path"] for r in sandbox.requests()].index("/v1/people")
+    ann = sandbox.person(email="ann@example.com")
+    assert (ann["seats"], ann["renewsOn"]) == (3, "2025-01-01")
+    assert "lack" not in run.stderr and "created the person field 'seats' (integer)" in run.stderr
+
+
+def test_custom_object_fields_are_created_in_their_schema(sandbox):
+    props = {"externalId": {"type": "string"}, "name": {"type": "string"}, "employees": {"type": "integer"}}
+    run = run_target(
+        sandbox_config(sandbox, endpoint="create_custom_object", object_name="company", create_missing_fields=True),
+        [schema("companies", props, ["externalId"]), record("companies", {"externalId": "acme", "employees": 5})],
+    )
+    assert run.returncode == 0, run.stderr
+    (created,) = [r for r in sandbox.requests() if r["path"] == "/v1/schemas/company/fields"]
+    assert created["body"] == [{"name": "employees", "type": "integer"}]
+
+
+def test_values_that_cannot_be_read_as_their_fields_type_are_refused_and_those_that_can_are_sent_as_it(sandbox):
+    sandbox.seed(
+        fields=[
+            {"name": "seats", "type": "integer"},
+            {"name": "mrr", "type": "number"},
+            {"name": "trial", "type": "boolean"},
+            {"name": "plan", "type": "string", "enum": ["free", "pro"], "allowNewEnumValues": False},
+            {"name": "note", "type": "string"},
+        ]
+    )
+    props = {name: {} for name in ("email", "seats", "mrr", "trial", "plan", "note")}
+    run = run_target(
+        sandbox_config(sandbox, max_failures=-1, batch_records=False),
+        [
+            schema("customers", props, ["email"]),
+            record(
+                "customers", {"email": "ok@example.com", "seats": "3", "mrr": "9.50", "trial": "true", "plan": "pro"}
+            ),
+            record("customers", {"email": "a@example.com", "seats": "abc"}),
+            record("customers", {"email": "b@example.com", "mrr": "lots"}),
+            record("customers", {"email": "c@example.com", "plan": "enterprise"}),
+            record("customers", {"email": "d@example.com", "note": "x" * 5001}),
+            record("customers", {"email": "e@example.com", "seats": 2.5}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    ok = sandbox.person(email="ok@example.com")
+    assert (ok["seats"], ok["trial"], ok["plan"]) == (3, True, "pro") and float(ok["mrr"]) == 9.5
+    reasons = {d["identifiers"]["email"]: d["reason"] for d in run.file_lines("target-encharge-dead-letters.jsonl")}
+    assert set(reasons) == {"a@example.com", "b@example.com", "c@example.com", "d@example.com", "e@example.com"}
+    assert "field 'seats'" in reasons["a@example.com"] and "not a integer" in reasons["a@example.com"]
+    assert "field 'mrr'" in reasons["b@example.com"]
+    assert "field 'plan'" in reasons["c@example.com"] and "free, pro" in reasons["c@example.com"]
+    assert "5,000 characters" in reasons["d@example.com"]
+    assert "field 'seats'" in reasons["e@example.com"]
+    assert all(reason.startswith("refused before sending") for reason in reasons.values())
+    assert [p["email"] for p in sandbox.people()] == ["ok@example.com"]
+
+
+# --- `id` is Encharge's ---------------------------------------------------------------------------------------
+
+
+def test_a_number_in_id_is_refused_naming_user_id_and_the_stream_map_that_moves_it(sandbox):
+    props = {"id": {"type": "integer"}, "email": {"type": "string"}}
+    messages = [schema("customers", props), record("customers", {"id": 42, "email": "ann@example.com"})]
+    run = run_target(sandbox_config(sandbox), messages)
+    assert run.returncode != 0
+    (dead,) = run.file_lines("target-encharge-dead-letters.jsonl")
+    assert "its id is a number (42)" in dead["reason"] and "userId" in dead["reason"]
+    assert '"userId": "str(id)", "id": "__NULL__"' in dead["reason"]
+    assert sandbox.people() == []
+    # the stream map it names works
+    mapped = run_target(
+        sandbox_config(sandbox, stream_maps={"customers": {"userId": "str(id)", "id": "__NULL__"}}), messages
+    )
+    assert mapped.returncode == 0, mapped.stderr
+    assert sandbox.person(email="ann@example.com")["userId"] == "42"
