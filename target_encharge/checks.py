@@ -95,15 +95,22 @@ class StartupChecks:
         schema = next((o for o in self.schema_list() if o["name"] == owner), {})
         return [f for f in schema.get("fields") or () if isinstance(f, dict)]
 
-    def field_contract(self, stream: str, template: Template, schema: dict, *, create: bool) -> FieldContract | None:
-        """``stream``'s fields against the account's (None: its template writes no fields). Fields Encharge lacks
-        are created first (``create``) or named, once; read-only ones named, once."""
+    def contract_of(self, stream: str, template: Template, schema: dict) -> FieldContract | None:
+        """``stream``'s fields against the account's as they are (nothing created, nothing logged)."""
         owner = template.field_owner
         if owner is None:
             return None
         properties = schema.get("properties") or {}
         keep = template.identifiers(dict.fromkeys(properties, "x"))
-        contract = FieldContract.of(stream, owner, self.fields_of(owner), properties, keep)
+        return FieldContract.of(stream, owner, self.fields_of(owner), properties, keep)
+
+    def field_contract(self, stream: str, template: Template, schema: dict, *, create: bool) -> FieldContract | None:
+        """``stream``'s fields against the account's (None: its template writes no fields). Fields Encharge lacks
+        are created first (``create``) or named, once; read-only ones named, once."""
+        contract = self.contract_of(stream, template, schema)
+        if contract is None:
+            return None
+        owner, properties, keep = contract.owner, schema.get("properties") or {}, contract.keep
         shown = "person fields" if owner == "person" else f"{owner} fields"
         if contract.missing and create:
             specs = [field_spec(name, properties[name]) for name in contract.missing]

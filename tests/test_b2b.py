@@ -3,9 +3,13 @@ re-subscribing, the field contract, and `id` kept for Encharge's own."""
 
 from __future__ import annotations
 
+import json
+
 import requests
 from conftest import API_KEY
 from helpers import record, run_target, sandbox_config, schema, state
+
+from target_encharge import check
 
 REST = {"X-Encharge-Token": API_KEY}
 COMPANY_PROPS = {"externalId": {"type": "string"}, "name": {"type": ["string", "null"]}}
@@ -332,3 +336,35 @@ def test_a_number_in_id_is_refused_naming_user_id_and_the_stream_map_that_moves_
     )
     assert mapped.returncode == 0, mapped.stderr
     assert sandbox.person(email="ann@example.com")["userId"] == "42"
+
+
+def test_the_check_command_lists_per_stream_the_fields_the_account_lacks_and_the_read_only_ones(
+    sandbox, tmp_path, capsys
+):
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(sandbox_config(sandbox, streams={"customers": {"endpoint": "create_or_update_person"}}))
+    )
+    messages = tmp_path / "messages.jsonl"
+    messages.write_text(json.dumps(schema("customers", FIELD_PROPS, ["email"])) + "\n")
+    assert check.main(["--config", str(config), "--catalog", str(messages)]) == 0
+    err = capsys.readouterr().err
+    assert "note: stream customers: fields the account's person fields lack: seats, mrr, trial, renewsOn" in err
+    assert "note: stream customers: read-only in Encharge, left out: createdAt" in err
+    assert sandbox.person_fields() and not [r for r in sandbox.requests() if r["method"] != "GET"]  # wrote nothing
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(
+        json.dumps(
+            {
+                "streams": [
+                    {
+                        "tap_stream_id": "customers",
+                        "stream": "customers",
+                        "schema": {"properties": {"email": {}, "plan": {}}},
+                    }
+                ]
+            }
+        )
+    )
+    assert check.main(["--config", str(config), "--catalog", str(catalog)]) == 0
+    assert "lack: plan (Encharge may drop them)" in capsys.readouterr().err
