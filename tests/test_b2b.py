@@ -368,3 +368,34 @@ def test_the_check_command_lists_per_stream_the_fields_the_account_lacks_and_the
     )
     assert check.main(["--config", str(config), "--catalog", str(catalog)]) == 0
     assert "lack: plan (Encharge may drop them)" in capsys.readouterr().err
+
+
+def test_the_readmes_stream_map_turns_a_customer_companies_table_into_associations(sandbox):
+    """The README's example: tap-postgres's `public-customer_companies` (customer_id, company_id, role), keyed by
+    both ids, becomes userId + targetExternalId for add_association."""
+    sandbox.seed(people=[{"email": "ann@example.com", "userId": "7"}], objects={"company": [{"externalId": "12"}]})
+    stream = "public-customer_companies"
+    config = sandbox_config(
+        sandbox,
+        streams={stream: {"endpoint": "add_association", "target_object_name": "company"}},
+        stream_maps={
+            stream: {
+                "userId": "str(customer_id)",
+                "targetExternalId": "str(company_id)",
+                "customer_id": "__NULL__",
+                "company_id": "__NULL__",
+                "role": "__NULL__",
+                "__key_properties__": ["userId", "targetExternalId"],
+            }
+        },
+    )
+    props = {"customer_id": {"type": "integer"}, "company_id": {"type": "integer"}, "role": {"type": "string"}}
+    run = run_target(
+        config,
+        [
+            schema(stream, props, ["customer_id", "company_id"]),
+            record(stream, {"customer_id": 7, "company_id": 12, "role": "admin"}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    assert links(sandbox) == {("ann@example.com", "12")}
