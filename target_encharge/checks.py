@@ -107,7 +107,13 @@ class StartupChecks:
     def field_contract(self, stream: str, template: Template, schema: dict, *, create: bool) -> FieldContract | None:
         """``stream``'s fields against the account's (None: its template writes no fields). Fields Encharge lacks
         are created first (``create``) or named, once; read-only ones named, once."""
-        contract = self.contract_of(stream, template, schema)
+        try:
+            contract = self.contract_of(stream, template, schema)
+        except ConfigError as exc:  # an API that does not list its fields: sent as they are, said once
+            if (stream, "unread") not in self._told:
+                self._told.add((stream, "unread"))
+                logger.warning("Stream '%s': the account's fields could not be read (%s); none is checked", stream, exc)
+            return None
         if contract is None:
             return None
         owner, properties, keep = contract.owner, schema.get("properties") or {}, contract.keep
