@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import requests
 from conftest import API_KEY
 from helpers import record, run_target, sandbox_config, schema, state
 
 from target_encharge import check
+from target_encharge.ledger import SyncLedger
 
 REST = {"X-Encharge-Token": API_KEY}
 COMPANY_PROPS = {"externalId": {"type": "string"}, "name": {"type": ["string", "null"]}}
@@ -73,6 +75,9 @@ def test_associations_that_come_before_their_people_and_companies_wait_for_them(
     last_upsert = max(i for i, r in enumerate(sandbox.requests()) if r["path"] in ("/v1/people", "/v1/objects/company"))
     first_link = min(i for i, r in enumerate(sandbox.requests()) if "/associations/" in r["path"])
     assert first_link > last_upsert
+    # the ids came from what the upserts answered: nothing was looked up
+    assert not [r for r in sandbox.requests() if r["method"] == "GET" and "/people" in r["path"]]
+    assert not [r for r in sandbox.requests() if "/externalId/" in r["path"]]
 
 
 def test_a_second_run_finds_the_ids_in_the_ledger_and_removes_links_by_the_association_id(sandbox):
@@ -399,3 +404,79 @@ def test_the_readmes_stream_map_turns_a_customer_companies_table_into_associatio
     )
     assert run.returncode == 0, run.stderr
     assert links(sandbox) == {("ann@example.com", "12")}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_the_ledger_keeps_encharge_ids_per_account_object_and_identity(store, tmp_path, request):
+    url = str(tmp_path / "ledger.db") if store == "sqlite" else request.getfixturevalue("postgres_url")
+    with SyncLedger.open(url) as ledger:
+        ledger.remember_encharge_ids("1@api", "person", {"email:ann@example.com": "p-1", "userId:u-2": "p-2"})
+        ledger.remember_encharge_ids("1@api", "company", {"externalId:acme": "5"})
+        ledger.remember_encharge_ids("1@api", "person", {"email:ann@example.com": "p-9"})  # Encharge's latest word
+        ledger.remember_encharge_ids("2@api", "person", {"email:ann@example.com": "other"})
+    with SyncLedger.open(url, read_only=True) as ledger:
+        assert ledger.encharge_ids("1@api", "person", ["email:ann@example.com", "userId:u-2", "email:x"]) == {
+            "email:ann@example.com": "p-9",
+            "userId:u-2": "p-2",
+        }
+        assert ledger.encharge_ids("1@api", "company", ["externalId:acme", "email:ann@example.com"]) == {
+            "externalId:acme": "5"
+        }
+        assert ledger.encharge_ids("2@api", "person", ["email:ann@example.com"]) == {"email:ann@example.com": "other"}
+
+
+def test_associations_between_custom_objects_by_association_id_and_target_id(sandbox):
+    sandbox.seed(objects={"company": [{"externalId": "acme"}]})
+    (acme,) = sandbox.objects("company")
+    defined = requests.post(
+        f"{sandbox.api_url}/schemas/associations",
+        json={"type": "1:M", "fromObject": "company", "toObject": "subscription", "name": "Plan"},
+        headers=REST,
+        timeout=10,
+    ).json()["association"]
+    config = sandbox_config(
+        sandbox,
+        streams={
+            "subscriptions": {"endpoint": "create_custom_object", "object_name": "subscription"},
+            "plans": {
+                "endpoint": "add_association",
+                "object_name": "subscription",
+                "target_object_name": "company",
+                "association_id": defined["id"],
+            },
+        },
+    )
+    run = run_target(
+        config,
+        [
+            schema("plans", {"externalId": {"type": "string"}, "targetId": {"type": "integer"}}),
+            record("plans", {"externalId": "s-1", "targetId": acme["id"]}),
+            schema("subscriptions", {"externalId": {"type": "string"}}, ["externalId"]),
+            record("subscriptions", {"externalId": "s-1"}),
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    (link,) = sandbox.associations()
+    (sub,) = sandbox.objects("subscription")
+    assert link == {
+        "associationId": defined["id"],
+        "fromObject": "company",
+        "fromId": acme["id"],
+        "toObject": "subscription",
+        "toId": sub["id"],
+    }
+    assert [r["path"] for r in sandbox.requests() if "/associations/" in r["path"]] == [
+        f"/v1/objects/subscription/{sub['id']}/associations/{defined['id']}/{acme['id']}"
+    ]
+
+
+def test_a_dry_run_shows_an_association_by_its_sides_and_sends_nothing(sandbox):
+    run = run_target(
+        {**association_config(sandbox), "dry_run": True, "preview_path": "@work/preview.jsonl"},
+        customers_and_companies("people first"),
+    )
+    assert run.returncode == 0, run.stderr
+    previews = [p for p in run.file_lines("preview.jsonl") if "/associations/" in p.get("url", "")]
+    assert len(previews) == 3
+    assert any("%7Bemail%3Aann%40example.com%7D" in p["url"] or "{email:ann@example.com}" in p["url"] for p in previews)
+    assert sandbox.requests() == [] and sandbox.associations() == []
