@@ -84,7 +84,7 @@ def _notes(
         try:
             stream_settings = resolve(config, stream)
             template = template_for(stream_settings, settings.api_url, settings.ingest_url)
-            contract = checks.contract_of(stream, template, schema)
+            contract = checks.contract_of(stream, template, schema, stream_settings.exclude_attributes)
         except EnchargeTargetError as exc:
             found.append(f"stream {stream}: {exc}")
             continue

@@ -95,20 +95,25 @@ class StartupChecks:
         schema = next((o for o in self.schema_list() if o["name"] == owner), {})
         return [f for f in schema.get("fields") or () if isinstance(f, dict)]
 
-    def contract_of(self, stream: str, template: Template, schema: dict) -> FieldContract | None:
-        """``stream``'s fields against the account's as they are (nothing created, nothing logged)."""
+    def contract_of(
+        self, stream: str, template: Template, schema: dict, exclude: t.Collection[str] = ()
+    ) -> FieldContract | None:
+        """``stream``'s fields (less ``exclude``, never sent) against the account's as they are (nothing created,
+        nothing logged)."""
         owner = template.field_owner
         if owner is None:
             return None
-        properties = schema.get("properties") or {}
+        properties = {k: v for k, v in (schema.get("properties") or {}).items() if k not in exclude}
         keep = template.identifiers(dict.fromkeys(properties, "x"))
         return FieldContract.of(stream, owner, self.fields_of(owner), properties, keep)
 
-    def field_contract(self, stream: str, template: Template, schema: dict, *, create: bool) -> FieldContract | None:
+    def field_contract(
+        self, stream: str, template: Template, schema: dict, *, create: bool, exclude: t.Collection[str] = ()
+    ) -> FieldContract | None:
         """``stream``'s fields against the account's (None: its template writes no fields). Fields Encharge lacks
         are created first (``create``) or named, once; read-only ones named, once."""
         try:
-            contract = self.contract_of(stream, template, schema)
+            contract = self.contract_of(stream, template, schema, exclude)
         except ConfigError as exc:  # an API that does not list its fields: sent as they are, said once
             if (stream, "unread") not in self._told:
                 self._told.add((stream, "unread"))
@@ -116,7 +121,7 @@ class StartupChecks:
             return None
         if contract is None:
             return None
-        owner, properties, keep = contract.owner, schema.get("properties") or {}, contract.keep
+        owner, properties = contract.owner, schema.get("properties") or {}
         shown = "person fields" if owner == "person" else f"{owner} fields"
         if contract.missing and create:
             specs = [field_spec(name, properties[name]) for name in contract.missing]
@@ -126,7 +131,9 @@ class StartupChecks:
                 logger.info("Stream '%s': created the %s field '%s' (%s)", stream, owner, spec["name"], spec["type"])
             self._person_fields = None if owner == "person" else self._person_fields
             self._schemas = None if owner != "person" else self._schemas
-            contract = FieldContract.of(stream, owner, self.fields_of(owner), properties, keep)
+            contract = self.contract_of(stream, template, schema, exclude)
+            if contract is None:
+                return None
         if contract.missing and (stream, "missing") not in self._told:
             self._told.add((stream, "missing"))
             logger.warning(

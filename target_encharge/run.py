@@ -142,7 +142,9 @@ class Run:
         """The stream's fields against the account's (not in a dry run, which asks nothing)."""
         if self.settings.dry_run:
             return None
-        return self.checks.field_contract(stream, template, schema, create=settings.create_missing_fields)
+        return self.checks.field_contract(
+            stream, template, schema, create=settings.create_missing_fields, exclude=settings.exclude_attributes
+        )
 
     def consent(self) -> Consent:
         """What person upserts leave out so that nobody who opted out is subscribed again, counted for the run."""

@@ -480,3 +480,12 @@ def test_a_dry_run_shows_an_association_by_its_sides_and_sends_nothing(sandbox):
     assert len(previews) == 3
     assert any("%7Bemail%3Aann%40example.com%7D" in p["url"] or "{email:ann@example.com}" in p["url"] for p in previews)
     assert sandbox.requests() == [] and sandbox.associations() == []
+
+
+def test_a_field_in_exclude_attributes_is_never_named_missing(sandbox):
+    run = run_target(
+        sandbox_config(sandbox, exclude_attributes=["seats", "mrr", "trial", "renewsOn", "createdAt"]),
+        [schema("customers", FIELD_PROPS, ["email"]), record("customers", {"email": "ann@example.com", "seats": 3})],
+    )
+    assert run.returncode == 0, run.stderr
+    assert "lack" not in run.stderr and "read-only" not in run.stderr
