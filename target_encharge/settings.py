@@ -57,7 +57,8 @@ def _stream_properties() -> list[th.Property]:
             "object_name",
             th.StringType,
             description="`create_custom_object`: the custom object schema name (case-sensitive), "
-            "checked against `GET /v1/schemas` before anything is sent.",
+            "checked against `GET /v1/schemas` before anything is sent; `add_association`, `remove_association`: "
+            "the source side (default `person`).",
         ),
         th.Property(
             "method",
