@@ -42,11 +42,19 @@ class EnchargeIds:
         self._known: dict[Ref, str] = {}
         self._unwritten: dict[Ref, str] = {}
         self._asked: set[Ref] = set()  # looked up in the ledger already (found or not)
+        self._stale: set[Ref] = set()  # ids a 404 said may be gone: out of the ledger at the end
         self._lock = threading.Lock()
 
     def learn(self, request: Request, outcome: Outcome) -> None:
-        """A person or object upsert Encharge answered 2xx: the ids its answer gives (a long answer is cut, and
-        gives none: those are looked up when needed)."""
+        """What an answer says of Encharge ids: a person or object upsert answered 2xx gives them (a long answer is
+        cut, and gives none: those are looked up when needed); a 404 to an association says an id it used may be
+        gone (the person deleted and created again): forgotten, asked for again next time."""
+        if request.template is not None and request.template.associates is not None:
+            if outcome.status == NOT_FOUND:
+                self._forget_sides(request)
+            return
+        if not outcome.ok:
+            return
         template, body = request.template, outcome.body
         if template is None or not isinstance(body, dict):
             return
@@ -56,6 +64,16 @@ class EnchargeIds:
         elif template.object_schema:
             objects = body.get("objects") if "objects" in body else [body.get("object")]
             self._remember(template.object_schema, objects if isinstance(objects, list) else [], ("externalId",))
+
+    def _forget_sides(self, request: Request) -> None:
+        association = t.cast("Association", t.cast("Template", request.template).associates)
+        refs = {r for e in request.entries for r in (association.source(e.ids), association.target(e.ids)) if r}
+        with self._lock:
+            for ref in refs:
+                self._known.pop(ref, None)
+                self._unwritten.pop(ref, None)
+                self._asked.discard(ref)
+            self._stale.update(refs)
 
     def _remember(self, name: str, items: list, identifiers: tuple[str, ...]) -> None:
         found: dict[Ref, str] = {}
@@ -70,6 +88,7 @@ class EnchargeIds:
             with self._lock:
                 self._known.update(found)
                 self._unwritten.update(found)
+                self._stale.difference_update(found)
 
     def known(self, refs: t.Iterable[Ref]) -> dict[Ref, str]:
         """The ids known for ``refs``, from this run or the ledger (an `id:...` identity is an id already)."""
@@ -133,8 +152,11 @@ class EnchargeIds:
         """The ids learnt in this run, into the ledger (once, at the end: one transaction)."""
         with self._lock:
             unwritten, self._unwritten = self._unwritten, {}
-        if not unwritten or not self.writes or self.ledger is None or self.account is None:
+            stale, self._stale = self._stale, set()
+        if not self.writes or self.ledger is None or self.account is None:
             return
+        for name in sorted({n for n, _ in stale}):
+            self.ledger.forget_encharge_ids(self.account, name, [i for n, i in stale if n == name])
         for name in sorted({n for n, _ in unwritten}):
             self.ledger.remember_encharge_ids(
                 self.account, name, {i: e for (n, i), e in unwritten.items() if n == name}

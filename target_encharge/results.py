@@ -37,7 +37,7 @@ class Results:
         self.sample = TestSendSample(on=outputs.sample_only)
         self.failure_log = FailureLog()
         self.sync: Sync | None = None  # the sync ledger, told what was delivered and what failed
-        self.learn: t.Callable[[Request, Outcome], None] | None = None  # Encharge ids from 2xx answers (issue 24)
+        self.learn: t.Callable[[Request, Outcome], None] | None = None  # Encharge ids from answers (issue 24)
         self.later: list[Request] = []  # requests whose person was not there yet (tags): tried again at the end
         self._retried_later: set[int] = set()  # entries already tried again once
         self._last_payload: dict | None = None  # what went out with the last STATE
@@ -96,9 +96,9 @@ class Results:
             self.counts.add(request.stream, "removed", len(request.entries))
             self.gate.done(*(e.seq for e in request.entries))
             return
+        if self.learn is not None and sent:
+            self.learn(request, outcome)
         if judged in (Verdict.DELIVERED, Verdict.DRY_RUN):
-            if self.learn is not None and judged is Verdict.DELIVERED:
-                self.learn(request, outcome)
             self.counts.succeeded(request.stream, len(request.entries))
             if judged is Verdict.DELIVERED and sync is not None:
                 marks = [mark for mark in sync.delivered(request.entries) if mark is not None]

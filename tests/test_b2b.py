@@ -423,6 +423,10 @@ def test_the_ledger_keeps_encharge_ids_per_account_object_and_identity(store, tm
             "externalId:acme": "5"
         }
         assert ledger.encharge_ids("2@api", "person", ["email:ann@example.com"]) == {"email:ann@example.com": "other"}
+    with SyncLedger.open(url) as ledger:
+        ledger.forget_encharge_ids("1@api", "person", ["email:ann@example.com"])
+        assert ledger.encharge_ids("1@api", "person", ["email:ann@example.com", "userId:u-2"]) == {"userId:u-2": "p-2"}
+        assert ledger.encharge_ids("2@api", "person", ["email:ann@example.com"]) == {"email:ann@example.com": "other"}
 
 
 def test_associations_between_custom_objects_by_association_id_and_target_id(sandbox):
@@ -489,3 +493,26 @@ def test_a_field_in_exclude_attributes_is_never_named_missing(sandbox):
     )
     assert run.returncode == 0, run.stderr
     assert "lack" not in run.stderr and "read-only" not in run.stderr
+
+
+def test_an_id_that_encharge_no_longer_knows_is_forgotten_and_asked_for_again(sandbox):
+    sandbox.seed(
+        people=[{"email": "ann@example.com"}], objects={"company": [{"externalId": "acme"}, {"externalId": "globex"}]}
+    )
+    config = association_config(sandbox, ledger_url="@work/ledger.db", max_failures=-1)
+    link = [schema("customer_companies", LINK_PROPS, ["email", "targetExternalId"])]
+    first = run_target(
+        config, [*link, record("customer_companies", {"email": "ann@example.com", "targetExternalId": "acme"})]
+    )
+    assert first.returncode == 0, first.stderr
+    config["ledger_url"] = str(first.workdir / "ledger.db")
+    requests.delete(f"{sandbox.api_url}/people?email=ann@example.com&force=true", headers=REST, timeout=10)
+    sandbox.seed(people=[{"email": "ann@example.com"}])  # the same person, a new Encharge id
+    second = run_target(
+        config, [*link, record("customer_companies", {"email": "ann@example.com", "targetExternalId": "globex"})]
+    )
+    assert second.returncode == 0, second.stderr
+    assert links(sandbox) == set()  # the old id: 404, kept for the next run
+    third = run_target(config, link)  # the failure is sent again, the id asked for afresh
+    assert third.returncode == 0, third.stderr
+    assert links(sandbox) == {("ann@example.com", "globex")}

@@ -309,6 +309,17 @@ class PostgresLedger(SyncLedger):
                 connection.execute(statement, list(chunk))
 
     @override
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None:
+        table = schema.encharge_ids
+        with self._writing() as connection:
+            for chunk in chunks(identities, CHUNK):
+                connection.execute(
+                    table.delete().where(
+                        table.c.account == account, table.c.object_name == object_name, _among(table.c.identity, chunk)
+                    )
+                )
+
+    @override
     def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]:
         table = schema.encharge_ids
         found: dict[str, str] = {}

@@ -313,6 +313,16 @@ class SQLiteLedger(SyncLedger):
             connection.executemany(_REMEMBER_ID, [(account, object_name, i, e) for i, e in sorted(ids.items())])
 
     @override
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None:
+        with self._write_transaction() as connection:
+            for chunk in chunks(identities, CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                connection.execute(
+                    f"DELETE FROM {ENCHARGE_IDS} WHERE account = ? AND object_name = ? AND identity IN ({marks})",  # noqa: S608
+                    (account, object_name, *chunk),
+                )
+
+    @override
     def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for chunk in chunks(identities, CHUNK):

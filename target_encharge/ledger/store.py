@@ -244,6 +244,9 @@ class SyncLedger(abc.ABC):
     def _write_encharge_ids(self, account: str, object_name: str, ids: dict[str, str]) -> None: ...
 
     @abc.abstractmethod
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
     def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]: ...
 
     @abc.abstractmethod
@@ -473,6 +476,13 @@ class SyncLedger(abc.ABC):
         if ids:
             self._writable()
             self._write_encharge_ids(account, object_name, dict(ids))
+
+    def forget_encharge_ids(self, account: str, object_name: str, identities: t.Iterable[str]) -> None:
+        """Ids Encharge no longer knows (a 404 named them): asked for again when next needed."""
+        wanted = sorted(set(identities))
+        if wanted:
+            self._writable()
+            self._forget_encharge_ids(account, object_name, wanted)
 
     def encharge_ids(self, account: str, object_name: str, identities: t.Iterable[str]) -> dict[str, str]:
         """The Encharge ids known for ``identities`` (identity -> id; the unknown ones left out)."""
