@@ -86,7 +86,14 @@ class Request:
     def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
         """A GET that carries no record (a start-up check, a lookup)."""
         return cls(
-            stream="", endpoint="check", method="GET", url=url, content_type="", headers={}, body=None, answers=answers
+            stream="",
+            endpoint="check",
+            method="GET",
+            url=url,
+            content_type="",
+            headers={},
+            body=None,
+            answers=answers,
         )
 
     @property

@@ -37,6 +37,7 @@ class Results:
         self.sample = TestSendSample(on=outputs.sample_only)
         self.failure_log = FailureLog()
         self.sync: Sync | None = None  # the sync ledger, told what was delivered and what failed
+        self.learn: t.Callable[[Request, Outcome], None] | None = None  # Encharge ids from answers (issue 24)
         self.later: list[Request] = []  # requests whose person was not there yet (tags): tried again at the end
         self._retried_later: set[int] = set()  # entries already tried again once
         self._last_payload: dict | None = None  # what went out with the last STATE
@@ -95,6 +96,8 @@ class Results:
             self.counts.add(request.stream, "removed", len(request.entries))
             self.gate.done(*(e.seq for e in request.entries))
             return
+        if self.learn is not None and sent:
+            self.learn(request, outcome)
         if judged in (Verdict.DELIVERED, Verdict.DRY_RUN):
             self.counts.succeeded(request.stream, len(request.entries))
             if judged is Verdict.DELIVERED and sync is not None:
@@ -125,6 +128,12 @@ class Results:
         too (sending it again cannot pass)."""
         sync = self.sync.of(entry.stream, (entry,)) if self.sync is not None else None
         self._failed(sync, (entry,), f"refused before sending: {problem}", None, None, retryable=False)
+
+    def not_there(self, entry: Entry, problem: str) -> None:
+        """A record that names a person or object Encharge does not have (an association's side, at the end of
+        the run): failed, and sent again next run (the person may come then)."""
+        sync = self.sync.of(entry.stream) if self.sync is not None else None
+        self._failed(sync, (entry,), problem, None, None, retryable=True)
 
     def _failed(
         self,

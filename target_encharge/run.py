@@ -14,8 +14,10 @@ from target_encharge.casing import CaseMerges
 from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.delivery import Delivery
+from target_encharge.encharge_ids import Associations, EnchargeIds
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.failures import FailureLimit
+from target_encharge.fields import Consent, FieldContract
 from target_encharge.ledger import SyncLedger
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
@@ -64,6 +66,8 @@ class Run:
     sync: Sync | None = None  # the sync ledger (None only when the run could not open it)
     lookups: Lookups | None = None  # asks Encharge what exists (`update`, `create`; not in a dry run)
     refusals: list[str] = dataclasses.field(default_factory=list)  # mirror's guard: told at the end, exit 1
+    associations: Associations | None = None  # association records: their Encharge ids, or waiting (issue 24)
+    resubscribes: Consent = dataclasses.field(default_factory=Consent)  # `unsubscribed: false` left out (issue 24)
     _account: str | None = None
 
     @classmethod
@@ -84,6 +88,9 @@ class Run:
         delivery = Delivery(client, results.on_result, settings.max_concurrency, dry_run=settings.dry_run)
         looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
         ledger = SyncLedger.open(settings.ledger_url, read_only=looking)
+        ids = EnchargeIds(None if settings.dry_run else client, settings.api_url, ledger, writes=not looking)
+        results.learn = ids.learn
+        checks = StartupChecks(client, settings.api_url)
         results.sync = Sync(
             ledger,
             skip_unchanged=settings.skip_unchanged,
@@ -98,20 +105,24 @@ class Run:
             delivery=delivery,
             results=results,
             outbox=Outbox(delivery.submit, results.unsent),
-            checks=StartupChecks(client, settings.api_url),
+            checks=checks,
             progress=Progress(
                 results.counts, results.gate, settings.progress_interval, lambda: delivery.calls_in_flight
             ),
             logger=logger,
             sync=results.sync,
             lookups=None if settings.dry_run else Lookups(client, settings.api_url),
+            associations=Associations(ids, None if settings.dry_run else checks.schema_list, dry_run=settings.dry_run),
         )
 
     # what a sink asks of its run (sinks.SinkRun)
 
     def template(self, settings: StreamSettings) -> Template:
         """The template a stream's settings route it to, at this run's REST API and Ingest URLs."""
-        return template_for(settings, self.settings.api_url, self.settings.ingest_url)
+        template = template_for(settings, self.settings.api_url, self.settings.ingest_url)
+        if template.associates is not None and template.removal is not None and self.associations is not None:
+            template = dataclasses.replace(template, removal=self.associations.removal(template))
+        return template
 
     def open_stream(
         self, stream: str, template: Template, settings: StreamSettings, key_properties: t.Sequence[str]
@@ -121,8 +132,24 @@ class Run:
         if not self.settings.dry_run:
             self.checks.before_sending(stream, template, settings)
         sync = self.stream_sync(stream, template, settings, key_properties)
+        if self.associations is not None and template.kind in ("person", "custom object", "association"):
+            self.associations.ids.account = self.account(template)  # (its REST account)
         self.progress.start()
         return sync
+
+    def field_contract(
+        self, stream: str, template: Template, settings: StreamSettings, schema: dict
+    ) -> FieldContract | None:
+        """The stream's fields against the account's (not in a dry run, which asks nothing)."""
+        if self.settings.dry_run:
+            return None
+        return self.checks.field_contract(
+            stream, template, schema, create=settings.create_missing_fields, exclude=settings.exclude_attributes
+        )
+
+    def consent(self) -> Consent:
+        """What person upserts leave out so that nobody who opted out is subscribed again, counted for the run."""
+        return self.resubscribes
 
     @property
     def retry_failed(self) -> bool:
@@ -149,7 +176,13 @@ class Run:
         self.results.refuse(entry, problem)
 
     def send(self, route: Route, entry: Entry) -> None:
-        """A record to Encharge, through the outbox (at once, or in its route's batch)."""
+        """A record to Encharge, through the outbox (at once, or in its route's batch); an association waits
+        until its sides' Encharge ids are known."""
+        if route.template.associates is not None and self.associations is not None:
+            url = self.associations.url(route, entry)
+            if url is not None:
+                self.outbox.add(route, entry, url)
+            return
         self.outbox.add(route, entry, route.template.url(entry.record))
 
     # the sync ledger
@@ -276,6 +309,7 @@ class Run:
             self.waiting = True  # a signal now interrupts the wait (see TargetEncharge.on_signal)
             try:
                 self.delivery.wait()
+                self._send_waiting_associations()
                 later = self.results.take_later()  # tags whose person was not there: every stream is in now
                 if later:
                     self.logger.info("Tagging again %d request(s) whose person did not exist yet", len(later))
@@ -309,6 +343,22 @@ class Run:
                 pending,
             )
 
+    def _send_waiting_associations(self) -> None:
+        """Associations whose person or object was not known: now that every stream was answered, their ids are
+        looked up (several per call) and they are sent; one whose side Encharge does not have fails, and is sent
+        again next run."""
+        waiting = self.associations.take_waiting() if self.associations is not None else []
+        if not waiting:
+            return
+        self.logger.info("Sending %d association(s) that waited for their person or object", len(waiting))
+        for route, entry, url in waiting:
+            if url is None:
+                self.results.not_there(entry, "Encharge has no such person or object (yet): sent again next run")
+            else:
+                self.outbox.add(route, entry, url)
+        self.outbox.flush_all()
+        self.delivery.wait()
+
     def finish(self) -> None:
         """The run's ending (once, whichever way it ends): workers stopped, the final STATE, the summary; then
         stop if too many records failed."""
@@ -316,8 +366,9 @@ class Run:
             self.finished = True
             self.delivery.close()
             self.progress.stop()
-            if warning := self.case_merges.warning():
-                self.logger.warning("%s", warning)
+            for warning in (self.case_merges.warning(), self.resubscribes.warning()):
+                if warning:
+                    self.logger.warning("%s", warning)
             self.results.final_state()
             self.results.failure_log.close()
             counts = self.results.counts
@@ -329,11 +380,20 @@ class Run:
                 self.logger.info("%s", where)
             self._tell_waiting()
             self.results.out.close()
+            if self.associations is not None:
+                self._write_ids()
             if self.sync is not None:
                 self.sync.close()
         self.results.check_failures()
         if self.refusals:
             raise EnchargeTargetError(self.refusals[0])
+
+    def _write_ids(self) -> None:
+        """The Encharge ids learnt in this run, into the ledger (a failure to is told, never raised here)."""
+        try:
+            self.associations.ids.write()  # type: ignore[union-attr]
+        except EnchargeTargetError as exc:
+            self.logger.warning("The Encharge ids learnt in this run were not kept: %s", exc)
 
     def _tell_waiting(self) -> None:
         """How many failed records wait in the ledger to be sent again when their stream next comes."""

@@ -24,6 +24,10 @@ ENDPOINTS = (
     "create_custom_object",
     "track_event",
     "manual",
+    # issue 24: associations and consent
+    "add_association",
+    "remove_association",
+    "unsubscribe_person",
 )
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CONTENT_TYPES = ("application/json", "application/x-ndjson", "application/x-www-form-urlencoded")
@@ -53,7 +57,8 @@ def _stream_properties() -> list[th.Property]:
             "object_name",
             th.StringType,
             description="`create_custom_object`: the custom object schema name (case-sensitive), "
-            "checked against `GET /v1/schemas` before anything is sent.",
+            "checked against `GET /v1/schemas` before anything is sent; `add_association`, `remove_association`: "
+            "the source side (default `person`).",
         ),
         th.Property(
             "method",
@@ -108,7 +113,8 @@ def _stream_properties() -> list[th.Property]:
             description="`upsert`: create or update; `update`: only people or custom objects already in Encharge "
             "(nobody is created); `create`: only those not yet in Encharge; `mirror`: upsert, and remove from "
             "Encharge what left the source (on the tap's ACTIVATE_VERSION, or a record with `_sdc_deleted_at`). "
-            "People and custom objects take all four, `add_tag` `upsert` and `mirror`, the others `upsert`.",
+            "People and custom objects take all four, `add_tag` and `add_association` `upsert` and `mirror`, the "
+            "others `upsert`.",
         ),
         th.Property(
             "delete_action",
@@ -116,6 +122,41 @@ def _stream_properties() -> list[th.Property]:
             default="archive",
             description="How `mirror` removes a person: `archive` (Encharge's preferred way) or `delete` (the "
             "person and their data, for GDPR).",
+        ),
+        *_b2b_stream_properties(),
+    ]
+
+
+def _b2b_stream_properties() -> list[th.Property]:
+    """Issue 24: associations, consent and the field contract (per stream)."""
+    return [
+        th.Property(
+            "target_object_name",
+            th.StringType,
+            description="`add_association`, `remove_association`: the custom object schema on the other side of "
+            "the association (e.g. `company`); the record names it by `targetExternalId` (or `targetId`, its "
+            "Encharge id). The source side is `object_name`, default `person`.",
+        ),
+        th.Property(
+            "association_id",
+            th.IntegerType,
+            description="`add_association`, `remove_association`: the association's id (`GET /v1/schemas` lists "
+            "them); unset, the one association between the two objects.",
+        ),
+        th.Property(
+            "allow_resubscribe",
+            th.BooleanType,
+            default=False,
+            description="Person upserts send `unsubscribed: false` as it comes; off, it is left out (a sync never "
+            "re-subscribes someone who opted out), with one warning per run counting it.",
+        ),
+        th.Property(
+            "create_missing_fields",
+            th.BooleanType,
+            default=False,
+            description="Before sending, create the person or custom object fields the Encharge account lacks "
+            "(`POST /v1/fields`, `POST /v1/schemas/{name}/fields`), typed from the stream's SCHEMA; off, each is "
+            "named once per run (Encharge may drop it).",
         ),
     ]
 
@@ -364,6 +405,11 @@ class StreamSettings:
     group_by: str | None
     sync_mode: str
     delete_action: str
+    # issue 24
+    target_object_name: str | None = None
+    association_id: int | None = None
+    allow_resubscribe: bool = False
+    create_missing_fields: bool = False
 
 
 def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
@@ -404,6 +450,10 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         group_by=get("group_by"),
         sync_mode=get("sync_mode"),
         delete_action=get("delete_action"),
+        target_object_name=get("target_object_name"),
+        association_id=None if get("association_id") is None else int(get("association_id")),
+        allow_resubscribe=bool(get("allow_resubscribe")),
+        create_missing_fields=bool(get("create_missing_fields")),
     )
 
 

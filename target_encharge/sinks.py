@@ -24,6 +24,7 @@ from target_encharge.settings import resolve
 if t.TYPE_CHECKING:
     from singer_sdk import Target
 
+    from target_encharge.fields import Consent, FieldContract
     from target_encharge.request import Entry
     from target_encharge.settings import StreamSettings
     from target_encharge.sync import StreamSync
@@ -45,6 +46,10 @@ class SinkRun(t.Protocol):
     def send(self, route: Route, entry: Entry) -> None: ...
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None: ...
     def mirror(self, route: Route, sync: StreamSync) -> None: ...
+    def field_contract(
+        self, stream: str, template: Template, settings: StreamSettings, schema: dict
+    ) -> FieldContract | None: ...
+    def consent(self) -> Consent: ...
 
 
 class HasRun(t.Protocol):
@@ -148,6 +153,8 @@ class EnchargeSink(SeamSink):
         self.exclude = self.settings.exclude_attributes
         own = stream_name in (target.config.get("streams") or {})
         self.sync: StreamSync | None = None  # set up before the first record (it needs the account)
+        self.fields: FieldContract | None = None  # the account's fields, read before the first record
+        self.consent: Consent | None = None  # person upserts: `unsubscribed: false` left out
         self.logger.info(
             "Stream '%s' goes to %s (mode: %s; %s)%s",
             stream_name,
@@ -175,6 +182,9 @@ class EnchargeSink(SeamSink):
         dry run, which sends nothing)."""
         super().setup()
         self.sync = self.run.open_stream(self.stream_name, self.template, self.settings, self.key_properties or ())
+        self.fields = self.run.field_contract(self.stream_name, self.template, self.settings, self.schema)
+        if self.template.field_owner == "person" and not self.settings.allow_resubscribe:
+            self.consent = self.run.consent()
         if self.sync is not None:
             self.route = dataclasses.replace(self.route, sync=self.sync)
             if self.run.retry_failed:
@@ -253,6 +263,11 @@ class EnchargeSink(SeamSink):
             self.problem = None
             run.removed_at_source(self.route, self.sync, record, self.settings.sync_mode)
             return
+        if self.consent is not None:
+            record = self.consent.kept(record)
+        if self.fields is not None:
+            record, misfit = self.fields.apply(record)
+            self.problem = self.problem or misfit
         if self.sync is not None:
             self.sync.saw(record)
         entry = run.entry(self.route, record)

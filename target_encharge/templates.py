@@ -12,6 +12,8 @@ stream's settings the same way.
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import functools
 import hashlib
 import re
 import types
@@ -33,7 +35,7 @@ PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
 Identity = t.Callable[[dict, dict], str | None]  # (record, its `identifiers`) -> its template identity
 Ordering = t.Callable[[dict, str], tuple[str, ...]]  # (its `identifiers`, its URL) -> its ordering keys
-Kind = t.Literal["person", "tag", "custom object", "event", "manual"]
+Kind = t.Literal["person", "tag", "custom object", "event", "manual", "association"]
 Lookup = t.Literal["people", "object"]  # how Encharge is asked whether a record's person or object exists
 ALL_MODES = ("upsert", "update", "create", "mirror")
 # what a refusal's status means (see Template.answers)
@@ -70,6 +72,8 @@ class Template:
     # what a refusal's status means for its records (a 404 to a tag: its person is not there yet), and for a removal
     answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: NO_ANSWERS)
     removal_answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: REMOVAL_ANSWERS)
+    associates: Association | None = None  # an association's two sides: its URL takes their Encharge ids
+    field_owner: str | None = None  # whose fields its records write ("person", or the custom object's schema)
 
     def identity(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
@@ -88,6 +92,49 @@ class Template:
         return self.ordering(ids, url)
 
 
+PERSON = "person"  # the object name Encharge's association paths give people
+TARGET_IDS = ("targetExternalId", "targetId")  # how an association record names its target
+
+
+@dataclasses.dataclass(frozen=True)
+class Association:
+    """The two sides of `add_association`/`remove_association`: the source (`object_name`, default person) and the
+    target custom object, and the association between them (its id, or None: the one between the two). Encharge's
+    paths take Encharge ids; :meth:`source` and :meth:`target` say how a record names each side."""
+
+    api: str
+    object_name: str
+    target_object_name: str
+    association_id: int | None
+    method: str = "POST"
+
+    def source(self, ids: dict) -> tuple[str, str] | None:
+        """(object name, identity) of the record's source: a person by email/userId/id, an object by externalId;
+        ``id:...`` is an Encharge id already."""
+        if self.object_name == PERSON:
+            key = person_key({k: v for k, v in ids.items() if k in PERSON_IDS})
+        else:
+            key = f"externalId:{ids['externalId']}" if "externalId" in ids else None
+        return None if key is None else (self.object_name, key)
+
+    def target(self, ids: dict) -> tuple[str, str] | None:
+        if "targetExternalId" in ids:
+            return self.target_object_name, f"externalId:{ids['targetExternalId']}"
+        if "targetId" in ids:
+            return self.target_object_name, f"id:{ids['targetId']}"
+        return None
+
+    def url(self, source_id: str, target_id: str, association_id: int | None = None) -> str:
+        """`POST /objects/{objectName}/{id}/associations/default/{targetObjectName}/{targetId}` (or by the
+        association's id); removal: `DELETE /objects/{objectName}/{id}/associations/{associationId}/{targetId}`."""
+        quote = functools.partial(urllib.parse.quote, safe="")
+        base = f"{self.api}/objects/{quote(self.object_name)}/{quote(source_id)}/associations"
+        number = association_id if association_id is not None else self.association_id
+        if number is None:
+            return f"{base}/default/{quote(self.target_object_name)}/{quote(target_id)}"
+        return f"{base}/{number}/{quote(target_id)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Removal:
     """The request that removes one person, object or tag from Encharge."""
@@ -99,11 +146,14 @@ class Removal:
 
 def encharge_ids(identity: str) -> dict:
     """The Encharge identifiers a template identity names (``email:a@x tag:b`` -> email and tag); {} for a key."""
-    head, _, tag = identity.partition(" tag:")
+    head, _, link = identity.partition(" link:")
+    head, _, tag = head.partition(" tag:")
     name, sep, value = head.partition(":")
     if not sep or name not in (*PERSON_IDS, "externalId"):
         return {}
-    return {name: value, **({"tag": tag} if tag else {})}
+    target, _, target_value = link.partition(":")
+    linked = {target: target_value} if target in TARGET_IDS else {}
+    return {name: value, **({"tag": tag} if tag else {}), **linked}
 
 
 def _person_removal(api: str) -> t.Callable[[dict, str], Removal]:
@@ -166,9 +216,20 @@ def event_identifiers(record: dict) -> dict:
     return {**person_identifiers(record), **ids}
 
 
+def _numeric_id(ids: dict) -> str | None:
+    """A number in `id`: a database key, not Encharge's own (text) id of a person; it belongs in userId."""
+    value = ids.get("id")
+    if isinstance(value, bool) or not isinstance(value, (int, float, decimal.Decimal)):
+        return None
+    return (
+        f"its id is a number ({value}): Encharge's id is its own; send your key as userId, e.g. with the stream "
+        'map `stream_maps: {"<stream>": {"userId": "str(id)", "id": "__NULL__"}}`'
+    )
+
+
 def _needs_person(_record: dict, ids: dict) -> str | None:
     if ids:
-        return None
+        return _numeric_id(ids)
     return "no email, userId or id to say which person it is"
 
 
@@ -186,7 +247,7 @@ def _needs_event(record: dict, ids: dict) -> str | None:
             return f"its '{field}' is not an object"
     if not ("email" in ids or "userId" in ids):
         return "no email or userId for the event's user"
-    return None
+    return _numeric_id(ids)
 
 
 def _nothing_needed(_record: dict, _ids: dict) -> str | None:
@@ -328,6 +389,102 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
     )
 
 
+def _association_identifiers(record: dict) -> dict:
+    """The source's identifiers (a person's, or an object's externalId) and the target's."""
+    ids = person_identifiers(record)
+    ids.update({k: record[k] for k in ("externalId", *TARGET_IDS) if record.get(k) not in (None, "")})
+    return ids
+
+
+def _needs_association(association: Association) -> t.Callable[[dict, dict], str | None]:
+    def needs(_record: dict, ids: dict) -> str | None:
+        if association.source(ids) is None:
+            if association.object_name == PERSON:
+                return "no email, userId or id to say which person it is"
+            return f"no externalId to say which {association.object_name} it is"
+        if association.target(ids) is None:
+            return f"no targetExternalId or targetId to say which {association.target_object_name} it links to"
+        return _numeric_id(ids) if association.object_name == PERSON else None
+
+    return needs
+
+
+def _association_identity(association: Association) -> Identity:
+    def identity(_record: dict, ids: dict) -> str | None:
+        source, target = association.source(ids), association.target(ids)
+        if source is None or target is None:
+            return None
+        name, _, value = target[1].partition(":")
+        return f"{source[1]} link:target{name[:1].upper()}{name[1:]}:{value}"
+
+    return identity
+
+
+def _association_keys(ids: dict, url: str) -> tuple[str, ...]:
+    """The source person or object, and the target object (waiting for the calls that create them)."""
+    target = {k[len("target") :][:1].lower() + k[len("target") + 1 :]: v for k, v in ids.items() if k in TARGET_IDS}
+    return (*_person_keys(ids, url), *_object_keys(ids, url), *_object_keys(target, url))
+
+
+def _unsubscribe_url(api: str) -> t.Callable[[dict], str]:
+    """`POST /people/unsubscribe?email=...` (or userId, id): one person per call."""
+
+    def url(record: dict) -> str:
+        ids = person_identifiers(record)
+        name = next(k for k in PERSON_IDS if k in ids)
+        return f"{api}/people/unsubscribe?{urllib.parse.urlencode({name: encoding.to_text(ids[name])})}"
+
+    return url
+
+
+def _association_removal(association: Association) -> t.Callable[[dict, str], Removal]:
+    """`DELETE /objects/{objectName}/{id}/associations/{associationId}/{targetId}`, as data: the sides named by
+    their identities (the run, which knows Encharge's ids and the association's, binds one that fills them in)."""
+
+    def removal(ids: dict, _action: str) -> Removal:
+        source, target = association.source(ids), association.target(ids)
+        shown = [f"{{{side[1]}}}" if side else "{unknown}" for side in (source, target)]
+        number = association.association_id if association.association_id is not None else "{associationId}"
+        base = f"{association.api}/objects/{urllib.parse.quote(association.object_name, safe='')}"
+        return Removal("DELETE", f"{base}/{shown[0]}/associations/{number}/{shown[1]}")
+
+    return removal
+
+
+def _association_templates(
+    api: str, object_name: str | None, target_object_name: str | None, association_id: int | None
+) -> list[Template]:
+    association = Association(api, object_name or PERSON, target_object_name or "", association_id)
+    add = Template(
+        name="add_association",
+        kind="association",
+        url=_fixed(f"{api}/objects/{urllib.parse.quote(association.object_name, safe='')}"),
+        body=lambda _records: None,
+        needs=_needs_association(association),
+        identifiers=_association_identifiers,
+        own_identity=_association_identity(association),
+        ordering=_association_keys,
+        people=association.object_name == PERSON,
+        requires=("target_object_name",),
+        destination=f"add_association {association.object_name} {association.target_object_name}"
+        + (f" #{association_id}" if association_id is not None else ""),
+        removal=_association_removal(association),
+        modes=("upsert", "mirror"),
+        answers=PERSON_LATER,  # (a person or object not there yet: once more at the end)
+        associates=association,
+    )
+    remove = dataclasses.replace(
+        add,
+        name="remove_association",
+        removal=None,
+        method="DELETE",
+        destination=add.destination.replace("add_", "remove_", 1),
+        modes=("upsert",),
+        associates=dataclasses.replace(association, method="DELETE"),
+    )
+    return [add, remove]
+
+
 def template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Template:
     """The template a stream is routed to, bound to its settings (refused when it cannot take its sync mode)."""
     template = _template_for(settings, api_url, ingest_url)
@@ -345,7 +502,14 @@ def _template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Te
     if endpoint == "manual":
         return _manual(settings, api_url)
     templates = {
-        template.name: template for template in encharge_templates(api_url, ingest_url, settings.object_name or "")
+        template.name: template
+        for template in encharge_templates(
+            api_url,
+            ingest_url,
+            settings.object_name or "",
+            target_object_name=settings.target_object_name,
+            association_id=settings.association_id,
+        )
     }
     if endpoint not in templates:
         msg = f"stream '{settings.stream}': unknown endpoint {endpoint!r}"
@@ -358,8 +522,16 @@ def _template_for(settings: StreamSettings, api_url: str, ingest_url: str) -> Te
     return template
 
 
-def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[Template]:
-    """Encharge's templates (all but `manual`), bound to the REST API, Ingest and a stream's custom object."""
+def encharge_templates(
+    api_url: str,
+    ingest_url: str,
+    object_name: str,
+    *,
+    target_object_name: str | None = None,
+    association_id: int | None = None,
+) -> list[Template]:
+    """Encharge's templates (all but `manual`), bound to the REST API, Ingest and a stream's custom object (and,
+    for associations, its target object and association)."""
     api = api_url.rstrip("/")
     objects = f"{api}/objects/{urllib.parse.quote(object_name, safe='')}"
     tag = Template(
@@ -387,6 +559,7 @@ def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[
         lookup="object",
         object_schema=object_name,
         requires=("object_name",),
+        field_owner=object_name,
         destination=f"create_custom_object {object_name}",
         removal=_object_removal(objects),
         modes=ALL_MODES,
@@ -405,6 +578,7 @@ def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[
             batchable=True,
             people=True,
             lookup="people",
+            field_owner="person",
             destination="create_or_update_person",
             removal=_person_removal(api),
             modes=ALL_MODES,
@@ -429,6 +603,21 @@ def encharge_templates(api_url: str, ingest_url: str, object_name: str) -> list[
             events=True,
             destination="track_event",
         ),
+        Template(
+            name="unsubscribe_person",
+            kind="person",
+            url=_unsubscribe_url(api),
+            body=lambda _records: None,
+            needs=_needs_person,
+            identifiers=person_identifiers,
+            own_identity=_person_identity,
+            ordering=_person_keys,
+            fixed_url=False,
+            people=True,
+            destination="unsubscribe_person",
+            answers=PERSON_LATER,  # (the person may come later in the run)
+        ),
+        *_association_templates(api, object_name or None, target_object_name, association_id),
     ]
 
 

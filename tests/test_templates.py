@@ -23,15 +23,17 @@ def sent(sandbox, method: str, path: str) -> list[dict]:
 def test_people_are_upserted_with_iso_dates_and_plain_numbers(sandbox):
     run = run_target(
         sandbox_config(sandbox, batch_records=False),  # one call per record (people are batched by default)
-        [
-            schema("people", PERSON_PROPS, ["email"]),
+        [  # (createdAt is read-only in Encharge: left out, so another date field)
+            schema(
+                "people", {**PERSON_PROPS, "signedUpAt": {"type": ["string", "null"], "format": "date-time"}}, ["email"]
+            ),
             record(
                 "people",
                 {
                     "email": "ann@example.com",
                     "firstName": "Ann",
                     "score": 1.25,
-                    "createdAt": "2024-03-01T10:00:00+00:00",
+                    "signedUpAt": "2024-03-01T10:00:00+00:00",
                 },
             ),
             record("people", {"email": "ann@example.com", "lastName": "Lee"}),
@@ -46,7 +48,7 @@ def test_people_are_upserted_with_iso_dates_and_plain_numbers(sandbox):
     first = calls[0]["body"]
     assert isinstance(first, list) and len(first) == 1
     assert first[0]["score"] == 1.25  # a JSON number, not a string
-    assert first[0]["createdAt"].startswith("2024-03-01T10:00:00")
+    assert first[0]["signedUpAt"].startswith("2024-03-01T10:00:00")
     assert run.states == [{"bookmarks": {"people": {"replication_key_value": "2024-03-01"}}}]
 
 
@@ -165,12 +167,15 @@ def _every_template() -> list[Template]:
 def test_every_template_declares_what_the_run_asks_of_it():
     templates = _every_template()
     assert sorted(x.name for x in templates) == [
+        "add_association",
         "add_tag",
         "create_custom_object",
         "create_or_update_person",
         "manual",
+        "remove_association",
         "remove_tag",
         "track_event",
+        "unsubscribe_person",
     ]
     for template in templates:
         assert template.kind in t.get_args(Kind), template.name
@@ -191,12 +196,16 @@ def test_every_template_declares_what_the_run_asks_of_it():
         "add_tag",
         "remove_tag",
         "track_event",
-    }
+        "unsubscribe_person",
+    }  # (the associations here are the Deal object's; a person's, by default, are people too)
     assert [n for n, x in by_name.items() if x.events] == ["track_event"]
     assert {n: dict(x.answers) for n, x in by_name.items() if x.answers} == {
         "add_tag": {404: Verdict.LATER},
         "remove_tag": {404: Verdict.LATER},
         "create_custom_object": {409: Verdict.EXISTS},
+        "unsubscribe_person": {404: Verdict.LATER},
+        "add_association": {404: Verdict.LATER},
+        "remove_association": {404: Verdict.LATER},
     }
     assert all(dict(x.removal_answers) == {404: Verdict.ABSENT} for x in templates)
 

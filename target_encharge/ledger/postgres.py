@@ -293,6 +293,47 @@ class PostgresLedger(SyncLedger):
             return connection.execute(sa.select(table.c.account).where(table.c.key_digest == key_digest)).scalar()
 
     @override
+    def _write_encharge_ids(self, account: str, object_name: str, ids: dict[str, str]) -> None:
+        table = schema.encharge_ids
+        rows = [
+            {"account": account, "object_name": object_name, "identity": i, "encharge_id": e}
+            for i, e in sorted(ids.items())
+        ]
+        statement = postgresql.insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["account", "object_name", "identity"],
+            set_={"encharge_id": statement.excluded.encharge_id},
+        )
+        with self._writing() as connection:
+            for chunk in chunks(rows, CHUNK):
+                connection.execute(statement, list(chunk))
+
+    @override
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None:
+        table = schema.encharge_ids
+        with self._writing() as connection:
+            for chunk in chunks(identities, CHUNK):
+                connection.execute(
+                    table.delete().where(
+                        table.c.account == account, table.c.object_name == object_name, _among(table.c.identity, chunk)
+                    )
+                )
+
+    @override
+    def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]:
+        table = schema.encharge_ids
+        found: dict[str, str] = {}
+        with self._reading() as connection:
+            for chunk in chunks(identities, CHUNK):
+                rows = connection.execute(
+                    sa.select(table.c.identity, table.c.encharge_id).where(
+                        table.c.account == account, table.c.object_name == object_name, _among(table.c.identity, chunk)
+                    )
+                )
+                found.update({identity: encharge_id for identity, encharge_id in rows})
+        return found
+
+    @override
     def _forget(self, matching: dict[str, str]) -> int:
         scope_ids = sa.select(schema.scopes.c.id).where(*_scopes_matching(matching)).scalar_subquery()
         with self._writing() as connection:

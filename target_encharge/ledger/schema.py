@@ -11,7 +11,15 @@ import typing as t
 
 import sqlalchemy as sa
 
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import (
+    ACCOUNTS,
+    DELIVERIES,
+    ENCHARGE_IDS,
+    FAILURES,
+    META,
+    SCHEMA_VERSION,
+    SCOPES,
+)
 
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
@@ -77,6 +85,18 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
+# Version 8 (issue 24): the Encharge id of each person or custom object, per account, object name ("person" or the
+# schema's) and identity (a person's `email:...`/`userId:...`/`id:...`, an object's `externalId:...`), as Encharge
+# answered an upsert or a lookup: what association paths need. Encharge's fact, not a delivery: `forget` keeps it.
+encharge_ids = sa.Table(
+    ENCHARGE_IDS,
+    metadata,
+    sa.Column("account", sa.Text, primary_key=True),
+    sa.Column("object_name", sa.Text, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("encharge_id", sa.Text, nullable=False),
+)
+
 # Versions 1 to 3 kept each delivery's `source_key` (its record's key properties, canonical JSON), indexed from
 # version 2; nothing read it, and version 4 drops it. The deliveries table as those versions had it:
 _deliveries_v1 = sa.Table(
@@ -112,12 +132,32 @@ def _drop_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
 
 
+def _reserved_v5(_connection: sa.Connection) -> None:
+    """Version 5 is issue 22's; on this branch it changes nothing."""
+
+
+def _reserved_v6(_connection: sa.Connection) -> None:
+    """Version 6 is issue 23's; on this branch it changes nothing."""
+
+
+def _reserved_v7(_connection: sa.Connection) -> None:
+    """Version 7 is issue 25's; on this branch it changes nothing."""
+
+
+def _create_encharge_ids(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(encharge_ids, if_not_exists=True))
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
 MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _create_tables,
     _index_source_keys,
     _create_accounts,
     _drop_source_keys,
+    _reserved_v5,
+    _reserved_v6,
+    _reserved_v7,
+    _create_encharge_ids,
 )
 
 

@@ -19,7 +19,7 @@ import msgspec
 from typing_extensions import override
 
 from target_encharge.ledger.connection import WRITE, LazyModule, Location
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, ENCHARGE_IDS, FAILURES, META, SCHEMA_VERSION, SCOPES
 from target_encharge.ledger.store import (
     DELIVERY_COLUMNS,
     FAILURE_COLUMNS,
@@ -50,6 +50,10 @@ _ACCOUNT = f"SELECT account FROM {ACCOUNTS} WHERE key_digest = ?"  # noqa: S608
 _REMEMBER_ACCOUNT = (
     f"INSERT INTO {ACCOUNTS} (key_digest, account) VALUES (?, ?) "  # noqa: S608
     "ON CONFLICT (key_digest) DO UPDATE SET account = excluded.account"
+)
+_REMEMBER_ID = (
+    f"INSERT INTO {ENCHARGE_IDS} (account, object_name, identity, encharge_id) VALUES (?, ?, ?, ?) "  # noqa: S608
+    "ON CONFLICT (account, object_name, identity) DO UPDATE SET encharge_id = excluded.encharge_id"
 )
 _DELIVERED = f"SELECT identity, fingerprint, encharge_id, tags, delivered_at FROM {DELIVERIES} WHERE scope_id = ?"  # noqa: S608
 _UPSERT_FAILURES = (
@@ -302,6 +306,33 @@ class SQLiteLedger(SyncLedger):
                 ).rowcount
                 for table in (DELIVERIES, FAILURES)
             )
+
+    @override
+    def _write_encharge_ids(self, account: str, object_name: str, ids: dict[str, str]) -> None:
+        with self._write_transaction() as connection:
+            connection.executemany(_REMEMBER_ID, [(account, object_name, i, e) for i, e in sorted(ids.items())])
+
+    @override
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None:
+        with self._write_transaction() as connection:
+            for chunk in chunks(identities, CHUNK):
+                marks = ", ".join("?" * len(chunk))
+                connection.execute(
+                    f"DELETE FROM {ENCHARGE_IDS} WHERE account = ? AND object_name = ? AND identity IN ({marks})",  # noqa: S608
+                    (account, object_name, *chunk),
+                )
+
+    @override
+    def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in chunks(identities, CHUNK):
+            marks = ", ".join("?" * len(chunk))
+            statement = (
+                f"SELECT identity, encharge_id FROM {ENCHARGE_IDS} "  # noqa: S608
+                f"WHERE account = ? AND object_name = ? AND identity IN ({marks})"
+            )
+            found.update(self._rows(statement, (account, object_name, *chunk)))
+        return found
 
     @override
     def _status(self) -> tuple[dict[int, tuple[int, str]], dict[int, dict[str, int]], list[ScopeRow]]:

@@ -23,7 +23,7 @@ import msgspec
 from target_encharge import encoding
 from target_encharge.ledger.connection import Location, locate
 from target_encharge.ledger.fingerprint import canonical_json
-from target_encharge.ledger.names import ACCOUNTS_SINCE, SCHEMA_VERSION
+from target_encharge.ledger.names import ACCOUNTS_SINCE, ENCHARGE_IDS_SINCE, SCHEMA_VERSION
 from target_encharge.settings import DEFAULT_LEDGER_TIMEOUT
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
@@ -239,6 +239,15 @@ class SyncLedger(abc.ABC):
 
     @abc.abstractmethod
     def _forget(self, matching: dict[str, str]) -> int: ...
+
+    @abc.abstractmethod
+    def _write_encharge_ids(self, account: str, object_name: str, ids: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def _forget_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> None: ...
+
+    @abc.abstractmethod
+    def _read_encharge_ids(self, account: str, object_name: str, identities: t.Sequence[str]) -> dict[str, str]: ...
 
     @abc.abstractmethod
     def _status(self) -> tuple[dict[int, tuple[int, str]], dict[int, dict[str, int]], list[ScopeRow]]:
@@ -459,6 +468,28 @@ class SyncLedger(abc.ABC):
         if not self._present or self._version < ACCOUNTS_SINCE:  # read-only: absent, or an older ledger
             return None
         return self._read_account(key_digest)
+
+    # -- Encharge ids (issue 24) ------------------------------------------------------------------------------
+
+    def remember_encharge_ids(self, account: str, object_name: str, ids: t.Mapping[str, str]) -> None:
+        """Encharge's ids for people or objects of ``object_name`` (identity -> id), as it answered them."""
+        if ids:
+            self._writable()
+            self._write_encharge_ids(account, object_name, dict(ids))
+
+    def forget_encharge_ids(self, account: str, object_name: str, identities: t.Iterable[str]) -> None:
+        """Ids Encharge no longer knows (a 404 named them): asked for again when next needed."""
+        wanted = sorted(set(identities))
+        if wanted:
+            self._writable()
+            self._forget_encharge_ids(account, object_name, wanted)
+
+    def encharge_ids(self, account: str, object_name: str, identities: t.Iterable[str]) -> dict[str, str]:
+        """The Encharge ids known for ``identities`` (identity -> id; the unknown ones left out)."""
+        wanted = sorted(set(identities))
+        if not wanted or not self._present or self._version < ENCHARGE_IDS_SINCE:  # read-only: absent or older
+            return {}
+        return self._read_encharge_ids(account, object_name, wanted)
 
     # -- looking inside ----------------------------------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""The field contract: what a stream sends, held against the fields the Encharge account has (person fields from
+`GET /fields`, a custom object's from `GET /schemas`), read once per run before anything is sent.
+
+- A field the account lacks is named once per run and stream (Encharge may drop it); with `create_missing_fields`
+  it is created first, typed from the stream's SCHEMA (:func:`field_spec`).
+- A read-only field is left out of what is sent, named once.
+- A value that cannot be read as its field's type is refused before sending, naming the field; one that can (the
+  text "3" for a number) is sent as that type (:meth:`FieldContract.apply`).
+
+And consent (:class:`Consent`): person upserts never send `unsubscribed: false` unless `allow_resubscribe`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import logging
+import threading
+import typing as t
+
+from target_encharge import encoding
+
+logger = logging.getLogger("target_encharge")
+
+MAX_VALUE_CHARS = 5000  # Encharge's limit on one field's value
+MAX_PERSON_BYTES = 200 * 1024  # Encharge's limit on one person
+NOT_FIELDS = frozenset(("tags",))  # what a person upsert carries that is not a field
+FALSE_TEXT = frozenset(("false", "0", "no"))
+TRUE_TEXT = frozenset(("true", "1", "yes"))
+
+
+def _schema_type(spec: dict) -> tuple[str, str | None]:
+    """The JSON type (string, number, integer, boolean) and date format a SCHEMA property holds, nulls aside."""
+    branches = [spec, *[b for b in spec.get("anyOf") or spec.get("oneOf") or () if isinstance(b, dict)]]
+    for branch in branches:
+        types = branch.get("type")
+        types = [types] if isinstance(types, str) else list(types or ())
+        for kind in ("integer", "number", "boolean", "string"):
+            if kind in types:
+                fmt = branch.get("format") if kind == "string" else None
+                return kind, fmt if fmt in ("date", "date-time") else None
+    return "string", None
+
+
+def field_spec(name: str, spec: dict) -> dict:
+    """The field `POST /fields` creates for a SCHEMA property: its type (string, number, integer, boolean) and, for
+    `date` and `date-time` strings, its format."""
+    kind, fmt = _schema_type(spec)
+    return {"name": name, "type": kind, **({"format": fmt} if fmt else {})}
+
+
+@dataclasses.dataclass
+class FieldContract:
+    """One stream's fields against the account's: what is left out, and how each value must read."""
+
+    stream: str
+    owner: str  # "person", or the custom object schema's name
+    fields: dict[str, dict]  # the account's fields of ``owner``, by name
+    keep: frozenset[str] = frozenset()  # identifiers: never left out, never checked
+    read_only: frozenset[str] = frozenset()  # the stream's fields Encharge lists read-only: left out
+    missing: tuple[str, ...] = ()  # the stream's fields Encharge does not have
+
+    @classmethod
+    def of(
+        cls, stream: str, owner: str, account_fields: t.Iterable[dict], properties: dict, keep: t.Iterable[str]
+    ) -> FieldContract:
+        fields = {f["name"]: f for f in account_fields if isinstance(f, dict) and isinstance(f.get("name"), str)}
+        keep = frozenset(keep)
+        sent = [p for p in properties if p not in keep and p not in NOT_FIELDS and not p.startswith("_sdc_")]
+        return cls(
+            stream,
+            owner,
+            fields,
+            keep,
+            read_only=frozenset(p for p in sent if p in fields and fields[p].get("readOnly")),
+            missing=tuple(p for p in sent if p not in fields),
+        )
+
+    def apply(self, record: dict) -> tuple[dict, str | None]:
+        """``record`` as it is sent (read-only fields left out, values read as their field's type), or why it
+        cannot be sent."""
+        out: dict = {}
+        for name, value in record.items():
+            if name in self.read_only:
+                continue
+            field = self.fields.get(name)
+            if field is None or name in self.keep or value is None:
+                out[name] = value
+                continue
+            read, problem = _as_field(name, value, field)
+            if problem:
+                return record, problem
+            out[name] = read
+        if self.owner == "person" and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
+            return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
+        return out, None
+
+
+def _shown(value: t.Any) -> str:  # noqa: ANN401
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _as_field(name: str, value: t.Any, field: dict) -> tuple[t.Any, str | None]:  # noqa: ANN401
+    """``value`` read as ``field``'s type, or why it cannot be."""
+    kind = field.get("type")
+    misfit = f"field '{name}': {_shown(value)} is not a {kind} (Encharge's field '{name}' is {kind})"
+    if kind in ("number", "integer"):
+        number = _number(value)
+        if number is None or (kind == "integer" and number != number.to_integral_value()):
+            return value, misfit
+        return (int(number) if number == number.to_integral_value() else number), None
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value, None
+        word = str(value).strip().lower()
+        if word in TRUE_TEXT or word in FALSE_TEXT:
+            return word in TRUE_TEXT, None
+        return value, misfit
+    if kind == "string":
+        text: str | None = value if isinstance(value, str) else None
+        if text is None and isinstance(value, (int, decimal.Decimal, float)) and not isinstance(value, bool):
+            text = encoding.to_text(value)
+        if text is not None:
+            if len(text) > MAX_VALUE_CHARS:
+                return value, f"field '{name}': its value is longer than Encharge's {MAX_VALUE_CHARS:,} characters"
+            allowed = field.get("enum")
+            if allowed and field.get("allowNewEnumValues") is False and text not in allowed:
+                return value, f"field '{name}': {_shown(text)} is not one of its values ({', '.join(allowed)})"
+            return text, None
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value, None
+    return value, None
+
+
+def _number(value: t.Any) -> decimal.Decimal | None:  # noqa: ANN401
+    """A value as a finite number, the text "3" too (None: it is not one)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = decimal.Decimal(value.strip() if isinstance(value, str) else str(value))
+    except (decimal.InvalidOperation, TypeError):
+        return None
+    if not isinstance(value, (str, int, float, decimal.Decimal)) or not number.is_finite():
+        return None
+    return number
+
+
+class Consent:
+    """Person upserts never send `unsubscribed: false` (or "false") unless `allow_resubscribe`: what they left
+    out, counted per run, told once."""
+
+    def __init__(self) -> None:
+        self.left_out = 0
+        self._lock = threading.Lock()
+
+    def kept(self, record: dict) -> dict:
+        """``record`` without an `unsubscribed` that would re-subscribe the person."""
+        value = record.get("unsubscribed", True)
+        if not (value is False or (isinstance(value, str) and value.strip().lower() == "false")):
+            return record
+        with self._lock:
+            self.left_out += 1
+        return {k: v for k, v in record.items() if k != "unsubscribed"}
+
+    def warning(self) -> str | None:
+        if not self.left_out:
+            return None
+        return (
+            f"{self.left_out} person record(s) carried unsubscribed: false, left out so that nobody who opted out is "
+            "subscribed again (allow_resubscribe: true sends it)"
+        )
