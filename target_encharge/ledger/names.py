@@ -1,11 +1,13 @@
 """The ledger's table names and the schema version this target writes: all the driver's own SQL needs, without
 SQLAlchemy (the tables themselves are in schema.py)."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
+LEASES_SINCE = 6  # the schema version that made the leases table (issue 23)
 
 META = "encharge_ledger_meta"
 SCOPES = "encharge_ledger_scopes"
 DELIVERIES = "encharge_ledger_deliveries"
 FAILURES = "encharge_ledger_failures"
 ACCOUNTS = "encharge_ledger_accounts"
+LEASES = "encharge_ledger_leases"

@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from target_encharge.ledger import schema
 from target_encharge.ledger.connection import Location
+from target_encharge.ledger.lease import Execute, Result
 from target_encharge.ledger.names import SCHEMA_VERSION
 from target_encharge.ledger.store import (
     DELIVERY_COLUMNS,
@@ -112,8 +113,25 @@ def _scopes_matching(matching: dict[str, str]) -> list[sa.ColumnElement]:
     return [schema.scopes.c[column] == value for column, value in matching.items()]
 
 
+@functools.lru_cache(maxsize=32)
+def _text(statement: str) -> sa.TextClause:
+    return sa.text(statement)
+
+
+def _executing(connection: sa.Connection) -> Execute:
+    """One statement of text (the leases' SQL, lease.py) on ``connection``."""
+
+    def execute(statement: str, params: dict[str, t.Any]) -> Result:
+        return connection.execute(_text(statement), params)
+
+    return execute
+
+
 class PostgresLedger(SyncLedger):
     """The ledger on a PostgreSQL server: SQLAlchemy's engine and its pool of connections."""
+
+    _LEASE_CLOCK = "CAST(extract(epoch FROM clock_timestamp()) AS double precision)"
+    _LEASE_LOCK = " FOR SHARE"  # a writer's fence holds the lease row until it commits: no take in between
 
     def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
         self._engine: sa.Engine | None = None
@@ -154,6 +172,16 @@ class PostgresLedger(SyncLedger):
         self._writable()
         with self._write_turn, self._guard(), self._connection() as connection, connection.begin():
             yield connection
+
+    @override
+    @contextlib.contextmanager
+    def _leasing(self, *, write: bool) -> t.Iterator[tuple[Execute, dict[str, str]]]:
+        if not write:
+            with self._reading() as connection, connection.begin():
+                yield _executing(connection), self._lease_statements()
+            return
+        with self._writing() as connection:
+            yield _executing(connection), self._lease_statements()
 
     @override
     def _close(self) -> None:
@@ -199,6 +227,7 @@ class PostgresLedger(SyncLedger):
     @override
     def _upsert_deliveries(self, scope_id: int, values: list[DeliveryValues]) -> None:
         with self._writing() as connection:
+            self._fence(_executing(connection), scope_id)
             for chunk in chunks(values, CHUNK):
                 columns = dict(
                     zip(DELIVERY_COLUMNS, (list(column) for column in zip(*chunk, strict=True)), strict=True)
@@ -238,6 +267,7 @@ class PostgresLedger(SyncLedger):
         counted, *others = (schema.deliveries, schema.failures) if deliveries else (schema.failures,)
         removed = 0
         with self._writing() as connection:
+            self._fence(_executing(connection), scope_id)
             for chunk in chunks(identities, CHUNK):
                 removed += self._delete_in(connection, counted, scope_id, chunk)
                 for table in others:
@@ -247,6 +277,8 @@ class PostgresLedger(SyncLedger):
     @override
     def _upsert_failures(self, params: list[dict[str, t.Any]]) -> None:
         with self._writing() as connection:
+            for scope_id in sorted({row["scope_id"] for row in params}):
+                self._fence(_executing(connection), scope_id)
             for chunk in chunks(params, CHUNK):
                 connection.execute(_upsert_failures(), list(chunk))
 

@@ -11,7 +11,7 @@ import typing as t
 
 import sqlalchemy as sa
 
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, LEASES, META, SCHEMA_VERSION, SCOPES
 
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
@@ -77,6 +77,21 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
+# Version 6 (issue 23): which run holds each scope (lease.py). ``generation`` counts the takes, the fencing token
+# a holder's writes are checked against; ``expires`` is seconds since the epoch by the database's own clock (so the
+# machines sharing a ledger need not agree on the time); ``holder`` tells one run from another, even in one process.
+leases = sa.Table(
+    LEASES,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("since", Moment, nullable=False),
+    sa.Column("expires", sa.Float(precision=53), nullable=False),
+)
+
 # Versions 1 to 3 kept each delivery's `source_key` (its record's key properties, canonical JSON), indexed from
 # version 2; nothing read it, and version 4 drops it. The deliveries table as those versions had it:
 _deliveries_v1 = sa.Table(
@@ -112,12 +127,22 @@ def _drop_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
 
 
+def _reserved_v5(_connection: sa.Connection) -> None:
+    """Version 5 is issue 22's (mirror's snapshots): nothing on this branch."""
+
+
+def _create_leases(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(leases, if_not_exists=True))
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
 MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _create_tables,
     _index_source_keys,
     _create_accounts,
     _drop_source_keys,
+    _reserved_v5,
+    _create_leases,
 )
 
 

@@ -19,6 +19,7 @@ import msgspec
 from typing_extensions import override
 
 from target_encharge.ledger.connection import WRITE, LazyModule, Location
+from target_encharge.ledger.lease import Execute
 from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
 from target_encharge.ledger.store import (
     DELIVERY_COLUMNS,
@@ -126,6 +127,8 @@ class SQLiteLedger(SyncLedger):
     """The ledger in a SQLite file: a driver connection kept for reads, another for writes (taking turns in
     ``_write_turn``), in WAL mode so readers never wait for the writer, even in other processes."""
 
+    _LEASE_CLOCK = "((julianday('now') - 2440587.5) * 86400.0)"  # (the write transaction keeps the row)
+
     def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
@@ -208,6 +211,13 @@ class SQLiteLedger(SyncLedger):
                 yield connection
 
     @override
+    @contextlib.contextmanager
+    def _leasing(self, *, write: bool) -> t.Iterator[tuple[Execute, dict[str, str]]]:
+        transaction = self._write_transaction() if write else self._read_transaction()
+        with transaction as connection:
+            yield connection.execute, self._lease_statements()
+
+    @override
     def _close(self) -> None:
         with self._read_lock:
             if self._reader is not None:
@@ -235,6 +245,7 @@ class SQLiteLedger(SyncLedger):
     @override
     def _upsert_deliveries(self, scope_id: int, values: list[DeliveryValues]) -> None:
         with self._write_transaction() as connection:
+            self._fence(connection.execute, scope_id)
             for chunk in chunks(values, CHUNK):
                 connection.execute(_upsert_sql(len(chunk)), [v for row in chunk for v in row])
             for chunk in chunks([row[1] for row in values], CHUNK):
@@ -264,6 +275,7 @@ class SQLiteLedger(SyncLedger):
         counted, *others = (DELIVERIES, FAILURES) if deliveries else (FAILURES,)
         removed = 0
         with self._write_transaction() as connection:
+            self._fence(connection.execute, scope_id)
             for chunk in chunks(identities, CHUNK):
                 among = _among_sql(len(chunk))
                 removed += connection.execute(f"DELETE FROM {counted} WHERE {among}", (scope_id, *chunk)).rowcount  # noqa: S608
@@ -274,6 +286,8 @@ class SQLiteLedger(SyncLedger):
     @override
     def _upsert_failures(self, params: list[dict[str, t.Any]]) -> None:
         with self._write_transaction() as connection:
+            for scope_id in {row["scope_id"] for row in params}:
+                self._fence(connection.execute, scope_id)
             connection.executemany(_UPSERT_FAILURES, params)
 
     @override

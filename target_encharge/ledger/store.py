@@ -23,7 +23,8 @@ import msgspec
 from target_encharge import encoding
 from target_encharge.ledger.connection import Location, locate
 from target_encharge.ledger.fingerprint import canonical_json
-from target_encharge.ledger.names import ACCOUNTS_SINCE, SCHEMA_VERSION
+from target_encharge.ledger.lease import Execute, HeldLease, Leases, held, statements
+from target_encharge.ledger.names import ACCOUNTS_SINCE, LEASES_SINCE, SCHEMA_VERSION
 from target_encharge.settings import DEFAULT_LEDGER_TIMEOUT
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
@@ -181,6 +182,7 @@ class SyncLedger(abc.ABC):
         self._present = True  # False: opened read-only, and there is no ledger there yet
         self._version = SCHEMA_VERSION  # the schema version of the tables (older only when opened read-only)
         self._closed = False
+        self._leases: Leases | None = None  # the scopes this run holds (take_lease), and their renewal
         try:
             self._open()
         except BaseException:
@@ -245,6 +247,15 @@ class SyncLedger(abc.ABC):
         """Deliveries (count, last) per scope id; failures waiting per scope id and reason, most frequent first;
         every scope, in order; all read in one transaction."""
 
+    # the leases' SQL (lease.py): the store's "now" in seconds since the epoch, by the database's clock, and how a
+    # write transaction keeps the lease row it read unchanged until it ends
+    _LEASE_CLOCK: t.ClassVar[str]
+    _LEASE_LOCK: t.ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def _leasing(self, *, write: bool) -> t.ContextManager[tuple[Execute, dict[str, str]]]:
+        """One transaction for the leases: a function running one statement in it, and the lease statements."""
+
     @abc.abstractmethod
     def _close(self) -> None:
         """Release the store's connections."""
@@ -270,6 +281,23 @@ class SyncLedger(abc.ABC):
             yield
         except self._errors() as exc:
             raise self.location.explain(exc, self.timeout) from None
+
+    def _lease_error(self, what: str) -> str:
+        """The one line of a lease's error: ``what``, naming the ledger (password masked)."""
+        return str(self.location.error(what))
+
+    def _lease_statements(self) -> dict[str, str]:
+        return statements(self._LEASE_CLOCK, self._LEASE_LOCK)
+
+    def _fence(self, execute: Execute, scope_id: int) -> None:
+        """Inside a write transaction in the scope ``scope_id``: nothing is written unless this run still holds
+        the scope's lease at its generation (when it took one: dry runs and the commands take none)."""
+        if self._leases is not None:
+            self._leases.fence(execute, self._lease_statements(), scope_id)
+
+    def _check_lease(self, scope: Scope) -> None:
+        if self._leases is not None:
+            self._leases.check(self._scope_ids.get(scope))
 
     def _usable(self) -> None:
         if self._closed or not self._present:
@@ -345,6 +373,7 @@ class SyncLedger(abc.ABC):
     def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
         """What was last delivered for each of ``identities`` that the ledger knows in ``scope``."""
         wanted = list(dict.fromkeys(identities))
+        self._check_lease(scope)
         scope_id = self._find_scope(scope) if wanted else None
         if scope_id is None:
             return {}
@@ -353,6 +382,7 @@ class SyncLedger(abc.ABC):
     def fingerprints(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, str]:
         """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
         skip-unchanged check of every batch, lighter than :meth:`lookup`."""
+        self._check_lease(scope)
         scope_id = self._find_scope(scope)
         if scope_id is None:
             return {}
@@ -361,6 +391,7 @@ class SyncLedger(abc.ABC):
 
     def known(self, scope: Scope) -> dict[str, Delivered]:
         """Everything delivered in ``scope`` (for mirror: what the target wrote and may remove)."""
+        self._check_lease(scope)
         scope_id = self._find_scope(scope)
         if scope_id is None:
             return {}
@@ -488,8 +519,30 @@ class SyncLedger(abc.ABC):
             if scope_id in known or scope_id in waiting
         ]
 
+    # -- leases (lease.py) --------------------------------------------------------------------------------------
+
+    def take_lease(self, scope: Scope, *, ttl: float, wait: float) -> None:
+        """Hold ``scope`` for this run, renewed every ``ttl`` / 3 until the ledger is closed, expiring ``ttl``
+        seconds after the last renewal when the run dies; while another run holds it, wait up to ``wait``
+        seconds, then :class:`~target_encharge.ledger.lease.LeaseHeldError` naming the holder. From then on every
+        write in the scope checks the lease (its fencing token), and every lookup that a send follows."""
+        self._writable()
+        scope_id = self._scope_id(scope)
+        if self._leases is None:
+            self._leases = Leases(self)
+        self._leases.take(scope, scope_id, ttl=ttl, wait=wait)
+
+    def leases(self) -> list[HeldLease]:
+        """The leases held now, by scope: who holds each (host, process, since when)."""
+        if not self._present or self._version < LEASES_SINCE:  # read-only: absent, or an older ledger
+            return []
+        with self._leasing(write=False) as (execute, sql):
+            return held(execute, sql)
+
     def close(self) -> None:
-        """Release every connection; the ledger cannot be used after."""
+        """Let the leases go and release every connection; the ledger cannot be used after."""
+        if self._leases is not None and not self._closed:
+            self._leases.release_all()
         self._closed = True
         self._close()
 
