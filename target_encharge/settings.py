@@ -537,6 +537,13 @@ class RunSettings:
                 raise ConfigError(msg)
 
     @property
+    def passwords(self) -> tuple[str, ...]:
+        """The ledger's password (as written and percent-decoded): masked where it stands as a token, as it may
+        be a common word (issue 23)."""
+        password = ledger_password(self.ledger_url)
+        return tuple(dict.fromkeys(k for k in (password, urllib.parse.unquote(password or "")) if k))
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """The keys and the ledger's password, which no output may show."""
         password = ledger_password(self.ledger_url)
