@@ -146,14 +146,17 @@ MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
 )
 
 
-def stored_version(connection: sa.Connection) -> int:
-    """The schema version written in the database (0 when it holds no ledger yet)."""
+def stored_version(connection: sa.Connection) -> int | str:
+    """The schema version written in the database (0 when it holds no ledger yet; its text when it is not a
+    number, which the store refuses in one line)."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
     if not sa.inspect(connection).has_table(meta.name):
         return 0
     value = connection.execute(sa.select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
-    return int(value) if value is not None else 0
+    if value is None:
+        return 0
+    return int(value) if str(value).strip().isdigit() else str(value)
 
 
 def migrate(connection: sa.Connection, found: int, to: int = SCHEMA_VERSION) -> None:

@@ -150,14 +150,26 @@ class SQLiteLedger(SyncLedger):
         """The schema version read through the driver, in a transaction that takes the write lock (unless
         read-only) to prove the file can be written. False when the tables must be created or migrated."""
         with self._write_transaction(prove_only=True) as connection:
+            self._check_file(connection)
             try:
                 row = connection.execute(_VERSION).fetchone()
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):
                     raise
                 row = None  # a new file: no ledger in it yet
-        found = self._found_version(int(row[0]) if row else 0)
+        found = self._found_version(row[0] if row else 0)
         return self.read_only or found == SCHEMA_VERSION
+
+    def _check_file(self, connection: sqlite3.Connection) -> None:
+        """Damage inside the file (bytes overwritten in a page) found at opening, before anything is sent, not
+        when a lookup first reads the damaged page: ``PRAGMA quick_check`` (a few milliseconds for 100,000
+        deliveries; the indexes' contents are not compared)."""
+        (verdict,) = connection.execute("PRAGMA quick_check(1)").fetchone()  # (a foreign file: the guard's line)
+        if verdict != "ok":
+            raise self.location.error(
+                "not a readable SQLite ledger (damaged: quick_check found "
+                f"{' '.join(str(verdict).split())[:120]!r}); move it aside to start a new ledger, or restore a copy"
+            )
 
     def _migrate(self) -> None:
         """Create or migrate the tables with SQLAlchemy (schema.py), its engine then let go."""

@@ -141,6 +141,16 @@ def _when(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp)
 
 
+def _stored(text: str) -> str:
+    """A scope's name as the ledger keeps it: PostgreSQL's text holds no NUL (a stream named with one would stop
+    every run), so a NUL is kept as U+FFFD on both stores."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _stored_scope(scope: Scope) -> Scope:
+    return Scope(_stored(scope.account), _stored(scope.destination), _stored(scope.stream))
+
+
 def chunks(items: t.Sequence, size: int) -> t.Iterator[t.Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -262,9 +272,16 @@ class SyncLedger(abc.ABC):
 
     # -- shared plumbing ---------------------------------------------------------------------------------------
 
-    def _found_version(self, found: int) -> int:
-        """``found``, the version the tables have, refused when newer than this target knows; read-only, it says
-        whether there is a ledger at all."""
+    def _found_version(self, stored: int | str) -> int:
+        """``stored``, the version the tables have (as stored), refused when it is not a number or newer than this
+        target knows; read-only, it says whether there is a ledger at all."""
+        text = str(stored).strip()
+        if not text.isdigit():
+            raise self.location.error(
+                f"its schema_version is {text[:40]!r}, not a number: a damaged ledger; move it aside to start a "
+                "new one, or restore a copy"
+            )
+        found = int(text)
         if found > SCHEMA_VERSION:
             raise self.location.error(
                 f"written by a newer target-encharge (ledger schema version {found}, this one knows up to "
@@ -311,7 +328,7 @@ class SyncLedger(abc.ABC):
         """The id of ``scope`` if it has a row (None: nothing was written in it yet, or a read-only ledger that
         does not exist)."""
         if scope not in self._scope_ids and self._present:
-            found = self._select_scope(scope)
+            found = self._select_scope(_stored_scope(scope))
             if found is not None:
                 self._scope_ids[scope] = found
         return self._scope_ids.get(scope)
@@ -321,7 +338,7 @@ class SyncLedger(abc.ABC):
         if scope in self._scope_ids:
             return self._scope_ids[scope]
         self._writable()
-        self._insert_scope(scope)
+        self._insert_scope(_stored_scope(scope))
         found = self._find_scope(scope)
         if found is None:  # inserted just above, or by another process: never gone, forget keeps scopes
             raise self.location.error(f"the stream {scope.stream!r} could not be recorded; run again")
@@ -331,7 +348,7 @@ class SyncLedger(abc.ABC):
     def _matching(account: str | None, destination: str | None, stream: str | None) -> dict[str, str]:
         """The scope columns given a value (None: any)."""
         given = {"account": account, "destination": destination, "stream": stream}
-        return {column: value for column, value in given.items() if value is not None}
+        return {column: _stored(value) for column, value in given.items() if value is not None}
 
     @staticmethod
     def _delivered(row: DeliveredRow) -> Delivered:
@@ -443,32 +460,51 @@ class SyncLedger(abc.ABC):
         only those that sending again can pass."""
         if not self._present:
             return []
-        return [
-            WaitingFailure(
-                identity=identity,
-                payload=_payload_decoder.decode(payload),
-                reason=reason,
-                status=status,
-                retryable=bool(retryable),
-                scope=Scope(scope_account, scope_destination, scope_stream),
-                first_failed_at=_when(first),
-                last_failed_at=_when(last),
-                attempts=attempts,
-            )
-            for (
-                identity,
-                payload,
-                reason,
-                status,
-                retryable,
-                scope_account,
-                scope_destination,
-                scope_stream,
-                first,
-                last,
-                attempts,
-            ) in self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
-        ]
+        rows = self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
+        try:
+            return self._waiting_failures(rows)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise self.location.error(
+                f"a failure waiting in the ledger is damaged ({exc}); "
+                f"`target-encharge-ledger forget --stream NAME` clears the stream's entries, or restore a copy"
+            ) from None
+
+    def _waiting_failures(self, rows: t.Iterable[FailureRow]) -> list[WaitingFailure]:
+        failures = []
+        for row in rows:
+            try:
+                failures.append(self._waiting_failure(row))
+            except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                what = "payload is not JSON" if isinstance(exc, msgspec.DecodeError) else "time is not ISO 8601"
+                raise ValueError(f"in stream {row[7]!r}, its {what}") from None
+        return failures
+
+    @staticmethod
+    def _waiting_failure(row: FailureRow) -> WaitingFailure:
+        (
+            identity,
+            payload,
+            reason,
+            status,
+            retryable,
+            scope_account,
+            scope_destination,
+            scope_stream,
+            first,
+            last,
+            attempts,
+        ) = row
+        return WaitingFailure(
+            identity=identity,
+            payload=_payload_decoder.decode(payload),
+            reason=reason,
+            status=status,
+            retryable=bool(retryable),
+            scope=Scope(scope_account, scope_destination, scope_stream),
+            first_failed_at=_when(first),
+            last_failed_at=_when(last),
+            attempts=attempts,
+        )
 
     def clear_failures(self, scope: Scope, identities: t.Iterable[str]) -> int:
         """Take ``identities`` off the failures waiting in ``scope`` (a newer version arrived, say); returns how
@@ -507,6 +543,18 @@ class SyncLedger(abc.ABC):
         if not self._present:
             return []
         known, waiting, scopes = self._status()
+        try:
+            return self._statuses(known, waiting, scopes)
+        except (ValueError, TypeError) as exc:
+            raise self.location.error(
+                f"a delivery's time is damaged ({type(exc).__name__}: not ISO 8601); restore a copy, or "
+                "`target-encharge-ledger forget --stream NAME` to clear the stream's entries"
+            ) from None
+
+    @staticmethod
+    def _statuses(
+        known: dict[int, tuple[int, str]], waiting: dict[int, dict[str, int]], scopes: list[ScopeRow]
+    ) -> list[StreamStatus]:
         return [
             StreamStatus(
                 scope=Scope(account, destination, stream),
