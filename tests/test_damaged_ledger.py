@@ -94,7 +94,7 @@ def failed_once(sandbox, ledger_url) -> dict:
 )
 def test_a_failure_waiting_that_is_damaged(sandbox, ledger_url, column, value, said):
     config = failed_once(sandbox, ledger_url)
-    damage(ledger_url, f"UPDATE encharge_ledger_failures SET {column} = '{value}'")  # noqa: S608
+    damage(ledger_url, f"UPDATE encharge_ledger_failures SET {column} = '{value}'")
     run = run_target(config, people(3))
     assert_one_line_before_sending(run, sandbox, "a failure waiting in the ledger is damaged", said, "'people'")
 

@@ -18,7 +18,7 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from helpers import record, run_target, run_target_process, sandbox_config, schema, target_command
+from helpers import record, run_target, sandbox_config, schema, target_command
 
 from target_encharge.ledger import Delivered, Scope, SyncLedger
 from target_encharge.ledger.lease import LeaseHeldError, LeaseLostError
