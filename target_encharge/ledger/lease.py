@@ -214,6 +214,11 @@ class Leases:
 
     # -- holding -----------------------------------------------------------------------------------------------
 
+    def holds(self, scope_id: int) -> bool:
+        """Whether this run holds the lease of ``scope_id`` (so no other run writes in the scope meanwhile)."""
+        lease = self._held.get(scope_id)
+        return lease is not None and lease.lost is None
+
     def check(self, scope_id: int | None) -> None:
         """Before a batch of the scope is sent: :class:`LeaseLostError` when this run's lease is lost, or could
         not be renewed for its TTL (another run may hold it now)."""
