@@ -86,13 +86,13 @@ def mask_url(url: str) -> str:
 
 
 def _ambiguous(url: str) -> str | None:
-    """What makes a server URL unreadable without guessing (a password holding a raw ``@``, ``/``, ``?`` or
-    ``#``, which the driver would take for the host or the path), or None."""
-    found = _USERINFO.match(url)
-    if found is None:
+    """What makes a server URL unreadable without guessing (a user name or password holding a raw ``@``, ``/``,
+    ``?`` or ``#``, which the driver would take for the host, the path or the query), or None."""
+    rest = url.partition("://")[2]
+    if "@" not in rest:
         return None
-    userinfo = found["userinfo"]
-    for char, code in (("@", "%40"), ("/", "%2F")):
+    userinfo = rest[: rest.rfind("@")]
+    for char, code in (("@", "%40"), ("/", "%2F"), ("?", "%3F"), ("#", "%23")):
         if char in userinfo:
             return (
                 f"its user name or password holds a raw {char!r}, which makes the URL ambiguous (the rest would "

@@ -234,7 +234,7 @@ class PostgresLedger(SyncLedger):
     @contextlib.contextmanager
     def _leasing(self, *, write: bool) -> t.Iterator[tuple[Execute, dict[str, str]]]:
         if not write:
-            with self._reading() as connection, connection.begin():
+            with self._reading() as connection:  # (autocommit: one statement)
                 yield _executing(connection), self._lease_statements()
             return
         with self._writing() as connection:
