@@ -451,3 +451,15 @@ def test_a_run_whose_ledger_password_is_a_common_word_keeps_its_messages_readabl
     assert run.error_line.startswith("target-encharge: error: ledger_url postgresql://***@127.0.0.1:1/")
     assert "cannot reach the server" in run.error_line
     assert ":postgres@" not in run.stderr
+
+
+@pytest.mark.parametrize("raw", ["@", "/", "?", "#"])
+def test_every_character_that_makes_a_ledger_url_ambiguous_is_named_and_the_url_never_shown(raw):
+    from target_encharge.ledger import LedgerError, SyncLedger
+
+    url = f"postgresql://ledger:Tr0ub{raw}dor9@127.0.0.1:5432/ledger"
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger.open(url)
+    message = str(caught.value)
+    assert f"holds a raw {raw!r}" in message and "percent-encode" in message
+    assert "Tr0ub" not in message and "dor9" not in message and "127.0.0.1" not in message

@@ -43,9 +43,10 @@ POLL = 0.5  # seconds between two tries at a lease another run holds
 class Result(t.Protocol):
     """What a statement gives back, from either store's driver."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
-    def fetchall(self) -> t.Sequence[t.Sequence[t.Any]]: ...
+    def fetchall(self) -> t.Any: ...  # noqa: ANN401 - rows: each driver's own sequence
 
 
 Execute = t.Callable[[str, dict[str, t.Any]], Result]  # one statement (named parameters) in an open transaction
