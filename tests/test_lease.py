@@ -194,6 +194,7 @@ def test_a_lost_lease_refuses_the_write_itself(ledger_url):
     scope = Scope("account", "track_event", "events")
     with SyncLedger.open(ledger_url) as first, SyncLedger.open(ledger_url) as second:
         first.take_lease(scope, ttl=1, wait=0)
+        assert first.fingerprints(scope, ["e0"]) == {}  # (on PostgreSQL: the scope read ahead, writes fenced inline)
         with pytest.raises(LeaseHeldError, match="is being synced by another run"):
             second.take_lease(scope, ttl=1, wait=0)
         first._leases._stop.set()  # type: ignore[union-attr]  # its renewal stops, as in a paused process

@@ -234,6 +234,25 @@ class Leases:
         if lease.lost is not None:
             raise LeaseLostError(lease.lost)
 
+    def token(self, scope_id: int) -> tuple[int, str] | None:
+        """The fencing token of a lease this run holds (generation and holder), for a write that checks it in its
+        own statement (None: no lease held in the scope)."""
+        lease = self._held.get(scope_id)
+        if lease is None:
+            return None
+        if lease.lost is not None:
+            raise LeaseLostError(lease.lost)
+        return lease.generation, self.holder
+
+    def fenced_out(self, scope_id: int) -> t.NoReturn:
+        """A write that checked the token in its own statement wrote nothing: the lease is another run's."""
+        lease = self._held[scope_id]
+        lease.lost = lease.lost or self._store._lease_error(
+            f"another run took over stream {lease.scope.stream!r} (its lease, generation {lease.generation}, "
+            "expired: this run could not renew it within lease_ttl); this run stopped before writing again"
+        )
+        raise LeaseLostError(lease.lost)
+
     def fence(self, execute: Execute, sql: dict[str, str], scope_id: int) -> None:
         """Inside a write transaction of the scope: :class:`LeaseLostError` (and nothing written) unless the lease
         is still this run's, at its generation."""
