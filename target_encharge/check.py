@@ -44,7 +44,7 @@ def _checked(config: dict[str, t.Any], catalog: dict[str, dict]) -> tuple[list[s
         check_url(settings.ingest_url, "ingest_url")
     except EnchargeTargetError as exc:
         return [str(exc)], []
-    redact = Redactor(settings.secrets)
+    redact = Redactor(settings.secrets, words=settings.passwords)
     found: list[str] = []
     try:
         with SyncLedger.open(settings.ledger_url, read_only=True):  # read-only: an absent SQLite file stays absent

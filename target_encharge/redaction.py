@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import traceback
@@ -33,27 +34,58 @@ def encodings(secret: str) -> set[str]:
     return {form for form in forms if form}
 
 
-class Redactor:
-    """Masks the keys in text and in values: one place for all outputs."""
+# A URL's user information (``scheme://user:password@``), masked as a whole wherever a password may be in it.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][\w+.-]*://)[^\s/?#@]*@")
+# A word secret (a password) stands as a token: not inside a longer word, a name or a package extra
+# (``target-encharge[postgres]`` keeps its text when the password is ``postgres``).
+_INSIDE = r"\w\[\]\-+%.~"
 
-    def __init__(self, secrets: t.Iterable[str | None]) -> None:
-        keys = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with the user information of every URL in it shown as ``***``."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+
+
+def word_pattern(words: t.Iterable[str]) -> re.Pattern[str] | None:
+    """A pattern finding ``words`` (in every form :func:`encodings` gives them) where each stands as a token."""
+    forms = sorted({form for word in words for form in encodings(word)}, key=len, reverse=True)
+    if not forms:
+        return None
+    alternatives = "|".join(re.escape(form) for form in forms)
+    return re.compile(rf"(?<![{_INSIDE}])(?:{alternatives})(?![{_INSIDE[:-2]}])")  # (a '.' or '~' may follow)
+
+
+class Redactor:
+    """Masks the keys in text and in values: one place for all outputs.
+
+    ``secrets`` (the keys) are masked wherever they occur; ``words`` (the ledger's password, which may be a common
+    word) where they stand as a token, and with the user information of any URL. A word also among ``secrets`` is
+    taken as a word."""
+
+    def __init__(self, secrets: t.Iterable[str | None], *, words: t.Iterable[str | None] = ()) -> None:
+        tokens = {w for w in words if w and len(w) >= MIN_SECRET_CHARS}
+        keys = {s for s in secrets if s and len(s) >= MIN_SECRET_CHARS} - tokens
         self.secrets = sorted({form for key in keys for form in encodings(key)}, key=len, reverse=True)
+        self._words = word_pattern(tokens)
 
     def finds(self, text: str) -> bool:
         """Whether ``text`` holds a key in any of its forms."""
-        return any(secret in text for secret in self.secrets)
+        return any(secret in text for secret in self.secrets) or (
+            self._words is not None and (self._words.search(text) is not None or mask_userinfo(text) != text)
+        )
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if self._words is not None:
+            text = self._words.sub(MASK, mask_userinfo(text))
         return text
 
     def value(self, obj: t.Any) -> t.Any:  # noqa: ANN401
         """``obj`` with the keys masked in every string it holds (keys of objects too), before it is serialised:
         masking JSON text afterwards could cut an escape in two and leave invalid JSON."""
-        if not self.secrets:
+        if not self.secrets and self._words is None:
             return obj
         if isinstance(obj, str):
             return self(obj)

@@ -218,7 +218,7 @@ class Run:
         """The sync of one stream, in this run's account."""
         if self.sync is None:
             return None
-        return self.sync.stream(
+        sync = self.sync.stream(
             stream,
             template,
             key_properties,
@@ -227,6 +227,9 @@ class Run:
             delete_action=settings.delete_action,
             exists=self._exists(template, settings),
         )
+        if self.sync.writes:  # one run at a time per scope (dry runs and test sends only read)
+            self.sync.ledger.take_lease(sync.scope, ttl=self.settings.lease_ttl, wait=self.settings.lease_wait)
+        return sync
 
     def _exists(self, template: Template, settings: StreamSettings) -> Exists | None:
         """How the stream's sync asks Encharge what exists (`update`, `create`); a record too long to be asked

@@ -318,6 +318,21 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
         th.NumberType,
         description="Cap on calls per second, all streams together.",
     ),
+    # issue 23: overlapping runs on one ledger (a lease per account, destination and stream)
+    th.Property(
+        "lease_ttl",
+        th.NumberType,
+        default=60,
+        description="Seconds a run's hold on a stream (its lease in the sync ledger) lasts unless renewed; the run "
+        "renews it every third of that. A run that dies (kill -9) holds its streams this long at most.",
+    ),
+    th.Property(
+        "lease_wait",
+        th.NumberType,
+        default=300,
+        description="Seconds a run waits for a stream another run holds (an hourly run overlapping the last one) "
+        "before it stops, naming the holder; 0: stop at once.",
+    ),
 ).to_dict()
 
 # Under `streams`, an unset setting falls back to the top level: no defaults there (the SDK would fill them in).
@@ -501,6 +516,8 @@ class RunSettings:
     resync: bool
     retry_failed: bool
     max_delete_share: float
+    lease_ttl: float  # issue 23
+    lease_wait: float
 
     @classmethod
     def from_config(cls, config: t.Mapping[str, t.Any]) -> RunSettings:
@@ -533,6 +550,8 @@ class RunSettings:
             resync=bool(_setting(config, "resync")),
             retry_failed=bool(_setting(config, "retry_failed")),
             max_delete_share=float(_setting(config, "max_delete_share")),
+            lease_ttl=float(_setting(config, "lease_ttl")),
+            lease_wait=float(_setting(config, "lease_wait")),
         )
         settings.check()
         return settings
@@ -552,6 +571,8 @@ class RunSettings:
                 self.dead_letter_path == "-",
             ),
             "max_delete_share": ("must be between 0 and 1", not 0 <= self.max_delete_share <= 1),
+            "lease_ttl": ("must be at least 1 second", not self.lease_ttl >= 1),
+            "lease_wait": ("must be 0 or more seconds", not self.lease_wait >= 0),
         }
         for name, (problem, wrong) in problems.items():
             if wrong:
@@ -564,6 +585,13 @@ class RunSettings:
                     "its value is not shown: it is a secret)"
                 )
                 raise ConfigError(msg)
+
+    @property
+    def passwords(self) -> tuple[str, ...]:
+        """The ledger's password (as written and percent-decoded): masked where it stands as a token, as it may
+        be a common word (issue 23)."""
+        password = ledger_password(self.ledger_url)
+        return tuple(dict.fromkeys(k for k in (password, urllib.parse.unquote(password or "")) if k))
 
     @property
     def secrets(self) -> tuple[str, ...]:

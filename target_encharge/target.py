@@ -46,7 +46,7 @@ class TargetEncharge(SeamTarget):
         self.streams_seen = set()
         super().__init__(config=numbers_from_text(config) if isinstance(config, dict) else config, **kwargs)
         settings = RunSettings.from_config(self.config)
-        self.redact = Redactor(settings.secrets)
+        self.redact = Redactor(settings.secrets, words=settings.passwords)
         with _told_without_keys(self.redact):  # a reason to stop that quotes a setting never shows a key
             check_url(settings.api_url, "api_url")
             check_url(settings.ingest_url, "ingest_url")

@@ -622,17 +622,17 @@ def assert_one_masked_line(error: LedgerError, url: str, password: str | None = 
     if password:
         assert password not in message
         assert password not in repr(error.__cause__) + repr(error.__context__ if not error.__suppress_context__ else "")
-        assert ":***@" in message
+        assert "://***@" in message  # the user information masked as a whole
     return message
 
 
 def test_mask_url_hides_every_password() -> None:
     assert (
-        mask_url("postgresql://user:s3cr@t/x@db.example:5432/ledger") == "postgresql://user:***@db.example:5432/ledger"
-    )
-    assert mask_url("postgresql://user:pw@host/db?sslmode=require") == "postgresql://user:***@host/db?sslmode=require"
+        mask_url("postgresql://user:s3cr@t/x@db.example:5432/ledger") == "postgresql://***@db.example:5432/ledger"
+    )  # the user information as a whole (issue 23)
+    assert mask_url("postgresql://user:pw@host/db?sslmode=require") == "postgresql://***@host/db?sslmode=require"
     assert mask_url("postgresql://host/db?user=u&password=pw&x=1") == "postgresql://host/db?user=u&password=***&x=1"
-    assert mask_url("postgresql://user@host/db") == "postgresql://user@host/db"
+    assert mask_url("postgresql://user@host/db") == "postgresql://***@host/db"
     assert mask_url("/var/lib/ledger.db") == "/var/lib/ledger.db"
 
 
@@ -762,7 +762,7 @@ def test_commands_name_a_bad_ledger_in_one_line(
     url = f"postgresql://ledger:{PASSWORD}@127.0.0.1:{unused_port}/ledger"
     assert commands.main(["status", "--config", write_config(tmp_path, url)]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ledger_url postgresql://ledger:***@" in err and PASSWORD not in err
+    assert err.count("\n") == 1 and "ledger_url postgresql://***@" in err and PASSWORD not in err
 
 
 def dead_letter(stream: str, record: dict) -> str:

@@ -385,3 +385,81 @@ def test_a_key_of_the_wrong_type_is_refused_without_showing_it():
 def test_the_ledger_password_is_a_secret_in_either_place_a_url_carries_it(ledger_url):
     secrets = RunSettings.from_config({"ledger_url": ledger_url}).secrets
     assert "pass%40word-9" in secrets and "pass@word-9" in secrets  # as written and percent-decoded
+
+
+RAW_AT_URL = "postgresql://ledger:Tr0ub4dor@home@127.0.0.1:5432/ledger"  # a raw '@' in the password
+
+
+def test_a_password_with_a_raw_at_is_refused_alike_by_the_run_the_check_and_status_without_showing_it(
+    sandbox, tmp_path, capsys
+):
+    from target_encharge.check import main as check_main
+    from target_encharge.ledger import commands
+
+    config = sandbox_config(sandbox, ledger_url=RAW_AT_URL)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    refusal = "percent-encode @ in the password as %40 (the URL is not shown: it holds a password)"
+
+    run = run_target(config, people(3))
+    assert run.returncode == 1
+    assert run.error_line.startswith("target-encharge: error: ledger_url: its user name or password holds a raw '@'")
+    assert run.error_line.endswith(refusal)
+    assert check_main(["--config", str(path)]) == 1
+    checked = capsys.readouterr().err
+    assert refusal in checked
+    assert commands.main(["status", "--config", str(path)]) == 1
+    status = capsys.readouterr()
+    assert refusal in status.err and status.out == ""
+    for text in (run.stderr + run.stdout, checked, status.err):
+        assert "Tr0ub4dor" not in text and "home" not in text  # neither part of the password
+    assert sandbox.people() == []  # refused before anything was sent
+
+
+def test_mask_url_hides_the_user_information_as_a_whole():
+    from target_encharge.ledger import mask_url
+
+    assert mask_url("postgresql://ledger:Tr0ub4dor%40home@127.0.0.1/db") == "postgresql://***@127.0.0.1/db"
+    assert mask_url(RAW_AT_URL) == "postgresql://***@127.0.0.1:5432/ledger"  # no tail of the password left
+    assert mask_url("postgresql://host/db?user=u&password=pw&x=1") == "postgresql://host/db?user=u&password=***&x=1"
+    assert mask_url("sqlite:////var/lib/a@b.db") == "sqlite:////var/lib/a@b.db"  # a file's path is no password
+
+
+def test_a_password_that_is_a_common_word_is_masked_only_where_it_stands_alone():
+    from target_encharge.ledger.connection import locate
+    from target_encharge.redaction import Redactor
+
+    url = "postgresql://postgres:postgres@127.0.0.1:1/ledger"
+    settings = RunSettings.from_config({"ledger_url": url, "api_key": API_KEY})
+    redact = Redactor(settings.secrets, words=settings.passwords)
+    hint = "PostgreSQL needs its driver: pip install 'target-encharge[postgres]'"
+    assert redact(hint) == hint
+    assert redact("stream postgresql_users sent to postgres-prod") == "stream postgresql_users sent to postgres-prod"
+    assert redact("the password is postgres.") == "the password is ***."
+    assert (
+        redact(f"connecting to {url} with key {API_KEY}")
+        == "connecting to postgresql://***@127.0.0.1:1/ledger with key ***"
+    )
+    location = locate(url)
+    assert location.scrub(f"{hint}; password postgres refused") == f"{hint}; password *** refused"
+    assert location.shown == "postgresql://***@127.0.0.1:1/ledger"
+
+
+def test_a_run_whose_ledger_password_is_a_common_word_keeps_its_messages_readable(sandbox):
+    run = run_target(sandbox_config(sandbox, ledger_url="postgresql://postgres:postgres@127.0.0.1:1/ledger"), people(1))
+    assert run.returncode == 1
+    assert run.error_line.startswith("target-encharge: error: ledger_url postgresql://***@127.0.0.1:1/")
+    assert "cannot reach the server" in run.error_line
+    assert ":postgres@" not in run.stderr
+
+
+@pytest.mark.parametrize("raw", ["@", "/", "?", "#"])
+def test_every_character_that_makes_a_ledger_url_ambiguous_is_named_and_the_url_never_shown(raw):
+    from target_encharge.ledger import LedgerError, SyncLedger
+
+    url = f"postgresql://ledger:Tr0ub{raw}dor9@127.0.0.1:5432/ledger"
+    with pytest.raises(LedgerError) as caught:
+        SyncLedger.open(url)
+    message = str(caught.value)
+    assert f"holds a raw {raw!r}" in message and "percent-encode" in message
+    assert "Tr0ub" not in message and "dor9" not in message and "127.0.0.1" not in message

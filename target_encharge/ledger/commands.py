@@ -22,6 +22,7 @@ import msgspec
 from target_encharge import encoding
 from target_encharge.config import ENV, ENV_PREFIX, load
 from target_encharge.errors import EnchargeTargetError
+from target_encharge.ledger.lease import HeldLease
 from target_encharge.ledger.store import StreamStatus, SyncLedger
 
 PROG = "target-encharge-ledger"
@@ -45,10 +46,24 @@ def _when(moment: t.Any) -> str:  # noqa: ANN401
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else "-"
 
 
-def format_status(location: str, rows: list[StreamStatus]) -> str:
-    """The status as a table a person reads, then the reasons of the failures waiting."""
+def format_leases(leases: t.Sequence[HeldLease]) -> list[str]:
+    """The streams a run holds now (its lease), and who holds them."""
+    if not leases:
+        return []
+    return ["", "Held by a run now (lease):"] + [
+        f"  {lease.scope.account} / {lease.scope.destination} / {lease.scope.stream}: {lease.holder} "
+        f"(expires in {max(lease.holder.expires_in, 0):.0f} s unless renewed)"
+        for lease in leases
+    ]
+
+
+def format_status(location: str, rows: list[StreamStatus], leases: t.Sequence[HeldLease] = ()) -> str:
+    """The status as a table a person reads, then the reasons of the failures waiting, then the leases held."""
     if not rows:
-        return f"Ledger {location}: empty (nothing delivered, no failures waiting).\n"
+        return (
+            "\n".join([f"Ledger {location}: empty (nothing delivered, no failures waiting).", *format_leases(leases)])
+            + "\n"
+        )
     header = ("account", "destination", "stream", "records", "last delivery", "failures waiting")
     table = [header] + [
         (
@@ -77,12 +92,12 @@ def format_status(location: str, rows: list[StreamStatus]) -> str:
         for row in failing:
             for reason, count in row.reasons.items():
                 out.append(f"  {row.scope.account} / {row.scope.destination} / {row.scope.stream}: {count} x {reason}")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + format_leases(leases)) + "\n"
 
 
 def _status(args: argparse.Namespace) -> None:
     with SyncLedger.open(ledger_url(args.config), read_only=True) as ledger:
-        sys.stdout.write(format_status(ledger.location.shown, ledger.status()))
+        sys.stdout.write(format_status(ledger.location.shown, ledger.status(), ledger.leases()))
 
 
 def _forget(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from target_encharge.errors import ConfigError
+from target_encharge.redaction import MASK, mask_userinfo, word_pattern
 from target_encharge.settings import DEFAULT_LEDGER_FILE, ledger_password
 
 
@@ -40,7 +41,7 @@ else:
 WRITE = "ledger_write"  # execution option: this transaction writes (SQLite takes the write lock at its start)
 
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][\w+.-]*)://")
-_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@?#]*:)(?P<password>.*)@")  # greedy: to the last @
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://)(?P<userinfo>[^/?#][^?#]*)@")  # greedy: to the last @
 _QUERY_PASSWORD = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"}
 _POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
@@ -78,9 +79,27 @@ class LedgerError(ConfigError):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (in the authority and in a ``password=`` query parameter)."""
-    masked = _PASSWORD.sub(lambda m: f"{m['head']}***@", url, count=1)
-    return _QUERY_PASSWORD.sub(r"\1***", masked)
+    """``url`` with its user information shown as ``***`` as a whole (user and password: a password cut at a raw
+    ``@`` would show its tail), and a ``password=`` query parameter's value."""
+    masked = _USERINFO.sub(lambda m: f"{m['head']}{MASK}@", url, count=1)
+    return _QUERY_PASSWORD.sub(rf"\1{MASK}", masked)
+
+
+def _ambiguous(url: str) -> str | None:
+    """What makes a server URL unreadable without guessing (a user name or password holding a raw ``@``, ``/``,
+    ``?`` or ``#``, which the driver would take for the host, the path or the query), or None."""
+    rest = url.partition("://")[2]
+    if "@" not in rest:
+        return None
+    userinfo = rest[: rest.rfind("@")]
+    for char, code in (("@", "%40"), ("/", "%2F"), ("?", "%3F"), ("#", "%23")):
+        if char in userinfo:
+            return (
+                f"its user name or password holds a raw {char!r}, which makes the URL ambiguous (the rest would "
+                f"be taken for the host); percent-encode {char} in the password as {code} (the URL is not shown: "
+                "it holds a password)"
+            )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,13 +132,13 @@ class Location:
         return LedgerError(f"ledger_url {self.shown}: {self.scrub(what)}")
 
     def scrub(self, text: str) -> str:
-        """``text`` on one line, with the password (as written and percent-decoded) replaced by ``***``."""
-        text = " ".join(text.split())
+        """``text`` on one line, with any URL's user information and the password (as written and
+        percent-decoded, where it stands as a token: it may be a common word) replaced by ``***``."""
+        text = mask_userinfo(" ".join(text.split()))
         secret = ledger_password(self.url)
-        for form in {secret, unquote(secret or ""), self.server.password if self.server is not None else None}:
-            if form:
-                text = text.replace(str(form), "***")
-        return text
+        forms = {secret, unquote(secret or ""), self.server.password if self.server is not None else None}
+        words = word_pattern(str(form) for form in forms if form)
+        return words.sub(MASK, text) if words is not None else text
 
     def explain(self, exc: BaseException, timeout: float) -> LedgerError:
         """The user's one line for a driver or SQLAlchemy error (its text scrubbed before it is quoted)."""
@@ -186,6 +205,9 @@ def locate(ledger_url: str | None) -> Location:
         return _sqlite_file(str(path), path)
     location = Location(url)  # for its messages until the real URL is known
     scheme = scheme_match["scheme"].lower()
+    ambiguous = _ambiguous(url) if scheme in _POSTGRES_SCHEMES else None
+    if ambiguous is not None:
+        raise LedgerError(f"ledger_url: {ambiguous}")
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError) as exc:

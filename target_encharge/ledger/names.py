@@ -3,6 +3,7 @@ SQLAlchemy (the tables themselves are in schema.py)."""
 
 SCHEMA_VERSION = 8
 ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
+LEASES_SINCE = 6  # the schema version that made the leases table (issue 23)
 ENCHARGE_IDS_SINCE = 8  # the schema version that made the Encharge ids table (issue 24)
 
 META = "encharge_ledger_meta"
@@ -10,4 +11,5 @@ SCOPES = "encharge_ledger_scopes"
 DELIVERIES = "encharge_ledger_deliveries"
 FAILURES = "encharge_ledger_failures"
 ACCOUNTS = "encharge_ledger_accounts"
+LEASES = "encharge_ledger_leases"
 ENCHARGE_IDS = "encharge_ledger_encharge_ids"

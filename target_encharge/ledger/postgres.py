@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 import typing as t
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from typing_extensions import override
 
 from target_encharge.ledger import schema
 from target_encharge.ledger.connection import Location
+from target_encharge.ledger.lease import Execute, Result
 from target_encharge.ledger.names import SCHEMA_VERSION
 from target_encharge.ledger.store import (
     DELIVERY_COLUMNS,
@@ -34,6 +36,9 @@ from target_encharge.ledger.store import (
 )
 
 CHUNK = 1000  # identities per statement
+IDLE_PING = 10.0  # seconds: a kept connection idle longer is pinged before use
+READ_AHEAD_LIMIT = 200_000  # a leased scope with at most this many deliveries is read whole at its first lookup
+READ_AHEAD_CHUNK = 20_000  # rows per statement of that read
 
 _LISTING = postgresql.ARRAY(sa.Text)
 
@@ -89,6 +94,34 @@ def _upsert_deliveries() -> sa.Insert:
 
 
 @functools.cache
+def _fenced_upsert_deliveries() -> sa.Insert:
+    """:func:`_upsert_deliveries` in one statement with its fence: nothing is written unless the scope's lease is
+    still the writer's (``fence_scope``, ``fence_generation``, ``fence_holder``), its row locked (FOR SHARE) until
+    the statement commits; one round trip where a transaction took four."""
+    table, leases = schema.deliveries, schema.leases
+    arrays = [sa.bindparam(name, type_=postgresql.ARRAY(table.c[name].type)) for name in DELIVERY_COLUMNS]
+    rows = sa.func.unnest(*arrays).table_valued(*DELIVERY_COLUMNS).render_derived()
+    fence = (
+        sa.select(sa.literal(1))
+        .where(
+            leases.c.scope_id == sa.bindparam("fence_scope"),
+            leases.c.generation == sa.bindparam("fence_generation"),
+            leases.c.holder == sa.bindparam("fence_holder"),
+        )
+        .with_for_update(read=True)
+    )
+    insert = postgresql.insert(table).from_select(list(DELIVERY_COLUMNS), sa.select(*rows.c).where(fence.exists()))
+    return insert.on_conflict_do_update(
+        index_elements=[table.c.scope_id, table.c.identity],
+        set_={
+            "fingerprint": insert.excluded.fingerprint,
+            "delivered_at": insert.excluded.delivered_at,
+            **{name: sa.func.coalesce(insert.excluded[name], table.c[name]) for name in ("encharge_id", "tags")},
+        },
+    ).returning(sa.literal_column("1"))  # (a row per row written: the driver's rowcount is not told here)
+
+
+@functools.cache
 def _upsert_failures() -> sa.Insert:
     """A failure already waiting takes the new payload and reason, and counts one more attempt."""
     table = schema.failures
@@ -112,12 +145,40 @@ def _scopes_matching(matching: dict[str, str]) -> list[sa.ColumnElement]:
     return [schema.scopes.c[column] == value for column, value in matching.items()]
 
 
+@functools.lru_cache(maxsize=32)
+def _text(statement: str) -> sa.TextClause:
+    return sa.text(statement)
+
+
+def _executing(connection: sa.Connection) -> Execute:
+    """One statement of text (the leases' SQL, lease.py) on ``connection``."""
+
+    def execute(statement: str, params: dict[str, t.Any]) -> Result:
+        return connection.execute(_text(statement), params)
+
+    return execute
+
+
 class PostgresLedger(SyncLedger):
     """The ledger on a PostgreSQL server: SQLAlchemy's engine and its pool of connections."""
+
+    _LEASE_CLOCK = "CAST(extract(epoch FROM clock_timestamp()) AS double precision)"
+    _LEASE_LOCK = " FOR SHARE"  # a writer's fence holds the lease row until it commits: no take in between
 
     def __init__(self, location: Location, *, timeout: float, read_only: bool) -> None:
         self._engine: sa.Engine | None = None
         self._engine_lock = threading.Lock()
+        # a connection kept for reads (autocommit: one round trip a query) and one for writes (taking turns in
+        # ``_write_turn``): a connection from the pool per call cost a ping, a BEGIN and a ROLLBACK besides the
+        # query, four round trips where one does (issue 23)
+        self._kept: dict[str, tuple[sa.Connection, float]] = {}
+        self._read_lock = threading.Lock()
+        # Read ahead (issue 23): a scope this run holds the lease of is written by no other run, so its
+        # fingerprints and failing identities, read once in chunks and kept up to date by this run's own writes,
+        # answer every later lookup without a round trip (a one-call stream asks for one record at a time)
+        self._ahead: dict[int, tuple[dict[str, str], set[str]]] = {}
+        self._ahead_tried: set[int] = set()
+        self._ahead_lock = threading.Lock()
         super().__init__(location, timeout=timeout, read_only=read_only)
 
     @override
@@ -143,20 +204,77 @@ class PostgresLedger(SyncLedger):
         with engine.connect() as connection:
             yield connection
 
+    def _keep(self, role: str, **options: t.Any) -> sa.Connection:  # noqa: ANN401
+        """The connection kept for ``role`` (under its lock), made anew when there is none or it broke; one idle
+        for a while is pinged first (the server may have restarted)."""
+        kept = self._kept.get(role)
+        if kept is not None:
+            connection, last = kept
+            if connection.invalidated or connection.closed:
+                self._drop(role)
+            elif time.monotonic() - last > IDLE_PING:
+                try:
+                    connection.exec_driver_sql("SELECT 1")
+                    connection.rollback()
+                except sa.exc.DBAPIError:
+                    self._drop(role)
+        if role not in self._kept:
+            with self._engine_lock:
+                self._usable()
+                if self._engine is None:
+                    self._engine = self.location.engine(self.timeout)
+                engine = self._engine
+            connection = engine.connect()
+            if options:
+                connection = connection.execution_options(**options)
+            self._kept[role] = (connection, time.monotonic())
+        return self._kept[role][0]
+
+    def _drop(self, role: str) -> None:
+        kept = self._kept.pop(role, None)
+        if kept is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                kept[0].close()
+
+    @contextlib.contextmanager
+    def _kept_connection(self, role: str, **options: t.Any) -> t.Iterator[sa.Connection]:  # noqa: ANN401
+        connection = self._keep(role, **options)
+        try:
+            yield connection
+        except sa.exc.DBAPIError:
+            self._drop(role)  # the next call connects again
+            raise
+        self._kept[role] = (connection, time.monotonic())
+
     @contextlib.contextmanager
     def _reading(self) -> t.Iterator[sa.Connection]:
-        with self._guard(), self._connection() as connection:
-            yield connection
+        with self._guard(), self._read_lock, self._kept_connection("read", isolation_level="AUTOCOMMIT") as c:
+            yield c
 
     @contextlib.contextmanager
     def _writing(self) -> t.Iterator[sa.Connection]:
         """One transaction that writes: committed when the block ends, rolled back when it raises."""
         self._writable()
-        with self._write_turn, self._guard(), self._connection() as connection, connection.begin():
+        with self._write_turn, self._guard(), self._kept_connection("write") as connection, connection.begin():
             yield connection
 
     @override
+    @contextlib.contextmanager
+    def _leasing(self, *, write: bool) -> t.Iterator[tuple[Execute, dict[str, str]]]:
+        if not write:
+            with self._reading() as connection:  # (autocommit: one statement)
+                yield _executing(connection), self._lease_statements()
+            return
+        with self._writing() as connection:
+            yield _executing(connection), self._lease_statements()
+
+    @override
     def _close(self) -> None:
+        with self._read_lock:
+            self._drop("read")
+        with self._write_turn:
+            self._drop("write")
+            self._drop("write-one")
         with self._engine_lock:
             if self._engine is not None:
                 self._engine.dispose()
@@ -196,15 +314,95 @@ class PostgresLedger(SyncLedger):
     def _in_write_order(self, rows: t.Iterable[DeliveryRow]) -> t.Iterable[DeliveryRow]:
         return sorted(rows, key=lambda row: row.identity)  # one lock order for every writer
 
+    def _read_ahead(self, scope_id: int) -> tuple[dict[str, str], set[str]] | None:
+        """The scope's fingerprints and failing identities, read whole the first time (None: not leased by this
+        run, or too large to hold)."""
+        with self._ahead_lock:
+            if scope_id in self._ahead or scope_id in self._ahead_tried:
+                return self._ahead.get(scope_id)
+            self._ahead_tried.add(scope_id)
+            if self._leases is None or not self._leases.holds(scope_id):
+                return None
+            deliveries, failures = schema.deliveries, schema.failures
+            with self._reading() as connection:
+                count = connection.execute(
+                    sa.select(sa.func.count()).select_from(
+                        sa.select(sa.literal(1))
+                        .where(deliveries.c.scope_id == scope_id)
+                        .limit(READ_AHEAD_LIMIT + 1)
+                        .subquery()
+                    )
+                ).scalar_one()
+                if count > READ_AHEAD_LIMIT:
+                    return None
+                known: dict[str, str] = {}
+                after = ""
+                while True:
+                    rows = connection.execute(
+                        sa.select(deliveries.c.identity, deliveries.c.fingerprint)
+                        .where(deliveries.c.scope_id == scope_id, deliveries.c.identity > after)
+                        .order_by(deliveries.c.identity)
+                        .limit(READ_AHEAD_CHUNK)
+                    ).all()
+                    known.update((identity, printed) for identity, printed in rows)
+                    if len(rows) < READ_AHEAD_CHUNK:
+                        break
+                    after = rows[-1][0]
+                failing = set(
+                    connection.execute(sa.select(failures.c.identity).where(failures.c.scope_id == scope_id)).scalars()
+                )
+            self._ahead[scope_id] = (known, failing)
+            return self._ahead[scope_id]
+
     @override
     def _upsert_deliveries(self, scope_id: int, values: list[DeliveryValues]) -> None:
+        ahead = self._ahead.get(scope_id)
+        token = self._leases.token(scope_id) if self._leases is not None else None
+        if (
+            ahead is not None
+            and token is not None
+            and len(values) <= CHUNK
+            and ahead[1].isdisjoint(v[1] for v in values)
+        ):
+            self._upsert_fenced(scope_id, values, token, ahead)  # the everyday write of a leased scope
+            return
         with self._writing() as connection:
+            self._fence(_executing(connection), scope_id)
             for chunk in chunks(values, CHUNK):
                 columns = dict(
                     zip(DELIVERY_COLUMNS, (list(column) for column in zip(*chunk, strict=True)), strict=True)
                 )
                 connection.execute(_upsert_deliveries(), columns)
-                self._delete_in(connection, schema.failures, scope_id, columns["identity"])
+                if ahead is None or not ahead[1].isdisjoint(columns["identity"]):  # (known: none is failing)
+                    self._delete_in(connection, schema.failures, scope_id, columns["identity"])
+        if ahead is not None:
+            with self._ahead_lock:
+                ahead[0].update((row[1], row[2]) for row in values)
+                ahead[1].difference_update(row[1] for row in values)
+
+    def _upsert_fenced(
+        self,
+        scope_id: int,
+        values: list[DeliveryValues],
+        token: tuple[int, str],
+        ahead: tuple[dict[str, str], set[str]],
+    ) -> None:
+        """Deliveries none of which is failing, in one autocommitted statement that checks the lease itself."""
+        columns: dict[str, t.Any] = dict(
+            zip(DELIVERY_COLUMNS, (list(column) for column in zip(*values, strict=True)), strict=True)
+        )
+        columns.update(fence_scope=scope_id, fence_generation=token[0], fence_holder=token[1])
+        self._writable()
+        with (
+            self._write_turn,
+            self._guard(),
+            self._kept_connection("write-one", isolation_level="AUTOCOMMIT") as connection,
+        ):
+            written = len(connection.execute(_fenced_upsert_deliveries(), columns).all())
+        if written == 0 and self._leases is not None:
+            self._leases.fenced_out(scope_id)
+        with self._ahead_lock:
+            ahead[0].update((row[1], row[2]) for row in values)
 
     @staticmethod
     def _delete_in(connection: sa.Connection, table: sa.Table, scope_id: int, identities: t.Sequence[str]) -> int:
@@ -226,6 +424,10 @@ class PostgresLedger(SyncLedger):
 
     @override
     def _fingerprints(self, scope_id: int, identities: t.Sequence[str]) -> dict[str, str]:
+        ahead = self._read_ahead(scope_id)
+        if ahead is not None:
+            with self._ahead_lock:
+                return {identity: ahead[0][identity] for identity in identities if identity in ahead[0]}
         found: dict[str, str] = {}
         with self._reading() as connection:
             for chunk in chunks(identities, CHUNK):
@@ -238,17 +440,32 @@ class PostgresLedger(SyncLedger):
         counted, *others = (schema.deliveries, schema.failures) if deliveries else (schema.failures,)
         removed = 0
         with self._writing() as connection:
+            self._fence(_executing(connection), scope_id)
             for chunk in chunks(identities, CHUNK):
                 removed += self._delete_in(connection, counted, scope_id, chunk)
                 for table in others:
                     self._delete_in(connection, table, scope_id, chunk)
+        ahead = self._ahead.get(scope_id)
+        if ahead is not None:
+            with self._ahead_lock:
+                ahead[1].difference_update(identities)
+                if deliveries:
+                    for identity in identities:
+                        ahead[0].pop(identity, None)
         return removed
 
     @override
     def _upsert_failures(self, params: list[dict[str, t.Any]]) -> None:
         with self._writing() as connection:
+            for scope_id in sorted({row["scope_id"] for row in params}):
+                self._fence(_executing(connection), scope_id)
             for chunk in chunks(params, CHUNK):
                 connection.execute(_upsert_failures(), list(chunk))
+        with self._ahead_lock:
+            for row in params:
+                ahead = self._ahead.get(row["scope_id"])
+                if ahead is not None:
+                    ahead[1].add(row["identity"])
 
     @override
     def _waiting(self, matching: dict[str, str], *, retryable_only: bool) -> list[FailureRow]:
@@ -335,6 +552,8 @@ class PostgresLedger(SyncLedger):
 
     @override
     def _forget(self, matching: dict[str, str]) -> int:
+        with self._ahead_lock:
+            self._ahead.clear()
         scope_ids = sa.select(schema.scopes.c.id).where(*_scopes_matching(matching)).scalar_subquery()
         with self._writing() as connection:
             return sum(

@@ -16,6 +16,7 @@ from target_encharge.ledger.names import (
     DELIVERIES,
     ENCHARGE_IDS,
     FAILURES,
+    LEASES,
     META,
     SCHEMA_VERSION,
     SCOPES,
@@ -85,6 +86,21 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
+# Version 6 (issue 23): which run holds each scope (lease.py). ``generation`` counts the takes, the fencing token
+# a holder's writes are checked against; ``expires`` is seconds since the epoch by the database's own clock (so the
+# machines sharing a ledger need not agree on the time); ``holder`` tells one run from another, even in one process.
+leases = sa.Table(
+    LEASES,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("since", Moment, nullable=False),
+    sa.Column("expires", sa.Float(precision=53), nullable=False),
+)
+
 # Version 8 (issue 24): the Encharge id of each person or custom object, per account, object name ("person" or the
 # schema's) and identity (a person's `email:...`/`userId:...`/`id:...`, an object's `externalId:...`), as Encharge
 # answered an upsert or a lookup: what association paths need. Encharge's fact, not a delivery: `forget` keeps it.
@@ -133,11 +149,11 @@ def _drop_source_keys(connection: sa.Connection) -> None:
 
 
 def _reserved_v5(_connection: sa.Connection) -> None:
-    """Version 5 is issue 22's; on this branch it changes nothing."""
+    """Version 5 is issue 22's (mirror's snapshots): nothing on this branch."""
 
 
-def _reserved_v6(_connection: sa.Connection) -> None:
-    """Version 6 is issue 23's; on this branch it changes nothing."""
+def _create_leases(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(leases, if_not_exists=True))
 
 
 def _reserved_v7(_connection: sa.Connection) -> None:
@@ -155,20 +171,23 @@ MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _create_accounts,
     _drop_source_keys,
     _reserved_v5,
-    _reserved_v6,
+    _create_leases,
     _reserved_v7,
     _create_encharge_ids,
 )
 
 
-def stored_version(connection: sa.Connection) -> int:
-    """The schema version written in the database (0 when it holds no ledger yet)."""
+def stored_version(connection: sa.Connection) -> int | str:
+    """The schema version written in the database (0 when it holds no ledger yet; its text when it is not a
+    number, which the store refuses in one line)."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
     if not sa.inspect(connection).has_table(meta.name):
         return 0
     value = connection.execute(sa.select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
-    return int(value) if value is not None else 0
+    if value is None:
+        return 0
+    return int(value) if str(value).strip().isdigit() else str(value)
 
 
 def migrate(connection: sa.Connection, found: int, to: int = SCHEMA_VERSION) -> None:

@@ -23,7 +23,8 @@ import msgspec
 from target_encharge import encoding
 from target_encharge.ledger.connection import Location, locate
 from target_encharge.ledger.fingerprint import canonical_json
-from target_encharge.ledger.names import ACCOUNTS_SINCE, ENCHARGE_IDS_SINCE, SCHEMA_VERSION
+from target_encharge.ledger.lease import Execute, HeldLease, Leases, held, statements
+from target_encharge.ledger.names import ACCOUNTS_SINCE, ENCHARGE_IDS_SINCE, LEASES_SINCE, SCHEMA_VERSION
 from target_encharge.settings import DEFAULT_LEDGER_TIMEOUT
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
@@ -140,6 +141,16 @@ def _when(stamp: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(stamp)
 
 
+def _stored(text: str) -> str:
+    """A scope's name as the ledger keeps it: PostgreSQL's text holds no NUL (a stream named with one would stop
+    every run), so a NUL is kept as U+FFFD on both stores."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _stored_scope(scope: Scope) -> Scope:
+    return Scope(_stored(scope.account), _stored(scope.destination), _stored(scope.stream))
+
+
 def chunks(items: t.Sequence, size: int) -> t.Iterator[t.Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -181,6 +192,7 @@ class SyncLedger(abc.ABC):
         self._present = True  # False: opened read-only, and there is no ledger there yet
         self._version = SCHEMA_VERSION  # the schema version of the tables (older only when opened read-only)
         self._closed = False
+        self._leases: Leases | None = None  # the scopes this run holds (take_lease), and their renewal
         try:
             self._open()
         except BaseException:
@@ -254,15 +266,31 @@ class SyncLedger(abc.ABC):
         """Deliveries (count, last) per scope id; failures waiting per scope id and reason, most frequent first;
         every scope, in order; all read in one transaction."""
 
+    # the leases' SQL (lease.py): the store's "now" in seconds since the epoch, by the database's clock, and how a
+    # write transaction keeps the lease row it read unchanged until it ends
+    _LEASE_CLOCK: t.ClassVar[str]
+    _LEASE_LOCK: t.ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def _leasing(self, *, write: bool) -> t.ContextManager[tuple[Execute, dict[str, str]]]:
+        """One transaction for the leases: a function running one statement in it, and the lease statements."""
+
     @abc.abstractmethod
     def _close(self) -> None:
         """Release the store's connections."""
 
     # -- shared plumbing ---------------------------------------------------------------------------------------
 
-    def _found_version(self, found: int) -> int:
-        """``found``, the version the tables have, refused when newer than this target knows; read-only, it says
-        whether there is a ledger at all."""
+    def _found_version(self, stored: int | str) -> int:
+        """``stored``, the version the tables have (as stored), refused when it is not a number or newer than this
+        target knows; read-only, it says whether there is a ledger at all."""
+        text = str(stored).strip()
+        if not text.isdigit():
+            raise self.location.error(
+                f"its schema_version is {text[:40]!r}, not a number: a damaged ledger; move it aside to start a "
+                "new one, or restore a copy"
+            )
+        found = int(text)
         if found > SCHEMA_VERSION:
             raise self.location.error(
                 f"written by a newer target-encharge (ledger schema version {found}, this one knows up to "
@@ -280,6 +308,23 @@ class SyncLedger(abc.ABC):
         except self._errors() as exc:
             raise self.location.explain(exc, self.timeout) from None
 
+    def _lease_error(self, what: str) -> str:
+        """The one line of a lease's error: ``what``, naming the ledger (password masked)."""
+        return str(self.location.error(what))
+
+    def _lease_statements(self) -> dict[str, str]:
+        return statements(self._LEASE_CLOCK, self._LEASE_LOCK)
+
+    def _fence(self, execute: Execute, scope_id: int) -> None:
+        """Inside a write transaction in the scope ``scope_id``: nothing is written unless this run still holds
+        the scope's lease at its generation (when it took one: dry runs and the commands take none)."""
+        if self._leases is not None:
+            self._leases.fence(execute, self._lease_statements(), scope_id)
+
+    def _check_lease(self, scope: Scope) -> None:
+        if self._leases is not None:
+            self._leases.check(self._scope_ids.get(scope))
+
     def _usable(self) -> None:
         if self._closed or not self._present:
             raise self.location.error("the ledger is closed" if self._present else "the ledger does not exist")
@@ -292,7 +337,7 @@ class SyncLedger(abc.ABC):
         """The id of ``scope`` if it has a row (None: nothing was written in it yet, or a read-only ledger that
         does not exist)."""
         if scope not in self._scope_ids and self._present:
-            found = self._select_scope(scope)
+            found = self._select_scope(_stored_scope(scope))
             if found is not None:
                 self._scope_ids[scope] = found
         return self._scope_ids.get(scope)
@@ -302,7 +347,7 @@ class SyncLedger(abc.ABC):
         if scope in self._scope_ids:
             return self._scope_ids[scope]
         self._writable()
-        self._insert_scope(scope)
+        self._insert_scope(_stored_scope(scope))
         found = self._find_scope(scope)
         if found is None:  # inserted just above, or by another process: never gone, forget keeps scopes
             raise self.location.error(f"the stream {scope.stream!r} could not be recorded; run again")
@@ -312,7 +357,7 @@ class SyncLedger(abc.ABC):
     def _matching(account: str | None, destination: str | None, stream: str | None) -> dict[str, str]:
         """The scope columns given a value (None: any)."""
         given = {"account": account, "destination": destination, "stream": stream}
-        return {column: value for column, value in given.items() if value is not None}
+        return {column: _stored(value) for column, value in given.items() if value is not None}
 
     @staticmethod
     def _delivered(row: DeliveredRow) -> Delivered:
@@ -354,6 +399,7 @@ class SyncLedger(abc.ABC):
     def lookup(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, Delivered]:
         """What was last delivered for each of ``identities`` that the ledger knows in ``scope``."""
         wanted = list(dict.fromkeys(identities))
+        self._check_lease(scope)
         scope_id = self._find_scope(scope) if wanted else None
         if scope_id is None:
             return {}
@@ -362,6 +408,7 @@ class SyncLedger(abc.ABC):
     def fingerprints(self, scope: Scope, identities: t.Iterable[str]) -> dict[str, str]:
         """The fingerprint last delivered for each of ``identities`` the ledger knows in ``scope``: the
         skip-unchanged check of every batch, lighter than :meth:`lookup`."""
+        self._check_lease(scope)
         scope_id = self._find_scope(scope)
         if scope_id is None:
             return {}
@@ -370,6 +417,7 @@ class SyncLedger(abc.ABC):
 
     def known(self, scope: Scope) -> dict[str, Delivered]:
         """Everything delivered in ``scope`` (for mirror: what the target wrote and may remove)."""
+        self._check_lease(scope)
         scope_id = self._find_scope(scope)
         if scope_id is None:
             return {}
@@ -421,32 +469,51 @@ class SyncLedger(abc.ABC):
         only those that sending again can pass."""
         if not self._present:
             return []
-        return [
-            WaitingFailure(
-                identity=identity,
-                payload=_payload_decoder.decode(payload),
-                reason=reason,
-                status=status,
-                retryable=bool(retryable),
-                scope=Scope(scope_account, scope_destination, scope_stream),
-                first_failed_at=_when(first),
-                last_failed_at=_when(last),
-                attempts=attempts,
-            )
-            for (
-                identity,
-                payload,
-                reason,
-                status,
-                retryable,
-                scope_account,
-                scope_destination,
-                scope_stream,
-                first,
-                last,
-                attempts,
-            ) in self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
-        ]
+        rows = self._waiting(self._matching(account, destination, stream), retryable_only=retryable_only)
+        try:
+            return self._waiting_failures(rows)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise self.location.error(
+                f"a failure waiting in the ledger is damaged ({exc}); "
+                f"`target-encharge-ledger forget --stream NAME` clears the stream's entries, or restore a copy"
+            ) from None
+
+    def _waiting_failures(self, rows: t.Iterable[FailureRow]) -> list[WaitingFailure]:
+        failures = []
+        for row in rows:
+            try:
+                failures.append(self._waiting_failure(row))
+            except (msgspec.DecodeError, ValueError, TypeError) as exc:
+                what = "payload is not JSON" if isinstance(exc, msgspec.DecodeError) else "time is not ISO 8601"
+                raise ValueError(f"in stream {row[7]!r}, its {what}") from None
+        return failures
+
+    @staticmethod
+    def _waiting_failure(row: FailureRow) -> WaitingFailure:
+        (
+            identity,
+            payload,
+            reason,
+            status,
+            retryable,
+            scope_account,
+            scope_destination,
+            scope_stream,
+            first,
+            last,
+            attempts,
+        ) = row
+        return WaitingFailure(
+            identity=identity,
+            payload=_payload_decoder.decode(payload),
+            reason=reason,
+            status=status,
+            retryable=bool(retryable),
+            scope=Scope(scope_account, scope_destination, scope_stream),
+            first_failed_at=_when(first),
+            last_failed_at=_when(last),
+            attempts=attempts,
+        )
 
     def clear_failures(self, scope: Scope, identities: t.Iterable[str]) -> int:
         """Take ``identities`` off the failures waiting in ``scope`` (a newer version arrived, say); returns how
@@ -507,6 +574,18 @@ class SyncLedger(abc.ABC):
         if not self._present:
             return []
         known, waiting, scopes = self._status()
+        try:
+            return self._statuses(known, waiting, scopes)
+        except (ValueError, TypeError) as exc:
+            raise self.location.error(
+                f"a delivery's time is damaged ({type(exc).__name__}: not ISO 8601); restore a copy, or "
+                "`target-encharge-ledger forget --stream NAME` to clear the stream's entries"
+            ) from None
+
+    @staticmethod
+    def _statuses(
+        known: dict[int, tuple[int, str]], waiting: dict[int, dict[str, int]], scopes: list[ScopeRow]
+    ) -> list[StreamStatus]:
         return [
             StreamStatus(
                 scope=Scope(account, destination, stream),
@@ -519,8 +598,30 @@ class SyncLedger(abc.ABC):
             if scope_id in known or scope_id in waiting
         ]
 
+    # -- leases (lease.py) --------------------------------------------------------------------------------------
+
+    def take_lease(self, scope: Scope, *, ttl: float, wait: float) -> None:
+        """Hold ``scope`` for this run, renewed every ``ttl`` / 3 until the ledger is closed, expiring ``ttl``
+        seconds after the last renewal when the run dies; while another run holds it, wait up to ``wait``
+        seconds, then :class:`~target_encharge.ledger.lease.LeaseHeldError` naming the holder. From then on every
+        write in the scope checks the lease (its fencing token), and every lookup that a send follows."""
+        self._writable()
+        scope_id = self._scope_id(scope)
+        if self._leases is None:
+            self._leases = Leases(self)
+        self._leases.take(scope, scope_id, ttl=ttl, wait=wait)
+
+    def leases(self) -> list[HeldLease]:
+        """The leases held now, by scope: who holds each (host, process, since when)."""
+        if not self._present or self._version < LEASES_SINCE:  # read-only: absent, or an older ledger
+            return []
+        with self._leasing(write=False) as (execute, sql):
+            return held(execute, sql)
+
     def close(self) -> None:
-        """Release every connection; the ledger cannot be used after."""
+        """Let the leases go and release every connection; the ledger cannot be used after."""
+        if self._leases is not None and not self._closed:
+            self._leases.release_all()
         self._closed = True
         self._close()
 
