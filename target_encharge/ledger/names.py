@@ -1,7 +1,7 @@
 """The ledger's table names and the schema version this target writes: all the driver's own SQL needs, without
 SQLAlchemy (the tables themselves are in schema.py)."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 7
 ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
 
 META = "encharge_ledger_meta"
@@ -9,3 +9,5 @@ SCOPES = "encharge_ledger_scopes"
 DELIVERIES = "encharge_ledger_deliveries"
 FAILURES = "encharge_ledger_failures"
 ACCOUNTS = "encharge_ledger_accounts"
+RUNS = "encharge_ledger_runs"  # issue 25: the run history
+RUNS_SINCE = 7  # the schema version that made the runs table

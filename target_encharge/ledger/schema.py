@@ -11,7 +11,7 @@ import typing as t
 
 import sqlalchemy as sa
 
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, RUNS, SCHEMA_VERSION, SCOPES
 
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
@@ -112,12 +112,49 @@ def _drop_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
 
 
+def _reserved_v5(_connection: sa.Connection) -> None:
+    """Version 5 belongs to issue 22 (snapshots): nothing here."""
+
+
+def _reserved_v6(_connection: sa.Connection) -> None:
+    """Version 6 belongs to issue 23 (leases): nothing here."""
+
+
+# Version 7 (issue 25): one row per run, written when it starts (status `running`) and again when it ends,
+# whichever way; `streams` holds its per-stream counts, a JSON object. A delivery names no run: the run that made
+# it is the one whose interval holds its `delivered_at` (see runs.py), so the hot path writes nothing more.
+runs = sa.Table(
+    RUNS,
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("started_at", Moment, nullable=False),
+    sa.Column("ended_at", Moment),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("settings_fingerprint", sa.String(32), nullable=False),
+    sa.Column("streams", sa.Text, nullable=False),
+    sa.Index("encharge_ledger_runs_started_at", "started_at"),
+)
+
+
+def _create_runs(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(runs, if_not_exists=True))
+    for index in runs.indexes:
+        connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
 MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _create_tables,
     _index_source_keys,
     _create_accounts,
     _drop_source_keys,
+    _reserved_v5,
+    _reserved_v6,
+    _create_runs,
 )
 
 

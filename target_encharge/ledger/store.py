@@ -246,6 +246,11 @@ class SyncLedger(abc.ABC):
         every scope, in order; all read in one transaction."""
 
     @abc.abstractmethod
+    def _plain(self, statement: str, params: t.Mapping[str, t.Any], *, write: bool) -> list[tuple]:
+        """One statement in the SQL both stores speak, with ``:name`` parameters, in a transaction of its own
+        (``write``: one that writes); its rows. The run history's queries (runs.py) go through it."""
+
+    @abc.abstractmethod
     def _close(self) -> None:
         """Release the store's connections."""
 
