@@ -202,6 +202,7 @@ class Run:
             template is not None
             and request.answers.get(NOT_FOUND) is Verdict.LATER
             and self.sync is not None
+            and not self.settings.dry_run  # (a dry run calls nothing: its previews stay in input order)
             and not self.waiting
             and not any(self._knows(template, e.ids) for e in request.entries)
         ):

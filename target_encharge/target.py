@@ -117,6 +117,8 @@ class TargetEncharge(SeamTarget):
         self.run.deliver_all()
         super().process_endofpipe()
         self.finish()
+        if self.stop_signal is None:  # (a signal still to be told: the run's ending says how it ended)
+            self.run.conclude(0, None)  # also for a target driven by the SDK's own `listen`, as its tests do
 
     def finish(self) -> None:
         """The run's ending, once whichever way it ends (then stop if too many records failed)."""

@@ -251,6 +251,8 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
             "check": ("target-encharge-check", "--config ENV"),
             "ledger-status": ("target-encharge-ledger", "status"),
             "ledger-forget": ("target-encharge-ledger", "forget"),
+            "ledger-runs": ("target-encharge-ledger", "runs"),
+            "ledger-explain": ("target-encharge-ledger", "explain"),
             "ledger-replay": ("target-encharge-ledger", "replay"),
         }
         assert settings["streams"]["kind"] == "object" and settings["stream_maps"]["kind"] == "object"
