@@ -198,8 +198,8 @@ def test_state_keeps_the_taps_keys_and_adds_one_summary_key(sandbox):
     assert set(last) == {"bookmarks", "target_encharge"}
     assert last["bookmarks"] == {"people": {"upto": 3}, "tags": {"upto": 2}}
     summary = last["target_encharge"]
-    # the tag whose person is unknown waits for the end of the run, then is called once (2 calls); "created" is what the sync ledger
-    # did not know before (events without an id are not kept in it)
+    # the tag whose person is unknown waits for the end of the run, then is called once (2 calls); "created" is
+    # what the sync ledger did not know before (events without an id are not kept in it)
     assert summary["streams"] == {
         "people": {"records": 3, "calls": 3, "succeeded": 3, "failed": 0, "retried": 0, "created": 3},
         "tags": {"records": 2, "calls": 2, "succeeded": 1, "failed": 1, "retried": 0, "created": 1},
