@@ -37,6 +37,7 @@ LABELS = {
     "url": "URL",
     "max_requests_per_second": "Max Requests per Second",
     "ledger_url": "Ledger URL",
+    "notify_url": "Notify URL",
 }
 OPTION_LABELS = {
     "create_or_update_person": "Create or Update Person",
@@ -92,6 +93,17 @@ COMMANDS = {
         "args": "forget",
         "description": "Forget what the sync ledger knows for a stream, destination or account "
         "(add --stream S, --destination D or --account A): a clean start for it",
+    },
+    "ledger-runs": {
+        "executable": "target-encharge-ledger",
+        "args": "runs",
+        "description": "The last runs, newest first: when, how each ended and why, its counts (add --json, --limit N)",
+    },
+    "ledger-explain": {
+        "executable": "target-encharge-ledger",
+        "args": "explain",
+        "description": "One record (add --stream S and its key property values, or its email): when it was "
+        "delivered and by which run, failures waiting",
     },
     "ledger-replay": {
         "executable": "target-encharge-ledger",

@@ -36,7 +36,7 @@ RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")  # as the ledger stamps
 
 
 @dataclasses.dataclass

@@ -41,6 +41,7 @@ class Results:
         self.later: list[Request] = []  # requests whose person was not there yet (tags): tried again at the end
         self._retried_later: set[int] = set()  # entries already tried again once
         self._last_payload: dict | None = None  # what went out with the last STATE
+        self.on_failure: t.Callable[[str, dict, str], None] | None = None  # (stream, ids, reason): the run's report
 
     # records in
 
@@ -167,6 +168,8 @@ class Results:
         logged by its identifiers, counted, settled."""
         self.out.dead_letter(entry, reason, status, response)
         self.failure_log.failed(entry.stream, entry.ids, reason)
+        if self.on_failure is not None:
+            self.on_failure(entry.stream, entry.ids, reason)
         if self.out.previews is not None and not sent:  # refused before sending: say so beside the requests
             self.out.previews.write({"stream": entry.stream, "identifiers": entry.ids, "refused": reason})
         self.counts.failed(entry.stream, entry.ids, reason)

@@ -10,6 +10,7 @@ import logging
 import time
 import typing as t
 
+from target_encharge import report
 from target_encharge.casing import CaseMerges
 from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
@@ -19,18 +20,20 @@ from target_encharge.errors import EnchargeTargetError
 from target_encharge.failures import FailureLimit
 from target_encharge.fields import Consent, FieldContract
 from target_encharge.ledger import SyncLedger
+from target_encharge.ledger.runs import known_people, write_run
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import Outputs
 from target_encharge.progress import Progress, dead_letter_line, summary_title
 from target_encharge.redaction import Redactor
-from target_encharge.request import Request
+from target_encharge.request import Outcome, Request
 from target_encharge.results import Results
 from target_encharge.retry import RetryPolicy
-from target_encharge.settings import RunSettings, StreamSettings
+from target_encharge.settings import NOTIFY_TIMEOUT, OperationsSettings, RunSettings, StreamSettings
 from target_encharge.sync import DeleteGuardError, Planned, StreamSync, Sync, account_name
-from target_encharge.templates import template_for
+from target_encharge.templates import person_key, template_for
 from target_encharge.urls import Credentials
+from target_encharge.verdicts import NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
     from target_encharge.outbox import Route
@@ -44,6 +47,8 @@ def _digest(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
+AS_DELIVERED = Outcome(200, None, None, 1, 0.0)  # `baseline`: every request answered so, none sent
+CONNECTION_CHECK_STREAM = "meltano_test_stream"  # `meltano config test`'s stream: checks the connection only
 GRACE_POLL = 0.05  # seconds between looks at what is still undone during a shutdown's grace period
 
 
@@ -69,9 +74,23 @@ class Run:
     associations: Associations | None = None  # association records: their Encharge ids, or waiting (issue 24)
     resubscribes: Consent = dataclasses.field(default_factory=Consent)  # `unsubscribed: false` left out (issue 24)
     _account: str | None = None
+    # issue 25: the run's history row, its report, the failure-share alert, tags held for their person
+    operations: OperationsSettings = dataclasses.field(default_factory=lambda: OperationsSettings.from_config({}))
+    record: report.RunRecord = dataclasses.field(default_factory=lambda: report.RunRecord.begin(""))
+    failures: report.FailureExamples = dataclasses.field(default_factory=report.FailureExamples)
+    opened: set[str] = dataclasses.field(default_factory=set)  # streams opened (the connection check's among them)
+    concluded: bool = False
+    _history_written: bool = False
+    _people: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # per account: people known to exist
 
     @classmethod
-    def start(cls, settings: RunSettings, logger: logging.Logger) -> Run:
+    def start(
+        cls,
+        settings: RunSettings,
+        logger: logging.Logger,
+        operations: OperationsSettings | None = None,
+        fingerprint: str = "",
+    ) -> Run:
         credentials = Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key)
         client = Client(
             credentials,
@@ -85,7 +104,16 @@ class Run:
             settings.max_failures, outputs.dead_letters.shown_path if outputs.dead_letters is not None else None
         )
         results = Results(outputs, limit, masked_headers=lambda request: client.headers(request, mask=True))
-        delivery = Delivery(client, results.on_result, settings.max_concurrency, dry_run=settings.dry_run)
+        operations = operations or OperationsSettings.from_config({})
+        failures = report.FailureExamples()
+        results.on_failure = failures.add
+        baseline = operations.baseline and not (settings.dry_run or settings.test_send)
+        delivery = Delivery(
+            client,
+            _as_delivered(results.on_result) if baseline else results.on_result,
+            settings.max_concurrency,
+            dry_run=settings.dry_run or baseline,
+        )
         looking = settings.dry_run or settings.test_send  # reads the ledger, never writes it
         ledger = SyncLedger.open(settings.ledger_url, read_only=looking)
         ids = EnchargeIds(None if settings.dry_run else client, settings.api_url, ledger, writes=not looking)
@@ -98,7 +126,7 @@ class Run:
             writes=not looking,
             redact=client.redact.value,
         )
-        return cls(
+        run = cls(
             settings=settings,
             redact=client.redact,
             client=client,
@@ -113,7 +141,14 @@ class Run:
             sync=results.sync,
             lookups=None if settings.dry_run else Lookups(client, settings.api_url),
             associations=Associations(ids, None if settings.dry_run else checks.schema_list, dry_run=settings.dry_run),
+            operations=operations,
+            record=report.RunRecord.begin(fingerprint),
+            failures=failures,
         )
+        run.outbox.submit = run._submit  # tags whose person is not known yet wait for the end of the run
+        if baseline:
+            logger.info("baseline: records are written to the sync ledger as delivered; nothing is sent")
+        return run
 
     # what a sink asks of its run (sinks.SinkRun)
 
@@ -129,8 +164,13 @@ class Run:
     ) -> StreamSync | None:
         """Before a stream's first record: its key is there and accepted and its custom object schema exists
         (not in a dry run, which sends nothing); its sync in the ledger."""
+        self.opened.add(stream)
         if not self.settings.dry_run:
             self.checks.before_sending(stream, template, settings)
+        if stream == CONNECTION_CHECK_STREAM:  # `meltano config test`: checked; nothing of it is sent or written
+            self.logger.info("Stream '%s': the connection is checked; its records are not sent", stream)
+            return None
+        self._history_started()
         sync = self.stream_sync(stream, template, settings, key_properties)
         if self.associations is not None and template.kind in ("person", "custom object", "association"):
             self.associations.ids.account = self.account(template)  # (its REST account)
@@ -184,6 +224,37 @@ class Run:
                 self.outbox.add(route, entry, url)
             return
         self.outbox.add(route, entry, route.template.url(entry.record))
+
+    def _submit(self, request: Request) -> None:
+        """A request from the outbox to delivery; a tag (or anything whose 404 means "its person is not there
+        yet") for a person neither the ledger nor this run knows waits for the end of the run, uncalled."""
+        template = request.template
+        if template is not None and template.destination == "create_or_update_person":
+            sent = self._people.setdefault(self.account(template), set())
+            sent.update(key for key in (person_key(e.ids) for e in request.entries) if key)
+        elif (
+            template is not None
+            and request.answers.get(NOT_FOUND) is Verdict.LATER
+            and self.sync is not None
+            and not self.settings.dry_run  # (a dry run calls nothing: its previews stay in input order)
+            and not self.waiting
+            and not any(self._knows(template, e.ids) for e in request.entries)
+        ):
+            self.results.later.append(request)
+            return
+        self.delivery.submit(request)
+
+    def _knows(self, template: Template, ids: dict) -> bool:
+        """Whether the person ``ids`` name is known to exist: delivered by this run, or in the ledger."""
+        key = person_key(ids)
+        if key is None:
+            return True  # refused for it before sending, never here
+        account = self.account(template)
+        people = self._people.get(account)
+        if people is None:
+            ledger = self.sync.ledger if self.sync is not None else None
+            people = self._people[account] = known_people(ledger, account) if ledger is not None else set()
+        return key in people
 
     # the sync ledger
 
@@ -385,11 +456,68 @@ class Run:
             self.results.out.close()
             if self.associations is not None:
                 self._write_ids()
-            if self.sync is not None:
-                self.sync.close()
         self.results.check_failures()
         if self.refusals:
             raise EnchargeTargetError(self.refusals[0])
+        self._check_failure_share()
+
+    def _check_failure_share(self) -> None:
+        """`max_failure_share`: the first stream past it ends the run with exit 1 (what could be was delivered)."""
+        share = self.operations.max_failure_share
+        if share is None:
+            return
+        for stream, counts in sorted(self.results.counts.streams.items()):
+            if counts.records and counts.failed > share * counts.records:
+                msg = (
+                    f"stream '{stream}': {counts.failed:,} of {counts.records:,} records failed "
+                    f"({counts.failed / counts.records:.0%}), more than max_failure_share={share:g} allows "
+                    "(the others were delivered and their STATE emitted; see the dead-letter file)"
+                )
+                raise EnchargeTargetError(msg)
+
+    # issue 25: the run's history row and its report
+
+    @property
+    def _connection_check_only(self) -> bool:
+        return bool(self.opened) and self.opened <= {CONNECTION_CHECK_STREAM}
+
+    def _history_started(self) -> None:
+        """The history row, status `running`, before the run's first stream is handled (not in a dry run)."""
+        if self._history_written or self.sync is None or not self.sync.writes:
+            return
+        self._history_written = True
+        write_run(self.sync.ledger, self.record.as_dict())
+
+    def conclude(self, exit_code: int, reason: str | None, *, signalled: bool = False) -> None:
+        """The run ended (once): its history row completed, its report written and sent, the ledger closed.
+        A report or a notification that fails is logged, never fails the run."""
+        if self.concluded:
+            return
+        self.concluded = True
+        try:
+            if self._connection_check_only:
+                return  # `meltano config test`: nothing is written
+            self.record.end(self.results.counts, exit_code=exit_code, reason=reason, signalled=signalled)
+            if self.sync is not None and self.sync.writes:
+                try:
+                    write_run(self.sync.ledger, self.record.as_dict())
+                except EnchargeTargetError as exc:
+                    self.logger.warning("The run could not be written to the run history: %s", exc)
+            self._report(exit_code)
+        finally:
+            if self.sync is not None:
+                self.sync.close()
+
+    def _report(self, exit_code: int) -> None:
+        operations = self.operations
+        if not operations.report_path and not operations.notify_url:
+            return
+        document = report.report(self.record, self.failures)
+        if operations.report_path:
+            report.write(operations.report_path, document)
+        if operations.notify_url and (operations.notify_on == "always" or exit_code != 0):
+            timeout = min(NOTIFY_TIMEOUT, self.settings.request_timeout)
+            report.notify(operations.notify_url, operations.notify_secret, document, timeout)
 
     def _write_ids(self) -> None:
         """The Encharge ids learnt in this run, into the ledger (a failure to is told, never raised here)."""
@@ -410,3 +538,12 @@ class Run:
             self.logger.info(
                 "%d failed record(s) wait in the sync ledger, to be sent again when their stream next comes", waiting
             )
+
+
+def _as_delivered(on_result: t.Callable[..., None]) -> t.Callable[..., None]:
+    """`baseline`: each request settled as if Encharge had answered 2xx, none sent."""
+
+    def settle(request: Request, _outcome: Outcome, *, settle: bool = True) -> None:
+        on_result(request, AS_DELIVERED, settle=settle)
+
+    return settle

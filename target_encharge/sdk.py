@@ -120,7 +120,17 @@ class SeamTarget(Target):
                 "ACTIVATE_VERSION for stream '%s' before its SCHEMA: nothing to do", message_dict["stream"]
             )
             return
-        super()._process_activate_version_message(message_dict)
+        # the SDK's own loop, without its warning on every run that `_sdc_deleted_at` is added to the schema (this
+        # target reads `_sdc_deleted_at` from the records as they come, and adds nothing)
+        for stream_map in self.mapper.stream_maps[message_dict["stream"]]:
+            sink = self.get_sink(stream_map.stream_alias)
+            if not sink.process_activate_version_messages:
+                self.logger.info(
+                    "ACTIVATE_VERSION for stream '%s' ignored (process_activate_version_messages is off)",
+                    stream_map.stream_alias,
+                )
+                continue
+            sink.activate_version(message_dict["version"])
 
     @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:

@@ -335,6 +335,99 @@ SETTINGS_SCHEMA: dict = th.PropertiesList(
     ),
 ).to_dict()
 
+# Issue 25: operating it hourly (a baseline, the failure-share alert, the run's report and its notification).
+NOTIFY_ON = ("always", "failure")
+NOTIFY_TIMEOUT = 10.0  # seconds a notification may take; past it, it is logged and the run goes on
+SETTINGS_SCHEMA["properties"].update(
+    th.PropertiesList(
+        th.Property(
+            "baseline",
+            th.BooleanType,
+            default=False,
+            description="Fill the sync ledger from the input as if every record had been delivered, and send "
+            "nothing (the start-up checks still read the account); the tap's STATE is released, so the next run "
+            "sends only what changed. For people already in Encharge from another tool.",
+        ),
+        th.Property(
+            "max_failure_share",
+            th.NumberType,
+            description="Past this share (0 to 1) of a stream's records failed for good, the run exits 1, after "
+            "delivering the rest and emitting STATE (beside `max_failures`, which counts records). Unset: no limit.",
+        ),
+        th.Property(
+            "report_path",
+            th.StringType,
+            description="A JSON report of each run, written at its end: the run-history row (counts per stream, "
+            "how it ended) and failures by reason with up to ten examples by identifiers, never secrets.",
+        ),
+        th.Property(
+            "notify_url",
+            th.StringType,
+            description="POST the run's report here at its end (`notify_on`), signed with "
+            "`X-Target-Encharge-Signature: sha256=<HMAC-SHA256 hex of the body keyed with notify_secret>`; "
+            f"a notification that fails or takes more than {NOTIFY_TIMEOUT:g} s is logged, never fails the run.",
+        ),
+        th.Property(
+            "notify_secret",
+            th.StringType,
+            secret=True,
+            description="The key of the notification's signature (unset: the report goes unsigned).",
+        ),
+        th.Property(
+            "notify_on",
+            th.StringType(allowed_values=list(NOTIFY_ON)),
+            default="failure",
+            description="`always`: every run's report goes to `notify_url`; `failure`: only a run that exits non-zero.",
+        ),
+    ).to_dict()["properties"]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class OperationsSettings:
+    """Issue 25's settings: a baseline, the failure-share alert, the report and its notification."""
+
+    baseline: bool
+    max_failure_share: float | None
+    report_path: str | None
+    notify_url: str | None
+    notify_secret: str | None
+    notify_on: str
+
+    @classmethod
+    def from_config(cls, config: t.Mapping[str, t.Any]) -> OperationsSettings:
+        share = _setting(config, "max_failure_share")
+        settings = cls(
+            baseline=bool(_setting(config, "baseline")),
+            max_failure_share=None if share is None else float(share),
+            report_path=_text(config, "report_path"),
+            notify_url=_text(config, "notify_url"),
+            notify_secret=_text(config, "notify_secret"),
+            notify_on=str(_setting(config, "notify_on")),
+        )
+        if settings.max_failure_share is not None and not 0 <= settings.max_failure_share <= 1:
+            msg = "max_failure_share must be between 0 and 1"
+            raise ConfigError(msg)
+        if settings.report_path == "-":
+            msg = "report_path cannot be stdout ('-'): under Meltano stdout is state; name a file"
+            raise ConfigError(msg)
+        return settings
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.notify_secret,) if self.notify_secret else ()
+
+
+def _text(config: t.Mapping[str, t.Any], name: str) -> str | None:
+    value = _setting(config, name)
+    return None if value is None else str(value)
+
+
+def secret_setting(name: str) -> bool:
+    """Whether a top-level setting is a secret (never shown, left out of the settings' fingerprint)."""
+    return bool(SETTINGS_SCHEMA["properties"].get(name, {}).get("secret"))
+
+
 # Under `streams`, an unset setting falls back to the top level: no defaults there (the SDK would fill them in).
 for _stream_setting in SETTINGS_SCHEMA["properties"]["streams"]["additionalProperties"]["properties"].values():
     _stream_setting.pop("default", None)

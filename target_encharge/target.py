@@ -9,18 +9,20 @@ import typing as t
 
 import click
 from singer_sdk.exceptions import ConfigValidationError, FatalSyncError, MapExpressionError
+from singer_sdk.helpers.capabilities import PluginCapabilities
 from singer_sdk.singerlib.exceptions import SingerReadError
+from singer_sdk.sinks import RecordSink
 from typing_extensions import override
 
-from target_encharge import early, redaction
+from target_encharge import early, redaction, report
 from target_encharge.batches import records_of_batch
 from target_encharge.config import from_environment, numbers_from_text, refusal
 from target_encharge.errors import AuthError, EnchargeTargetError, InputError
 from target_encharge.reader import Interrupted, Reader
 from target_encharge.redaction import Redactor
-from target_encharge.run import Run
+from target_encharge.run import CONNECTION_CHECK_STREAM, Run
 from target_encharge.sdk import SeamTarget
-from target_encharge.settings import SETTINGS_SCHEMA, RunSettings, resolve
+from target_encharge.settings import SETTINGS_SCHEMA, OperationsSettings, RunSettings, resolve, secret_setting
 from target_encharge.sinks import EnchargeSink
 from target_encharge.templates import template_for
 from target_encharge.urls import check_url
@@ -39,6 +41,7 @@ class TargetEncharge(SeamTarget):
     default_sink_class = EnchargeSink
     message_reader_class = Reader
     message_reader: Reader
+    capabilities: t.ClassVar = [*SeamTarget.capabilities, PluginCapabilities.ACTIVATE_VERSION, PluginCapabilities.BATCH]
     stop_signal: int | None = None  # SIGTERM or SIGINT came: read no further line
     streams_seen: set[str]
 
@@ -46,13 +49,15 @@ class TargetEncharge(SeamTarget):
         self.streams_seen = set()
         super().__init__(config=numbers_from_text(config) if isinstance(config, dict) else config, **kwargs)
         settings = RunSettings.from_config(self.config)
-        self.redact = Redactor(settings.secrets, words=settings.passwords)
+        operations = OperationsSettings.from_config(self.config)
+        self.redact = Redactor(settings.secrets + operations.secrets, words=settings.passwords)
         with _told_without_keys(self.redact):  # a reason to stop that quotes a setting never shows a key
             check_url(settings.api_url, "api_url")
             check_url(settings.ingest_url, "ingest_url")
             for stream in ("*", *(self.config.get("streams") or {})):  # the top level and each stream make sense
                 template_for(resolve(self.config, stream), settings.api_url, settings.ingest_url)
-            self.run = Run.start(settings, self.logger)
+            fingerprint = report.settings_fingerprint(self.config, secret_setting)
+            self.run = Run.start(settings, self.logger, operations, fingerprint)
         self._uninstall_redaction = redaction.install(self.run.redact, self.logger)
         for signum in early.take():  # came while the command was starting: acted on now
             self.on_signal(signum)
@@ -61,9 +66,9 @@ class TargetEncharge(SeamTarget):
     @classmethod
     def append_builtin_config(cls, config_jsonschema: dict) -> None:
         """The SDK's settings, less those that mean nothing here (SQL load methods, the SDK's own batch size:
-        ours is `batch_size`)."""
+        ours is `batch_size`; `batch_config`, how a tap writes BATCH files: a BATCH message names its own)."""
         super().append_builtin_config(config_jsonschema)
-        for name in ("load_method", "batch_size_rows"):
+        for name in ("load_method", "batch_size_rows", "batch_config"):
             config_jsonschema["properties"].pop(name, None)
 
     @override
@@ -75,7 +80,7 @@ class TargetEncharge(SeamTarget):
     @override
     def get_sink_class(self, stream_name: str) -> type[Sink]:
         self.streams_seen.add(stream_name)
-        return EnchargeSink
+        return ConnectionCheckSink if stream_name == CONNECTION_CHECK_STREAM else EnchargeSink
 
     @override
     def on_state(self, state: dict) -> None:
@@ -112,6 +117,8 @@ class TargetEncharge(SeamTarget):
         self.run.deliver_all()
         super().process_endofpipe()
         self.finish()
+        if self.stop_signal is None:  # (a signal still to be told: the run's ending says how it ended)
+            self.run.conclude(0, None)  # also for a target driven by the SDK's own `listen`, as its tests do
 
     def finish(self, *, complete: bool = True) -> None:
         """The run's ending, once whichever way it ends (then stop if too many records failed); ``complete``
@@ -142,14 +149,18 @@ class TargetEncharge(SeamTarget):
     @override
     @classmethod
     def run_command(cls, config: dict, *, parse_env_config: bool, file_input: t.IO[str] | None) -> None:
-        """Run; a reason to stop is told in one line on stderr and the exit code is 1."""
+        """Run; a reason to stop is told in one line on stderr and the exit code is 1 (128 + the signal's number
+        after SIGTERM or SIGINT). Whichever way it ends, the run's history row and report say how."""
         target: TargetEncharge | None = None
+        told: str | None = "ended by an unexpected error (please report it)"
+        code, signalled = 1, False
         try:
             try:
                 target = cls(config=config, validate_config=True, parse_env_config=parse_env_config)
                 target.listen(file_input)
                 if target.stop_signal is not None:  # came after the last line was read
                     raise Interrupted(target.stop_signal)
+                code, told = 0, None
             except UnicodeDecodeError:
                 msg = "input is not UTF-8 text; nothing after the bad bytes was read"
                 raise InputError(msg) from None
@@ -167,14 +178,17 @@ class TargetEncharge(SeamTarget):
                     target.deliver_what_was_read()
                 raise InputError(target.unexpected(exc)) from exc
         except Interrupted as exc:
-            _fail(str(exc), code=128 + exc.signum)
+            code, told, signalled = 128 + exc.signum, str(exc), True
         except STOPS as exc:
-            _fail(target.redact(str(exc)) if target is not None else str(exc))
+            told = target.redact(str(exc)) if target is not None else str(exc)
         except ConfigValidationError as exc:
-            _fail(refusal(exc.errors or [str(exc)]))
+            told = refusal(exc.errors or [str(exc)])
         finally:
             if target is not None:
                 target.finish_quietly()
+                target.run.conclude(code, told.splitlines()[0] if told else None, signalled=signalled)
+        if code:
+            _fail(told or "failed", code=code)
 
     def unexpected(self, exc: BaseException) -> str:
         """One line for an exception nobody foresaw, naming the input line it came at."""
@@ -204,6 +218,29 @@ class TargetEncharge(SeamTarget):
         """Whatever happened, nothing of this run is left running or attached (threads, files, log filters)."""
         with contextlib.suppress(*STOPS):
             self.finish(complete=False)
+
+
+class ConnectionCheckSink(RecordSink):
+    """`meltano config test`'s stream (``meltano_test_stream``): a connection check. The start-up checks run
+    (the API key is accepted); its records and its ACTIVATE_VERSION are neither sent nor written anywhere."""
+
+    def __init__(self, target: TargetEncharge, stream_name: str, schema: dict, key_properties: t.Any) -> None:  # noqa: ANN401
+        self.run = target.run
+        super().__init__(target, stream_name, schema, key_properties)
+
+    @override
+    def setup(self) -> None:
+        super().setup()
+        settings = resolve(self.config, self.stream_name)
+        self.run.open_stream(self.stream_name, self.run.template(settings), settings, ())
+
+    @override
+    def process_record(self, record: dict, context: dict) -> None:
+        """Nothing: the test record is not a person."""
+
+    @override
+    def activate_version(self, new_version: int) -> None:
+        """Nothing to remove: nothing was written."""
 
 
 @contextlib.contextmanager

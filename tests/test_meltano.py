@@ -251,6 +251,8 @@ def test_meltano_yml_and_the_hub_definition_declare_every_setting_with_its_kind(
             "check": ("target-encharge-check", "--config ENV"),
             "ledger-status": ("target-encharge-ledger", "status"),
             "ledger-forget": ("target-encharge-ledger", "forget"),
+            "ledger-runs": ("target-encharge-ledger", "runs"),
+            "ledger-explain": ("target-encharge-ledger", "explain"),
             "ledger-replay": ("target-encharge-ledger", "replay"),
         }
         assert settings["streams"]["kind"] == "object" and settings["stream_maps"]["kind"] == "object"
@@ -570,3 +572,49 @@ def test_meltano_invoke_check_passes_for_this_project_and_names_a_bad_key(meltan
     assert bad.returncode == 1
     assert "api_key" in bad.stdout + bad.stderr and "not-the-key" not in bad.stdout + bad.stderr
     assert writes(sandbox) == []
+
+
+MELTANO_TERMINATE_RACE = "ProcessLookupError"  # Meltano 4.4.1: see the test below
+
+
+@slow_with_meltano
+def test_meltano_config_test_checks_the_connection_and_writes_nothing(meltano, sandbox):
+    """`meltano config test target-encharge` (Meltano 4.4.1, meltano/core/plugin_test_service.py) sends SCHEMA, one
+    RECORD {"id": 1, "name": "Meltano Test Record"} on `meltano_test_stream`, a STATE and, as the loader declares
+    activate-version, an ACTIVATE_VERSION; it fails when the loader exits non-zero or prints a line with "error" or
+    "exception" in it. The target checks the connection (`GET /accounts/info`), writes nothing and exits 0.
+
+    Meltano then prints "Plugin configuration is valid", except when it loses a race of its own: after the loader
+    exited it calls `process.terminate()` in a `finally`, which raises ProcessLookupError once asyncio has let go
+    of the process (whenever Meltano waited for the exit before it was seen). The debug log says what the loader
+    did either way ("Process return code: 0"), and that is what is asserted."""
+    done = meltano.run("--log-level=debug", "config", "test", "--no-install", "target-encharge", env=keys_env(sandbox))
+    printed = done.stdout + done.stderr
+    assert "Process return code: 0" in printed, printed[-3000:]
+    assert "Stream 'meltano_test_stream': the connection is checked; its records are not sent" in printed
+    if done.returncode != 0:  # Meltano's race, never the loader's doing
+        assert MELTANO_TERMINATE_RACE in printed and "Plugin configuration is invalid" not in printed, printed[-3000:]
+    else:
+        assert "Plugin configuration is valid" in printed
+    assert [(r["method"], r["path"]) for r in sandbox.requests()] == [("GET", "/v1/accounts/info")]  # the check only
+    assert sandbox.people() == []
+    ledger = meltano.root / ".target-encharge-ledger.db"
+    if ledger.exists():  # created when opened, with nothing in it: no delivery, no failure, no run
+        with contextlib.closing(sqlite3.connect(ledger)) as db:
+            for table in ("deliveries", "failures", "runs"):
+                assert db.execute(f"SELECT count(*) FROM encharge_ledger_{table}").fetchone() == (0,)
+
+    refused_key = "x" * 20
+    refused = meltano.run(
+        "--log-level=debug",
+        "config",
+        "test",
+        "--no-install",
+        "target-encharge",
+        env={**keys_env(sandbox), "TARGET_ENCHARGE_API_KEY": refused_key},
+    )
+    printed = refused.stdout + refused.stderr
+    assert refused.returncode == 1
+    assert "Process return code: 1" in printed
+    assert "target-encharge: error: " in printed and "api_key" in printed  # the reason, in one line
+    assert refused_key not in printed

@@ -2,7 +2,13 @@
 
     target-encharge-ledger status [--config FILE]
     target-encharge-ledger forget [--config FILE] (--stream S | --destination D | --account A)...
+    target-encharge-ledger forget [--config FILE] --stream S VALUE...     (one record)
+    target-encharge-ledger runs [--config FILE] [--limit N] [--json]
+    target-encharge-ledger explain [--config FILE] --stream S VALUE...
     target-encharge-ledger replay DEAD_LETTER_FILE
+
+A record is named by its stream's key property values, in order (or, for a stream without key properties, by
+its email, userId or externalId; a tag by its person and its tag).
 
 The ledger is the one named by ``ledger_url`` in the target's config file (``--config``), else by the environment
 variable TARGET_ENCHARGE_LEDGER_URL (how Meltano passes settings), else the default file in the working
@@ -22,8 +28,10 @@ import msgspec
 from target_encharge import encoding
 from target_encharge.config import ENV, ENV_PREFIX, load
 from target_encharge.errors import EnchargeTargetError
+from target_encharge.ledger import runs as history
 from target_encharge.ledger.lease import HeldLease
 from target_encharge.ledger.store import StreamStatus, SyncLedger
+from target_encharge.templates import PERSON_IDS
 
 PROG = "target-encharge-ledger"
 ENVIRONMENT_URL = f"{ENV_PREFIX}LEDGER_URL"
@@ -101,6 +109,9 @@ def _status(args: argparse.Namespace) -> None:
 
 
 def _forget(args: argparse.Namespace) -> None:
+    if args.values:
+        _forget_record(args)
+        return
     if not (args.account or args.destination or args.stream):
         raise CommandError("forget needs --stream, --destination or --account (any together narrow it)")
     with SyncLedger.open(ledger_url(args.config)) as ledger:
@@ -111,6 +122,168 @@ def _forget(args: argparse.Namespace) -> None:
             if value
         )
         sys.stdout.write(f"Forgot {removed} entries ({chosen}) in ledger {ledger.location.shown}.\n")
+
+
+# -- issue 25: the run history, one record explained or forgotten ----------------------------------------------
+
+
+def _cell(value: t.Any) -> str:  # noqa: ANN401
+    return "-" if value is None else str(value)
+
+
+def _shown_moment(stamp: str | None) -> str:
+    return stamp[:19].replace("T", " ") + " UTC" if stamp else "-"
+
+
+def format_runs(location: str, rows: list[dict[str, t.Any]]) -> str:
+    """The runs as a table a person reads, newest first."""
+    if not rows:
+        return f"Ledger {location}: no runs recorded yet.\n"
+    header = ("run", "started", "ended", "status", "exit", "records", "calls", "failed", "reason")
+    table = [header] + [
+        (
+            row["run_id"][:12],
+            _shown_moment(row["started_at"]),
+            _shown_moment(row["ended_at"]),
+            row["status"],
+            _cell(row["exit_code"]),
+            f"{row['records_read']:,}",
+            f"{row['calls']:,}",
+            f"{row['failed']:,}",
+            (row["reason"] or "")[:80],
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in table]
+    return "\n".join([f"Ledger {location}", "", *lines]) + "\n"
+
+
+def _runs(args: argparse.Namespace) -> None:
+    if args.limit < 1:
+        raise CommandError("--limit must be 1 or more")
+    with SyncLedger.open(ledger_url(args.config), read_only=True) as ledger:
+        rows = history.newest_runs(ledger, args.limit)
+        if args.json:
+            sys.stdout.buffer.write(encoding.dumps(rows) + b"\n")
+            sys.stdout.flush()
+            return
+        sys.stdout.write(format_runs(ledger.location.shown, rows))
+
+
+def _loose(value: str) -> list[t.Any]:
+    """A value from the command line as a record may have held it: the text, and the JSON it reads as (1, true)."""
+    forms: list[t.Any] = [value]
+    try:
+        parsed = encoding.loads(value.encode())
+    except ValueError:
+        return forms
+    if not isinstance(parsed, (dict, list, str)):
+        forms.append(parsed)
+    return forms
+
+
+def identities(values: t.Sequence[str]) -> list[str]:
+    """Every identity the ledger may know a record named by ``values`` by: its key properties' values (as text
+    or as numbers), or an email (any case), userId, id or externalId; a tag by its person and its tag."""
+    combos: list[list[t.Any]] = [[]]
+    for value in values[:6]:
+        combos = [[*combo, form] for combo in combos for form in _loose(value)]
+    found = ["key:" + encoding.dumps(combo).decode() for combo in combos]
+    head, *rest = values
+    people = [f"{name}:{head.lower() if name == 'email' else head}" for name in PERSON_IDS]
+    found += people + [f"externalId:{head}"]
+    if rest:
+        found += [f"{person} tag:{','.join(rest)}" for person in people]
+    return found
+
+
+def _known(ledger: SyncLedger, args: argparse.Namespace) -> list[history.Known]:
+    known = [
+        k
+        for k in history.records(ledger, args.stream, identities(args.values))
+        if (args.account is None or k.account == args.account)
+        and (args.destination is None or k.destination == args.destination)
+    ]
+    if not known:
+        raise CommandError(
+            f"the ledger {ledger.location.shown} knows no record {' '.join(args.values)!r} of stream "
+            f"'{args.stream}' (never delivered nor failed, or forgotten: removed by mirror, or by forget)"
+        )
+    return known
+
+
+DELIVERY_SHOWN = ("fingerprint", "delivered_at", "encharge_id", "tags")  # the others are shown as they are
+FAILURE_SHOWN = ("payload",)  # left out: the record itself, the user has it
+
+
+def format_explained(ledger: SyncLedger, known: list[history.Known]) -> str:
+    out: list[str] = []
+    for k in known:
+        out += [f"Stream '{k.stream}', account {k.account}, destination {k.destination}", f"  identity: {k.identity}"]
+        if k.delivery is None:
+            out.append("  delivered: never (Encharge never answered 2xx for it)")
+        else:
+            delivery = k.delivery
+            at = history.stamp_of(delivery.get("delivered_at"))
+            run = history.run_at(ledger, at, k.stream) if at else None
+            by = (
+                f"by run {run['run_id']} ({run['status']}, started {_shown_moment(run['started_at'])})"
+                if run
+                else ("by a run the history does not hold")
+            )
+            out.append(f"  last delivered: {_shown_moment(at)} {by}")
+            if delivery.get("encharge_id"):
+                out.append(f"  in Encharge as: {delivery['encharge_id']}")
+            if delivery.get("fingerprint") == "":
+                out.append("  found in Encharge (create mode), not written by this target")
+            else:
+                out.append(
+                    f"  unchanged since {_shown_moment(at)}: a record with the same content is not sent again "
+                    f"(fingerprint {str(delivery.get('fingerprint'))[:16]})"
+                )
+            if delivery.get("tags"):
+                out.append(f"  tags this target added: {delivery['tags']}")
+            others = {c: v for c, v in delivery.items() if c not in DELIVERY_SHOWN and v is not None}
+            for column, value in others.items():  # removal state, as mirror keeps it
+                out.append(f"  {column.replace('_', ' ')}: {value}")
+        if k.failure is None:
+            out.append("  failures waiting: none")
+        else:
+            failure = k.failure
+            sent_again = (
+                "sent again when its stream next comes"
+                if failure.get("retryable")
+                else ("waits for the source to change it")
+            )
+            out.append(
+                f"  failure waiting ({sent_again}): {failure.get('reason')}; {failure.get('attempts')} attempt(s), "
+                f"first {_shown_moment(history.stamp_of(failure.get('first_failed_at')))}, last "
+                f"{_shown_moment(history.stamp_of(failure.get('last_failed_at')))}"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def _explain(args: argparse.Namespace) -> None:
+    with SyncLedger.open(ledger_url(args.config), read_only=True) as ledger:
+        sys.stdout.write(format_explained(ledger, _known(ledger, args)))
+
+
+def _forget_record(args: argparse.Namespace) -> None:
+    if not args.stream:
+        raise CommandError("forget VALUE... needs --stream (the stream the record came in)")
+    from target_encharge.ledger.store import Scope
+
+    with SyncLedger.open(ledger_url(args.config)) as ledger:
+        known = _known(ledger, args)
+        for k in known:
+            scope = Scope(k.account, k.destination, k.stream)
+            ledger.remove(scope, [k.identity])
+        sys.stdout.write(
+            f"Forgot {len(known)} entr{'y' if len(known) == 1 else 'ies'} of {' '.join(args.values)!r} "
+            f"(stream {args.stream}) in ledger {ledger.location.shown}: the next run sends it.\n"
+        )
 
 
 def dead_letters(path: str) -> list[dict[str, t.Any]]:
@@ -170,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the target's config JSON (its ledger_url); "
         f"else ${ENVIRONMENT_URL}, else the default file in the working directory",
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{status,forget,replay}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{status,runs,explain,forget,replay}")
     status = verbs.add_parser(
         "status", parents=[config], help="per account, destination and stream: records, last delivery, failures waiting"
     )
@@ -181,7 +354,24 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--stream")
     forget.add_argument("--destination", help="template name, custom object name or manual URL")
     forget.add_argument("--account", help="the Encharge account id")
+    forget.add_argument(
+        "values", nargs="*", metavar="VALUE", help="with --stream: one record (its key property values, or email)"
+    )
     forget.set_defaults(run=_forget)
+    runs = verbs.add_parser("runs", parents=[config], help="the last runs, newest first: how each ended, its counts")
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
+    runs.add_argument("--json", action="store_true", help="a JSON array of the runs' history rows")
+    runs.set_defaults(run=_runs)
+    explain = verbs.add_parser(
+        "explain", parents=[config], help="one record: when it was delivered and by which run, failures waiting"
+    )
+    explain.add_argument("--stream", required=True)
+    explain.add_argument("--destination", help="template name, custom object name or manual URL")
+    explain.add_argument("--account", help="the Encharge account id")
+    explain.add_argument(
+        "values", nargs="+", metavar="VALUE", help="its key property values, or email/userId/externalId"
+    )
+    explain.set_defaults(run=_explain)
     replay = verbs.add_parser(
         "replay", parents=[config], help="print a dead-letter file as Singer messages, to pipe back into the target"
     )

@@ -13,3 +13,5 @@ FAILURES = "encharge_ledger_failures"
 ACCOUNTS = "encharge_ledger_accounts"
 LEASES = "encharge_ledger_leases"
 ENCHARGE_IDS = "encharge_ledger_encharge_ids"
+RUNS = "encharge_ledger_runs"  # issue 25: the run history
+RUNS_SINCE = 7  # the schema version that made the runs table

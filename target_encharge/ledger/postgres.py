@@ -586,3 +586,9 @@ class PostgresLedger(SyncLedger):
                 )
             ).all()
         return known, waiting, [tuple(row) for row in rows]
+
+    @override
+    def _plain(self, statement: str, params: t.Mapping[str, t.Any], *, write: bool) -> list[tuple]:
+        with self._writing() if write else self._reading() as connection:
+            result = connection.execute(sa.text(statement), dict(params))
+            return [tuple(row) for row in result] if result.returns_rows else []

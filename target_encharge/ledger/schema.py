@@ -18,6 +18,7 @@ from target_encharge.ledger.names import (
     FAILURES,
     LEASES,
     META,
+    RUNS,
     SCHEMA_VERSION,
     SCOPES,
 )
@@ -156,8 +157,30 @@ def _create_leases(connection: sa.Connection) -> None:
     connection.execute(sa.schema.CreateTable(leases, if_not_exists=True))
 
 
-def _reserved_v7(_connection: sa.Connection) -> None:
-    """Version 7 is issue 25's; on this branch it changes nothing."""
+# Version 7 (issue 25): one row per run, written when it starts (status `running`) and again when it ends,
+# whichever way; `streams` holds its per-stream counts, a JSON object. A delivery names no run: the run that made
+# it is the one whose interval holds its `delivered_at` (see runs.py), so the hot path writes nothing more.
+runs = sa.Table(
+    RUNS,
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("started_at", Moment, nullable=False),
+    sa.Column("ended_at", Moment),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("reason", sa.Text),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("settings_fingerprint", sa.String(32), nullable=False),
+    sa.Column("streams", sa.Text, nullable=False),
+    sa.Index("encharge_ledger_runs_started_at", "started_at"),
+)
+
+
+def _create_runs(connection: sa.Connection) -> None:
+    connection.execute(sa.schema.CreateTable(runs, if_not_exists=True))
+    for index in runs.indexes:
+        connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
 
 
 def _create_encharge_ids(connection: sa.Connection) -> None:
@@ -172,7 +195,7 @@ MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _drop_source_keys,
     _reserved_v5,
     _create_leases,
-    _reserved_v7,
+    _create_runs,
     _create_encharge_ids,
 )
 

@@ -368,3 +368,10 @@ class SQLiteLedger(SyncLedger):
             for scope_id, reason, count in connection.execute(_STATUS_FAILURES):
                 waiting.setdefault(scope_id, {})[reason] = count
             return known, waiting, connection.execute(_STATUS_SCOPES).fetchall()
+
+    @override
+    def _plain(self, statement: str, params: t.Mapping[str, t.Any], *, write: bool) -> list[tuple]:
+        if not write:
+            return self._rows(statement, params)  # type: ignore[arg-type]
+        with self._write_transaction() as connection:
+            return connection.execute(statement, params).fetchall()

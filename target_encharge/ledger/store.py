@@ -276,6 +276,11 @@ class SyncLedger(abc.ABC):
         """One transaction for the leases: a function running one statement in it, and the lease statements."""
 
     @abc.abstractmethod
+    def _plain(self, statement: str, params: t.Mapping[str, t.Any], *, write: bool) -> list[tuple]:
+        """One statement in the SQL both stores speak, with ``:name`` parameters, in a transaction of its own
+        (``write``: one that writes); its rows. The run history's queries (runs.py) go through it."""
+
+    @abc.abstractmethod
     def _close(self) -> None:
         """Release the store's connections."""
 
