@@ -117,6 +117,15 @@ def _stream_properties() -> list[th.Property]:
             description="How `mirror` removes a person: `archive` (Encharge's preferred way) or `delete` (the "
             "person and their data, for GDPR).",
         ),
+        # issue 22: mirror's removals only from complete snapshots
+        th.Property(
+            "mirror_confirmations",
+            th.IntegerType,
+            default=2,
+            description="`mirror`, for taps that announce a full table before its records and send nothing after "
+            "them (singer-sdk taps): how many complete full tables in a row a record must be missing from before "
+            "it is removed (1: the first; a tap that closes its full tables with ACTIVATE_VERSION needs one).",
+        ),
     ]
 
 
@@ -364,6 +373,7 @@ class StreamSettings:
     group_by: str | None
     sync_mode: str
     delete_action: str
+    mirror_confirmations: int = 2  # issue 22
 
 
 def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
@@ -404,7 +414,16 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         group_by=get("group_by"),
         sync_mode=get("sync_mode"),
         delete_action=get("delete_action"),
+        mirror_confirmations=_confirmations(stream, get("mirror_confirmations")),
     )
+
+
+def _confirmations(stream: str, value: t.Any) -> int:  # noqa: ANN401
+    """issue 22: at least one complete full table."""
+    if not isinstance(value, int) or value < 1:
+        msg = f"stream '{stream}': mirror_confirmations must be a whole number of at least 1"
+        raise ConfigError(msg)
+    return value
 
 
 _AUTHORITY_PASSWORD = re.compile(r"^[A-Za-z][\w+.-]*://[^:/@?#]*:(?P<password>.*)@")  # greedy: to the last @

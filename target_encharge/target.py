@@ -109,8 +109,13 @@ class TargetEncharge(SeamTarget):
 
     @override
     def process_endofpipe(self) -> None:
+        """The normal end of input (never a signal, a fatal error or a kill): `mirror`'s snapshots complete
+        here and its removals are sent, once every record is delivered."""
         self.run.deliver_all()
         super().process_endofpipe()
+        if self.stop_signal is None:
+            self.run.remove_what_left()
+            self.run.deliver_all()
         self.finish()
 
     def finish(self) -> None:

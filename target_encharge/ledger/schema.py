@@ -11,7 +11,18 @@ import typing as t
 
 import sqlalchemy as sa
 
-from target_encharge.ledger.names import ACCOUNTS, DELIVERIES, FAILURES, META, SCHEMA_VERSION, SCOPES
+from target_encharge.ledger.names import (
+    ACCOUNTS,
+    DELIVERIES,
+    FAILURES,
+    META,
+    MIRRORS,
+    REMOVALS,
+    SCHEMA_VERSION,
+    SCOPES,
+    SEEN,
+    SNAPSHOTS,
+)
 
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
 
@@ -77,6 +88,53 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
+# Version 5 (issue 22): mirror's snapshots live in the ledger, never in memory. A snapshot is one version of a
+# stream's full table as the tap sent it (ids in the ledger's own order: versions of two taps do not compare);
+# `completed_by` is 'tap' (ACTIVATE_VERSION after its records) or 'end' (the input ended normally after them).
+snapshots = sa.Table(
+    SNAPSHOTS,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope_id", sa.Integer, nullable=False),
+    sa.Column("tap_version", sa.Text, nullable=False),
+    sa.Column("opened_at", Moment, nullable=False),
+    sa.Column("completed_at", Moment),
+    sa.Column("completed_by", sa.String(8)),
+    sa.UniqueConstraint("scope_id", "tap_version", name="encharge_ledger_snapshots_key"),
+)
+
+# The snapshot each identity of a mirrored stream was last seen in (stamped as records come).
+seen = sa.Table(
+    SEEN,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("snapshot_id", sa.Integer, nullable=False),
+)
+
+# Removals decided and durable, not yet answered (a `_sdc_deleted_at`, or one that failed for a reason that can
+# pass: its last failure is kept here, and `status` shows it beside the failures waiting).
+removals = sa.Table(
+    REMOVALS,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),  # why it is removed
+    sa.Column("planned_at", Moment, nullable=False),
+    sa.Column("failure", sa.Text),  # why the last attempt failed (None: not sent yet)
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+# Per mirrored scope: the stream's key properties (canonical JSON list) and whether its tap closes its versions.
+mirrors = sa.Table(
+    MIRRORS,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("key_properties", sa.Text),
+    sa.Column("closing_seen", sa.Boolean, nullable=False),
+)
+_ENCHARGE_ID_INDEX = "encharge_ledger_deliveries_encharge_id"
+
 # Versions 1 to 3 kept each delivery's `source_key` (its record's key properties, canonical JSON), indexed from
 # version 2; nothing read it, and version 4 drops it. The deliveries table as those versions had it:
 _deliveries_v1 = sa.Table(
@@ -112,12 +170,27 @@ def _drop_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
 
 
+def _mirror_snapshots(connection: sa.Connection) -> None:
+    """Version 5 (issue 22): snapshots, seen stamps, planned removals, and an index to find who else holds a
+    person (the template's own identity) in the same destination."""
+    for table in (snapshots, seen, removals, mirrors):
+        connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
+    index = sa.Index(_ENCHARGE_ID_INDEX, deliveries.c.encharge_id)
+    connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    connection.execute(
+        sa.schema.CreateIndex(
+            sa.Index("encharge_ledger_seen_snapshot", seen.c.scope_id, seen.c.snapshot_id), if_not_exists=True
+        )
+    )
+
+
 # MIGRATIONS[n] takes a ledger from version n to n + 1 (version 0: an empty database).
 MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _create_tables,
     _index_source_keys,
     _create_accounts,
     _drop_source_keys,
+    _mirror_snapshots,
 )
 
 
