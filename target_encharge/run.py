@@ -260,7 +260,8 @@ class Run:
                 )
             for plan in decided.plans:
                 if self.settings.dry_run:
-                    self.logger.info("Stream '%s': would remove %s: %s", stream, plan.identity, plan.why)
+                    shown = ", ".join(f"{name} {value}" for name, value in plan.ids.items())
+                    self.logger.info("Stream '%s': would remove %s: %s", stream, shown, plan.why)
                 self._remove(route, sync, plan)
 
     def _remove(self, route: Route, sync: StreamSync, plan: Planned) -> None:
