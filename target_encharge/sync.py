@@ -402,8 +402,8 @@ class StreamSync:
         if run.current in run.fed and (str(version) == run.version or run.current in run.unversioned):
             if self.writes and run.current is not None:
                 self.ledger.complete_snapshot(self.scope, run.current, "tap")
-            run.completed.add(t.cast("int", run.current))
-            run.fed.discard(t.cast("int", run.current))
+            run.completed.add(run.current)
+            run.fed.discard(run.current)
             run.version, run.current = None, None
             return
         self._open(str(version))
@@ -496,15 +496,19 @@ class StreamSync:
         candidate: released. Returns those to remove and the identities released."""
         scope_id = self.ledger.scope_id(self.scope)
         holders = self.ledger.holders(self.scope, [c.encharge_id for c in candidates.values() if c.encharge_id])
-        kept, released = [], []
+        kept: list[Candidate] = []
+        released: list[str] = []
         for identity, candidate in sorted(candidates.items()):
             others = {
                 (sid, other)
                 for sid, other in holders.get(candidate.encharge_id or "", set())
                 if not (sid == scope_id and other in candidates)
             }
-            (released if others else kept).append(identity if others else candidate)
-        return t.cast("list[Candidate]", kept), t.cast("list[str]", released)
+            if others:
+                released.append(identity)
+            else:
+                kept.append(candidate)
+        return kept, released
 
     def _plan(self, identity: str, target: str | None, why: str) -> Planned | None:
         removal = self.template.removal

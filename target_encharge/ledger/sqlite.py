@@ -209,7 +209,7 @@ class SQLiteLedger(SyncLedger):
 
     @override
     def _query(self, statement: str, params: dict[str, t.Any]) -> list[tuple]:
-        return self._rows(statement, params)  # type: ignore[arg-type]
+        return self._rows(statement, params)
 
     @override
     def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:

@@ -596,7 +596,7 @@ class SyncLedger(abc.ABC):
         scope_id = self._find_scope(scope)
         if scope_id is None:
             return []
-        return [tuple(row) for row in self._query(_MISSING, {"scope_id": scope_id, "upto": upto, "after": after})]  # type: ignore[misc]
+        return [tuple(row) for row in self._query(_MISSING, {"scope_id": scope_id, "upto": upto, "after": after})]
 
     def planned_removals(self, scope: Scope) -> list[Candidate]:
         """The removals planned in ``scope`` (of rows this target still knows)."""
