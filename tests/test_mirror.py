@@ -279,3 +279,86 @@ def test_kill_9_at_random_points_then_a_rerun_never_removes_a_live_person(sandbo
         assert not set(archived(sandbox)) & set(live)
     ok(run_target(mirror, closed_table("people", live, 4)))
     assert archived(sandbox) == ["p29@example.com"]
+
+
+# end to end, with the real taps
+
+
+def _pg(url: str, *statements: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def _customers_left(sandbox: t.Any) -> list[str]:
+    return sorted((p["email"] for p in sandbox.people() if p.get("archived")), key=lambda e: int(e[1:].split("@")[0]))
+
+
+@pytest.mark.slow
+def test_tap_postgres_full_tables_remove_a_deleted_row_at_the_second_run_and_the_guard_stops_a_mass_delete(
+    sandbox, tmp_path, postgres_server, postgres_url
+):
+    from taps import run_tap_postgres
+
+    _pg(
+        postgres_url,
+        "CREATE TABLE customers (customer_id INT PRIMARY KEY, email TEXT NOT NULL, plan TEXT)",
+        "INSERT INTO customers SELECT i, 'p' || i || '@example.com', 'pro' FROM generate_series(1, 20) i",
+    )
+    mirror = config(sandbox, str(tmp_path / "ledger.db"))
+
+    def sync() -> t.Any:
+        time.sleep(1.1)  # singer-sdk's version is the tap's start in whole seconds: one run, one version
+        return run_target(mirror, run_tap_postgres(postgres_server, postgres_url, ["customers"]).lines())
+
+    ok(sync())
+    _pg(postgres_url, "DELETE FROM customers WHERE customer_id IN (3, 7)")
+    ok(sync())
+    assert _customers_left(sandbox) == []  # missing from one complete full table: waits for a confirmation
+    ok(sync())
+    assert _customers_left(sandbox) == ["p3@example.com", "p7@example.com"]  # and nobody else
+    _pg(postgres_url, "DELETE FROM customers WHERE customer_id > 10")
+    ok(sync())
+    stopped = sync()
+    assert stopped.returncode == 1
+    assert "public-customers" in error_line(stopped) and "max_delete_share" in error_line(stopped)
+    assert _customers_left(sandbox) == ["p3@example.com", "p7@example.com"]
+
+
+@pytest.mark.slow
+def test_tap_mysql_interrupted_and_resumed_removes_nobody_then_removes_only_the_deleted(
+    sandbox, tmp_path, mariadb_server, mariadb_database
+):
+    from taps import run_tap_mysql
+
+    rows = 2500  # tap-mysql writes STATE every 1,000 rows: a cut after 1,500 records resumes after row 1,000
+    mariadb_server.execute(
+        "CREATE TABLE customers (customer_id INT PRIMARY KEY, email VARCHAR(200) NOT NULL, plan VARCHAR(20));"
+        " INSERT INTO customers SELECT seq, CONCAT('p', seq, '@example.com'), 'pro'"
+        f" FROM seq_1_to_{rows};",
+        mariadb_database,
+    )
+    mirror = config(sandbox, str(tmp_path / "ledger.db"))
+
+    def sync(state: dict | None = None, stop: int | None = None) -> tuple[t.Any, t.Any]:
+        tap = run_tap_mysql(mariadb_server, mariadb_database, ["customers"], state=state, stop_after_records=stop)
+        return tap, run_target(mirror, tap.lines())
+
+    _, first = sync()
+    ok(first)
+    cut, target = sync(state=first.states[-1], stop=1500)  # the tap is killed: its output just ends
+    ok(target)
+    _, resumed = sync(state=target.states[-1])  # rows 1,001 to 2,500 under a new version, closed
+    ok(resumed)
+    assert _customers_left(sandbox) == []
+    mariadb_server.execute("DELETE FROM customers WHERE customer_id IN (5, 1200, 2400)", mariadb_database)
+    _, after = sync(state=resumed.states[-1])
+    ok(after)
+    assert _customers_left(sandbox) == ["p5@example.com", "p1200@example.com", "p2400@example.com"]
+    mariadb_server.execute("DELETE FROM customers WHERE customer_id > 1000", mariadb_database)
+    _, stopped = sync(state=after.states[-1])
+    assert stopped.returncode == 1
+    assert "customers" in error_line(stopped) and "max_delete_share" in error_line(stopped)
+    assert len(_customers_left(sandbox)) == 3
