@@ -214,10 +214,9 @@ class Run:
         """A `mirror` stream's route (a new one after each SCHEMA): its removals go through it at the end."""
         self.mirrors[route.stream] = (route, settings.mirror_confirmations)
 
-    def mirror(self, route: Route, sync: StreamSync, version: t.Any = None) -> None:  # noqa: ANN401
+    def mirror(self, sync: StreamSync, version: t.Any) -> None:  # noqa: ANN401
         """The tap's ACTIVATE_VERSION for a `mirror` stream: a snapshot starts, or (after its records) the tap
         says it is complete. Nothing is removed here: removals are decided at the end of a normal run."""
-        self.mirrors.setdefault(route.stream, (route, 2))
         sync.activated(version)
 
     def remove_what_left(self) -> None:
@@ -230,9 +229,9 @@ class Run:
         for sync in streams:
             sync.end_of_input()
         for sync in streams:
-            route, confirmations = self.mirrors.get(sync.scope.stream, (None, 2))
-            if route is None:
+            if sync.scope.stream not in self.mirrors:
                 continue
+            route, confirmations = self.mirrors[sync.scope.stream]
             decided = sync.removals(
                 self.settings.max_delete_share, confirmations, retry_failed=self.settings.retry_failed
             )

@@ -373,7 +373,7 @@ class StreamSettings:
     group_by: str | None
     sync_mode: str
     delete_action: str
-    mirror_confirmations: int = 2  # issue 22
+    mirror_confirmations: int  # issue 22
 
 
 def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:

@@ -44,7 +44,7 @@ class SinkRun(t.Protocol):
     def refuse(self, entry: Entry, problem: str) -> None: ...
     def send(self, route: Route, entry: Entry) -> None: ...
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None: ...
-    def mirror(self, route: Route, sync: StreamSync, version: t.Any = None) -> None: ...  # noqa: ANN401
+    def mirror(self, sync: StreamSync, version: t.Any) -> None: ...  # noqa: ANN401
     def watch(self, route: Route, settings: StreamSettings) -> None: ...
 
 
@@ -201,7 +201,7 @@ class EnchargeSink(SeamSink):
     def activate_version(self, new_version: int) -> None:
         """The tap's ACTIVATE_VERSION: a `mirror` snapshot starts, or (after its records) is complete."""
         if self.sync is not None and self.settings.sync_mode == "mirror":
-            self.run.mirror(self.route, self.sync, new_version)
+            self.run.mirror(self.sync, new_version)
 
     @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:

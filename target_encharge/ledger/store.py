@@ -177,10 +177,10 @@ _PLANNED = (
     "ON d.scope_id = r.scope_id AND d.identity = r.identity WHERE r.scope_id = :scope_id ORDER BY r.identity"
 )
 _ANY_PLANNED = f"SELECT count(*) FROM {REMOVALS} WHERE scope_id = :scope_id"  # noqa: S608
-_HOLDERS = (  # every row of the account and destination that names one of the persons or objects
+_HOLDERS = (  # every row of the account and destination that names one of the persons or objects (one another
+    # stream only found there, `create`, holds it too: its source has it)
     f"SELECT d.scope_id, d.identity, d.encharge_id FROM {DELIVERIES} d JOIN {SCOPES} sc ON sc.id = d.scope_id "  # noqa: S608
-    "WHERE sc.account = :account AND sc.destination = :destination AND d.fingerprint <> '' "
-    "AND d.encharge_id IN ({among})"
+    "WHERE sc.account = :account AND sc.destination = :destination AND d.encharge_id IN ({among})"
 )
 _REMOVAL_FAILURES = (
     f"SELECT scope_id, failure, count(*) FROM {REMOVALS} WHERE failure IS NOT NULL "  # noqa: S608
