@@ -3,6 +3,7 @@ SQLAlchemy (the tables themselves are in schema.py)."""
 
 SCHEMA_VERSION = 5
 ACCOUNTS_SINCE = 3  # the schema version that made the accounts table
+MIRROR_SINCE = 5  # the schema version that made mirror's snapshot tables (issue 22)
 
 META = "encharge_ledger_meta"
 SCOPES = "encharge_ledger_scopes"

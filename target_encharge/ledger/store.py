@@ -27,6 +27,7 @@ from target_encharge.ledger.names import (
     ACCOUNTS_SINCE,
     DELIVERIES,
     FAILURES,
+    MIRROR_SINCE,
     MIRRORS,
     REMOVALS,
     SCHEMA_VERSION,
@@ -504,7 +505,7 @@ class SyncLedger(abc.ABC):
     def completed_snapshots(self, scope: Scope) -> list[Snapshot]:
         """The scope's complete snapshots, in the order they were opened."""
         scope_id = self._find_scope(scope)
-        if scope_id is None:
+        if scope_id is None or self._version < MIRROR_SINCE:  # (read-only: a ledger older than its tables)
             return []
         return [Snapshot(i, by) for i, by in self._query(_COMPLETED, {"scope_id": scope_id})]
 
@@ -512,7 +513,7 @@ class SyncLedger(abc.ABC):
         """The key properties last seen for the mirrored scope (canonical JSON) and whether its tap closes its
         versions with an ACTIVATE_VERSION; None: never mirrored."""
         scope_id = self._find_scope(scope)
-        if scope_id is None or self._version < SCHEMA_VERSION:
+        if scope_id is None or self._version < MIRROR_SINCE:
             return None
         rows = self._query(_MIRROR, {"scope_id": scope_id})
         return (rows[0][0], bool(rows[0][1])) if rows else None
@@ -581,7 +582,7 @@ class SyncLedger(abc.ABC):
 
     def has_planned(self, scope: Scope) -> bool:
         scope_id = self._find_scope(scope)
-        if scope_id is None or self._version < SCHEMA_VERSION:
+        if scope_id is None or self._version < MIRROR_SINCE:
             return False
         return bool(self._query(_ANY_PLANNED, {"scope_id": scope_id})[0][0])
 
@@ -601,7 +602,7 @@ class SyncLedger(abc.ABC):
     def planned_removals(self, scope: Scope) -> list[Candidate]:
         """The removals planned in ``scope`` (of rows this target still knows)."""
         scope_id = self._find_scope(scope)
-        if scope_id is None or self._version < SCHEMA_VERSION:
+        if scope_id is None or self._version < MIRROR_SINCE:
             return []
         return [
             Candidate(identity, encharge_id, reason, planned=True, attempts=attempts)
@@ -757,7 +758,7 @@ class SyncLedger(abc.ABC):
         if not self._present:
             return []
         known, waiting, scopes = self._status()
-        if self._version >= SCHEMA_VERSION:  # removals that failed and can pass wait too (issue 22)
+        if self._version >= MIRROR_SINCE:  # removals that failed and can pass wait too (issue 22)
             for scope_id, failure, count in self._query(_REMOVAL_FAILURES, {}):
                 reasons = waiting.setdefault(scope_id, {})
                 reasons[f"removal: {failure}"] = count
