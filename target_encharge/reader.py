@@ -42,6 +42,7 @@ class Reader(SeamReader):
         super().__init__()
         self.line_number = 0
         self.stream: t.Any = None  # the stream of the message read last
+        self.version: t.Any = None  # the `version` of the RECORD read last (mirror's snapshot; issue 22)
         self.stop_signal: int | None = None  # set by a signal handler: read no further line
         self.waiting = False  # blocked waiting for the next line (a signal then interrupts the wait)
 
@@ -107,6 +108,7 @@ class Reader(SeamReader):
             and type(message.get("record")) is dict
         ):  # most lines: a well-formed RECORD, checked at once
             self.stream = message["stream"]
+            self.version = message.get("version")
             return message
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             msg = f"input line {self.line_number} is not a Singer message (no 'type'); nothing after it was read"

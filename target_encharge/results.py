@@ -114,6 +114,8 @@ class Results:
             self.later.append(request)  # its person may be created by a stream later in the run
             return
         reason = outcome.error or f"HTTP {outcome.status}"
+        if request.removal and sync is not None:  # kept planned when it can pass, sent again next run
+            sync.removal_failed(request.entries, reason, retryable=judged is Verdict.RETRY or not_yet)
         self._failed(
             sync if not request.removal else None,
             request.entries,

@@ -30,7 +30,7 @@ from target_encharge.request import Outcome, Request
 from target_encharge.results import Results
 from target_encharge.retry import RetryPolicy
 from target_encharge.settings import NOTIFY_TIMEOUT, OperationsSettings, RunSettings, StreamSettings
-from target_encharge.sync import DeleteGuardError, Planned, StreamSync, Sync, account_name
+from target_encharge.sync import Planned, StreamSync, Sync, account_name
 from target_encharge.templates import person_key, template_for
 from target_encharge.urls import Credentials
 from target_encharge.verdicts import NOT_FOUND, Verdict
@@ -73,6 +73,7 @@ class Run:
     refusals: list[str] = dataclasses.field(default_factory=list)  # mirror's guard: told at the end, exit 1
     associations: Associations | None = None  # association records: their Encharge ids, or waiting (issue 24)
     resubscribes: Consent = dataclasses.field(default_factory=Consent)  # `unsubscribed: false` left out (issue 24)
+    mirrors: dict[str, tuple[Route, int]] = dataclasses.field(default_factory=dict)  # stream: route, confirmations
     _account: str | None = None
     # issue 25: the run's history row, its report, the failure-share alert, tags held for their person
     operations: OperationsSettings = dataclasses.field(default_factory=lambda: OperationsSettings.from_config({}))
@@ -174,6 +175,8 @@ class Run:
         sync = self.stream_sync(stream, template, settings, key_properties)
         if self.associations is not None and template.kind in ("person", "custom object", "association"):
             self.associations.ids.account = self.account(template)  # (its REST account)
+        if sync is not None and (warning := sync.opened()):
+            self.logger.warning("%s", warning)
         self.progress.start()
         return sync
 
@@ -320,32 +323,64 @@ class Run:
         return exist
 
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None:
-        """A record the tap marks deleted (`_sdc_deleted_at`): `mirror` removes what it wrote for it; other modes
-        never upsert it back (skipped, counted)."""
-        plan = sync.deleted(record) if sync is not None and mode == "mirror" else None
-        if plan is None:
+        """A record the tap marks deleted (`_sdc_deleted_at`): `mirror` plans the removal of what it wrote for it
+        (durable at once, sent at the end of the run, within the guard); other modes never upsert it back
+        (skipped, counted)."""
+        if sync is None or mode != "mirror" or not sync.deleted(record):
             self.results.deleted_kept(route.stream)
-            return
-        self._remove(route, sync, plan)  # type: ignore[arg-type]
 
-    def mirror(self, route: Route, sync: StreamSync) -> None:
-        """The tap's ACTIVATE_VERSION for a `mirror` stream: what left the source is removed, unless the guard
-        says it is too much (then nothing is, and the run ends with exit 1 after delivering the rest)."""
-        try:
-            plans = sync.left_the_source(self.settings.max_delete_share)
-        except DeleteGuardError as exc:
-            self.logger.error("%s", exc)
-            self.refusals.append(str(exc))
+    def watch(self, route: Route, settings: StreamSettings) -> None:
+        """A `mirror` stream's route (a new one after each SCHEMA): its removals go through it at the end."""
+        self.mirrors[route.stream] = (route, settings.mirror_confirmations)
+
+    def mirror(self, sync: StreamSync, version: t.Any) -> None:  # noqa: ANN401
+        """The tap's ACTIVATE_VERSION for a `mirror` stream: a snapshot starts, or (after its records) the tap
+        says it is complete. Nothing is removed here: removals are decided at the end of a normal run."""
+        sync.activated(version)
+
+    def remove_what_left(self) -> None:
+        """The input ended normally: every mirrored stream's open snapshots complete, then what left the source
+        (and what `_sdc_deleted_at` planned) is removed, stream by stream, unless the guard refuses a stream's
+        (then none of its removals is sent, and the run ends with exit 1 after delivering the rest)."""
+        if self.sync is None:
             return
-        if plans:
-            self.logger.info(
-                "Stream '%s': removing %d record(s) that left the source (%s)",
-                route.stream,
-                len(plans),
-                sync.delete_action,
+        streams = self.sync.mirrored()
+        for sync in streams:
+            sync.end_of_input()
+        for sync in streams:
+            if sync.scope.stream not in self.mirrors:
+                continue
+            route, confirmations = self.mirrors[sync.scope.stream]
+            decided = sync.removals(
+                self.settings.max_delete_share, confirmations, retry_failed=self.settings.retry_failed
             )
-        for plan in plans:
-            self._remove(route, sync, plan)
+            stream = sync.scope.stream
+            if decided.released:
+                self.logger.info(
+                    "Stream '%s': %d record(s) gone from the stream are still held by another stream or key of "
+                    "the destination: released, not removed",
+                    stream,
+                    decided.released,
+                )
+            for identity, why in decided.waiting:
+                self.logger.info("Stream '%s': %s waits for a confirmation: %s", stream, identity, why)
+            if decided.refusal is not None:
+                self.logger.error("%s", decided.refusal)
+                self.refusals.append(decided.refusal)
+                continue
+            if decided.plans:
+                self.logger.info(
+                    "Stream '%s': %s %d record(s) that left the source (%s)",
+                    stream,
+                    "would remove" if self.settings.dry_run else "removing",
+                    len(decided.plans),
+                    sync.delete_action,
+                )
+            for plan in decided.plans:
+                if self.settings.dry_run:
+                    shown = ", ".join(f"{name} {value}" for name, value in plan.ids.items())
+                    self.logger.info("Stream '%s': would remove %s: %s", stream, shown, plan.why)
+                self._remove(route, sync, plan)
 
     def _remove(self, route: Route, sync: StreamSync, plan: Planned) -> None:
         entry = self.results.entry(route.stream, plan.ids, plan.ids, counted=False)
@@ -372,6 +407,8 @@ class Run:
     def on_state(self, state: dict) -> None:
         """A STATE from the tap: batches open a while go first, and the STATE waits for what came before it."""
         self.outbox.flush_all(older_than=STATE_FLUSH_AGE)
+        if self.sync is not None:
+            self.sync.flush()  # mirror: what came before this STATE is stamped before it can go out
         self.results.add_state(state)
 
     def deliver_all(self, grace: float | None = None) -> None:

@@ -123,6 +123,15 @@ def _stream_properties() -> list[th.Property]:
             description="How `mirror` removes a person: `archive` (Encharge's preferred way) or `delete` (the "
             "person and their data, for GDPR).",
         ),
+        # issue 22: mirror's removals only from complete snapshots
+        th.Property(
+            "mirror_confirmations",
+            th.IntegerType,
+            default=2,
+            description="`mirror`, for taps that announce a full table before its records and send nothing after "
+            "them (singer-sdk taps): how many complete full tables in a row a record must be missing from before "
+            "it is removed (1: the first; a tap that closes its full tables with ACTIVATE_VERSION needs one).",
+        ),
         *_b2b_stream_properties(),
     ]
 
@@ -513,6 +522,7 @@ class StreamSettings:
     group_by: str | None
     sync_mode: str
     delete_action: str
+    mirror_confirmations: int  # issue 22
     # issue 24
     target_object_name: str | None = None
     association_id: int | None = None
@@ -562,7 +572,16 @@ def resolve(config: t.Mapping[str, t.Any], stream: str) -> StreamSettings:
         association_id=None if get("association_id") is None else int(get("association_id")),
         allow_resubscribe=bool(get("allow_resubscribe")),
         create_missing_fields=bool(get("create_missing_fields")),
+        mirror_confirmations=_confirmations(stream, get("mirror_confirmations")),
     )
+
+
+def _confirmations(stream: str, value: t.Any) -> int:  # noqa: ANN401
+    """issue 22: at least one complete full table."""
+    if not isinstance(value, int) or value < 1:
+        msg = f"stream '{stream}': mirror_confirmations must be a whole number of at least 1"
+        raise ConfigError(msg)
+    return value
 
 
 _AUTHORITY_PASSWORD = re.compile(r"^[A-Za-z][\w+.-]*://[^:/@?#]*:(?P<password>.*)@")  # greedy: to the last @

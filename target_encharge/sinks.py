@@ -45,7 +45,8 @@ class SinkRun(t.Protocol):
     def refuse(self, entry: Entry, problem: str) -> None: ...
     def send(self, route: Route, entry: Entry) -> None: ...
     def removed_at_source(self, route: Route, sync: StreamSync | None, record: dict, mode: str) -> None: ...
-    def mirror(self, route: Route, sync: StreamSync) -> None: ...
+    def mirror(self, sync: StreamSync, version: t.Any) -> None: ...  # noqa: ANN401
+    def watch(self, route: Route, settings: StreamSettings) -> None: ...
     def field_contract(
         self, stream: str, template: Template, settings: StreamSettings, schema: dict
     ) -> FieldContract | None: ...
@@ -187,6 +188,8 @@ class EnchargeSink(SeamSink):
             self.consent = self.run.consent()
         if self.sync is not None:
             self.route = dataclasses.replace(self.route, sync=self.sync)
+            if self.settings.sync_mode == "mirror":
+                self.run.watch(self.route, self.settings)
             if self.run.retry_failed:
                 self._send_again(self.sync)
 
@@ -206,9 +209,9 @@ class EnchargeSink(SeamSink):
 
     @override
     def activate_version(self, new_version: int) -> None:
-        """The tap's ACTIVATE_VERSION: the stream's complete set has come; `mirror` removes what left it."""
+        """The tap's ACTIVATE_VERSION: a `mirror` snapshot starts, or (after its records) is complete."""
         if self.sync is not None and self.settings.sync_mode == "mirror":
-            self.run.mirror(self.route, self.sync)
+            self.run.mirror(self.sync, new_version)
 
     @override
     def get_validator(self) -> BaseJSONSchemaValidator | None:
@@ -269,7 +272,7 @@ class EnchargeSink(SeamSink):
             record, misfit = self.fields.apply(record)
             self.problem = self.problem or misfit
         if self.sync is not None:
-            self.sync.saw(record)
+            self.sync.saw(record, getattr(self.reader, "version", None))
         entry = run.entry(self.route, record)
         problem, self.problem = self.problem, None
         problem = problem or self.template.needs(record, entry.ids)

@@ -13,8 +13,19 @@ import logging
 import threading
 import typing as t
 import urllib.parse
+import uuid
 
-from target_encharge.ledger import Delivered, DeliveryRow, Failure, Scope, SyncLedger, WaitingFailure, fingerprint
+from target_encharge.ledger import (
+    Candidate,
+    Delivered,
+    DeliveryRow,
+    Failure,
+    Scope,
+    SyncLedger,
+    WaitingFailure,
+    canonical_json,
+    fingerprint,
+)
 from target_encharge.templates import Removal, encharge_ids
 
 if t.TYPE_CHECKING:
@@ -62,6 +73,40 @@ class Planned:
 
 class DeleteGuardError(Exception):
     """More removals than `max_delete_share` allows: none of them is sent."""
+
+
+STAMPS_HELD = 1000  # identities seen, written to the ledger in one go (and before any STATE after them goes out)
+DRY = -1  # a dry run's snapshot of this run (never written): after every snapshot the ledger has
+
+
+@dataclasses.dataclass
+class ScopeRun:
+    """What one run knows of a mirrored scope's snapshots: a few ids, never the identities (they are stamped in
+    the ledger as they come). Kept by the run's :class:`Sync`, so a second SCHEMA (a new sink) changes nothing."""
+
+    current: int | None = None  # the snapshot records without a `version` belong to
+    version: str | None = None  # the tap's version of ``current``
+    fed: set[int] = dataclasses.field(default_factory=set)  # snapshots that had records in this run
+    completed: set[int] = dataclasses.field(default_factory=set)  # completed by the tap in this run
+    stamps: list[str] = dataclasses.field(default_factory=list)  # seen, not yet written
+    planned: bool = False  # the scope has removals planned: a record of one clears it at once
+    rekeyed: str | None = None  # the key properties the scope had before this run, when they changed
+    unversioned: set[int] = dataclasses.field(default_factory=set)  # opened by records without `version`: only
+    # an ACTIVATE_VERSION after them completes one (a log-based stream, which sends none, never completes any)
+    dry_seen: set[str] = dataclasses.field(default_factory=set)  # a dry run (which writes nothing) keeps them
+    dry_planned: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Removals:
+    """What the end of a run decided for one mirrored scope: the removals to send, the identities released (held
+    by another row of the destination), those waiting for one more complete snapshot (with why), or the guard's
+    refusal (then nothing is sent)."""
+
+    plans: list[Planned]
+    released: int = 0
+    waiting: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    refusal: str | None = None
 
 
 # whether each entry's person or object is in Encharge; None: it could not be asked about (it failed alone)
@@ -128,6 +173,7 @@ class StreamSync:
         writes: bool = True,
         exists: Exists | None = None,
         redact: t.Callable[[t.Any], t.Any] = lambda value: value,
+        snapshots: ScopeRun | None = None,
     ) -> None:
         self.ledger, self.scope, self.template = ledger, scope, template
         self.redact = redact  # a failure's payload is kept with the keys masked, as in every output
@@ -135,7 +181,7 @@ class StreamSync:
         self.mode, self.delete_action = mode, delete_action
         self.skip_unchanged, self.resync, self.writes, self.exists = skip_unchanged, resync, writes, exists
         self.events = template.events  # an event with an id is sent once, changed or not
-        self.seen: dict[str, str | None] = {}  # mirror: identity -> its template identity, since the last version
+        self.snapshots = snapshots if snapshots is not None else ScopeRun()  # mirror: this run's snapshots
         self._marks: dict[int, Mark] = {}  # by entry seq, from sifting until the answer
         self._removing: dict[int, str] = {}  # by entry seq: the identity a removal request removes
         self._lock = threading.Lock()
@@ -158,12 +204,59 @@ class StreamSync:
         """The template's own identity of ``record`` (what a removal names), given its ledger ``identity``."""
         return self.template.identity(record, ids=ids) if self.key_properties else identity
 
-    def saw(self, record: dict) -> None:
-        """A record of the stream came (sent, unchanged or refused, it is in the source): mirror keeps it."""
-        if self.mode == "mirror":
-            identity = self.template.identity(record, self.key_properties)
-            if identity is not None:
-                self.seen[identity] = self._target(record, identity)
+    def saw(self, record: dict, version: t.Any = None) -> None:  # noqa: ANN401
+        """A record of the stream came (sent, unchanged or refused, it is in the source): mirror stamps its
+        identity with the snapshot it came in (``version``: the record's; None: the snapshot open in this run)."""
+        if self.mode != "mirror":
+            return
+        identity = self.template.identity(record, self.key_properties)
+        if identity is None:
+            return
+        run = self.snapshots
+        if version is not None and str(version) != run.version:
+            self._open(str(version))
+        elif version is None and run.current is None:  # records before any ACTIVATE_VERSION, without `version`
+            self._open(f"unversioned {uuid.uuid4().hex}")
+            if run.current is not None:
+                run.unversioned.add(run.current)
+        if run.current is not None and run.current not in run.fed:
+            run.fed.add(run.current)
+            run.completed.discard(run.current)
+            if self.writes:
+                self.ledger.reopen_snapshot(run.current)  # records of a completed one: it was not the end
+        if not self.writes:
+            run.dry_seen.add(identity)
+            run.dry_planned = [(i, why) for i, why in run.dry_planned if i != identity]
+            return
+        if run.current is None and not run.planned:
+            return  # no snapshot to stamp (no ACTIVATE_VERSION, no `version`): only `_sdc_deleted_at` removes
+        run.stamps.append(identity)
+        if run.planned or len(run.stamps) >= STAMPS_HELD:  # a planned removal is cleared before the record is sifted
+            self.flush()
+
+    def _open(self, version: str) -> None:
+        """The snapshot of ``version`` becomes the current one (found again in the ledger, or opened)."""
+        self.flush()
+        run = self.snapshots
+        run.version = version
+        if not self.writes:
+            run.current = DRY
+            return
+        snapshot = self.ledger.snapshot(self.scope, version)
+        run.current = snapshot.id
+        if snapshot.completed_by is not None and snapshot.id not in run.fed:
+            run.completed.discard(snapshot.id)
+
+    def flush(self) -> None:
+        """The identities seen since the last flush go to the ledger (before a STATE after them can go out)."""
+        run = self.snapshots
+        stamps, run.stamps = run.stamps, []
+        if not stamps or not self.writes:
+            return
+        if run.current is not None:
+            self.ledger.stamp_seen(self.scope, run.current, stamps, clear=run.planned)
+        elif run.planned:
+            self.ledger.clear_removals(self.scope, stamps)
 
     def sift(self, entries: t.Sequence[Entry]) -> Sifted:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
@@ -289,65 +382,168 @@ class StreamSync:
 
     # mirror
 
-    def deleted(self, record: dict) -> Planned | None:
-        """The removal a record marked deleted (`_sdc_deleted_at`) asks for: only of what this target wrote
-        (the ledger maps a record carrying only its key properties to the person or object it was sent as)."""
+    def opened(self) -> str | None:
+        """A mirrored stream's start: its key properties remembered; a warning when they changed since the last
+        run (the rows under the old key are released, never removed, as the new ones hold the same people)."""
+        if self.mode != "mirror":
+            return None
+        before = self.ledger.mirror_of(self.scope)
+        keys = canonical_json(list(self.key_properties))
+        self.snapshots.planned = self.ledger.has_planned(self.scope)
+        if self.writes and (before is None or before[0] != keys):
+            self.ledger.remember_mirror(self.scope, self.key_properties)
+        if before is not None and before[0] is not None and before[0] != keys:
+            self.snapshots.rekeyed = before[0]
+            return (
+                f"stream '{self.scope.stream}': its key properties changed from {before[0]} to {keys}: records "
+                "known under the old key are not removed while the new ones hold the same people (released); "
+                "run once with resync to send every record again"
+            )
+        return None
+
+    def deleted(self, record: dict) -> bool:
+        """A record marked deleted (`_sdc_deleted_at`): the removal of what this target wrote for it is planned,
+        durable at once (its STATE may go), and sent at the end of the run; a later record of it clears it (the
+        last word wins). False: nothing this target wrote (the ledger maps a record carrying only its key
+        properties to the person or object it was sent as)."""
         identity = self.template.identity(record, self.key_properties)
         if identity is None:
-            return None
-        self.seen.pop(identity, None)
+            return False
+        self.flush()  # what came before it is stamped (and clears what was planned) before this plan
         entry = self.ledger.lookup(self.scope, [identity]).get(identity)
         if entry is None or entry.fingerprint == EXISTS:
-            return None
-        return self._plan(identity, entry.encharge_id, "the source marked it deleted (_sdc_deleted_at)")
+            return False
+        why = "the source marked it deleted (_sdc_deleted_at)"
+        if self.writes:
+            self.ledger.plan_removals(self.scope, [(identity, why)])
+        else:
+            self.snapshots.dry_planned.append((identity, why))
+            self.snapshots.dry_seen.discard(identity)
+        self.snapshots.planned = True
+        return True
 
-    def left_the_source(self, max_share: float) -> list[Planned]:
-        """At the tap's ACTIVATE_VERSION: what the ledger knows this target wrote for the stream and that did
-        not come in this version. Nothing when nothing came (a first sync's ACTIVATE_VERSION before any record,
-        or an empty snapshot); :class:`DeleteGuardError` when more than ``max_share`` of what is known would go."""
-        seen, self.seen = self.seen, {}
-        if not seen:
-            return []
-        known = {i: d for i, d in self.ledger.known(self.scope).items() if d.fingerprint != EXISTS}
-        gone = [i for i in known if i not in seen]
-        if known and len(gone) > max_share * len(known):
-            msg = (
-                f"stream '{self.scope.stream}': mirror would remove {len(gone):,} of the {len(known):,} records "
-                f"it wrote ({len(gone) / len(known):.0%}), more than max_delete_share={max_share:g} allows; "
-                f"nothing was removed (raise max_delete_share if the source really lost them)"
+    def activated(self, version: t.Any) -> None:  # noqa: ANN401
+        """The tap's ACTIVATE_VERSION: after records of the same version in this run, the tap says the snapshot
+        is complete; else a snapshot starts (singer-sdk taps, and tap-mysql's first table, announce it first)."""
+        self.flush()
+        run = self.snapshots
+        if run.current in run.fed and (str(version) == run.version or run.current in run.unversioned):
+            if self.writes and run.current is not None:
+                self.ledger.complete_snapshot(self.scope, run.current, "tap")
+            run.completed.add(run.current)
+            run.fed.discard(run.current)
+            run.version, run.current = None, None
+            return
+        self._open(str(version))
+
+    def end_of_input(self) -> None:
+        """The input ended normally: each snapshot still open that had records completes 'end', unless the tap
+        is one that closes its versions (then an open one is only unfinished; its records count for the next)."""
+        self.flush()
+        run = self.snapshots
+        closing = self._closing()
+        if self.writes and not closing:
+            for snapshot_id in sorted(run.fed - run.unversioned):
+                self.ledger.complete_snapshot(self.scope, snapshot_id, "end")
+
+    def _closing(self) -> bool:
+        mirror = self.ledger.mirror_of(self.scope)
+        return bool(mirror and mirror[1]) or bool(self.snapshots.completed)
+
+    def removals(self, max_share: float, confirmations: int, *, retry_failed: bool = True) -> Removals:
+        """At the end of a normal run: what left the source, from the complete snapshots in the ledger, and the
+        removals planned (`_sdc_deleted_at`, and those that failed and can pass when ``retry_failed``).
+
+        With c_1 < ... < c_m the complete snapshots, an identity last seen in s (never: 0) is missing from c_j
+        iff s <= c_(j-1) (a snapshot holds what every unfinished one since the last complete one saw); it is
+        removed once missing from the last n: s <= c_(m-n), n = 1 when the tap completed c_m, else
+        ``confirmations``. One held by another row of the destination is released (forgotten), not removed.
+        Past ``max_share`` of what the target wrote for the scope, nothing is sent (:attr:`Removals.refusal`)."""
+        run = self.snapshots
+        closing = self._closing()
+        complete = [s for s in self.ledger.completed_snapshots(self.scope) if not closing or s.completed_by == "tap"]
+        ids = [s.id for s in complete]
+        by = complete[-1].completed_by if complete else None
+        if not self.writes and (run.completed or (run.fed and not closing)):  # a dry run: as if it completed
+            ids, by = [*ids, 1 << 62], "tap" if run.completed else "end"
+        need = 1 if by == "tap" else max(1, confirmations)
+        seen_now = run.dry_seen if not self.writes else set()
+        candidates: dict[str, Candidate] = {}
+        waiting: list[tuple[str, str]] = []
+        if ids and len(ids) >= need:
+            upto = ids[len(ids) - need - 1] if len(ids) > need else 0
+            why = (
+                "not in the source's latest complete full table (ACTIVATE_VERSION after its records)"
+                if need == 1
+                else f"missing from the last {need} complete full tables (mirror_confirmations={confirmations})"
             )
-            raise DeleteGuardError(msg)
-        live_tags = self._live_tags(seen.values())
-        plans = [
-            self._plan(i, known[i].encharge_id, "not in the source's latest full version (ACTIVATE_VERSION)", live_tags)
-            for i in sorted(gone)
-        ]
-        return [p for p in plans if p is not None]
+            for identity, encharge_id in self.ledger.missing(self.scope, upto):
+                if identity not in seen_now:
+                    candidates[identity] = Candidate(identity, encharge_id, why)
+        if ids and need > 1 and not self.writes:  # a dry run also says who waits for a confirmation
+            after = ids[len(ids) - need - 1] if len(ids) > need else (0 if len(ids) >= need else -1)
+            for identity, _ in self.ledger.missing(self.scope, ids[-2] if len(ids) > 1 else 0, after):
+                if identity not in seen_now and identity not in candidates:
+                    waiting.append(
+                        (
+                            identity,
+                            f"missing from the latest complete full table; removed once missing from {need} in a row",
+                        )
+                    )
+        planned = self.ledger.planned_removals(self.scope)
+        if not self.writes:
+            dry = {i: why for i, why in run.dry_planned}
+            planned = [p for p in planned if p.identity not in seen_now]
+            known = self.ledger.lookup(self.scope, list(dry))
+            planned += [Candidate(i, known[i].encharge_id, why, planned=True) for i, why in dry.items() if i in known]
+        for candidate in planned:
+            if candidate.attempts == 0 or retry_failed:
+                candidates[candidate.identity] = candidate
+        if not candidates:
+            return Removals([], waiting=waiting)
+        kept, released = self._held_elsewhere(candidates)
+        if released and self.writes:
+            self.ledger.settle_removals(self.scope, released, planned_only=False)
+        known_count = self.ledger.known_count(self.scope)
+        if kept and len(kept) > max_share * known_count:
+            share = len(kept) / known_count if known_count else 1.0
+            refusal = (
+                f"stream '{self.scope.stream}': mirror would remove {len(kept):,} of the {known_count:,} records "
+                f"it wrote ({share:.0%}), more than max_delete_share={max_share:g} allows; nothing was removed "
+                "(raise max_delete_share if the source really lost them)"
+            )
+            return Removals([], len(released), waiting, refusal)
+        if self.writes:
+            self.ledger.plan_removals(self.scope, [(c.identity, c.reason) for c in kept if not c.planned])
+        plans = [self._plan(c.identity, c.encharge_id, c.reason) for c in kept]
+        return Removals([p for p in plans if p is not None], len(released), waiting)
 
-    def _plan(
-        self, identity: str, target: str | None, why: str, live_tags: dict[str, set[str]] | None = None
-    ) -> Planned | None:
+    def _held_elsewhere(self, candidates: dict[str, Candidate]) -> tuple[list[Candidate], list[str]]:
+        """Candidates whose person or object another row of the account and destination still holds (another
+        stream, or another identity of this one, as after a change of key properties), which is not itself a
+        candidate: released. Returns those to remove and the identities released."""
+        scope_id = self.ledger.scope_id(self.scope)
+        holders = self.ledger.holders(self.scope, [c.encharge_id for c in candidates.values() if c.encharge_id])
+        kept: list[Candidate] = []
+        released: list[str] = []
+        for identity, candidate in sorted(candidates.items()):
+            others = {
+                (sid, other)
+                for sid, other in holders.get(candidate.encharge_id or "", set())
+                if not (sid == scope_id and other in candidates)
+            }
+            if others:
+                released.append(identity)
+            else:
+                kept.append(candidate)
+        return kept, released
+
+    def _plan(self, identity: str, target: str | None, why: str) -> Planned | None:
         removal = self.template.removal
         ids = encharge_ids(target or identity)
         if removal is None or not ids:
             return None
-        if "tag" in ids:  # a tag still added by another record of the stream stays
-            person = target.partition(" tag:")[0] if target else identity
-            keep = (live_tags or {}).get(person, set())
-            tags = [tag for tag in ids["tag"].split(",") if tag and tag not in keep]
-            if not tags:
-                return None
-            ids = {**ids, "tag": ",".join(tags)}
         return Planned(identity, ids, removal(ids, self.delete_action), why)
-
-    @staticmethod
-    def _live_tags(targets: t.Iterable[str | None]) -> dict[str, set[str]]:
-        live: dict[str, set[str]] = {}
-        for target in targets:
-            if target and " tag:" in target:
-                person, _, tags = target.partition(" tag:")
-                live.setdefault(person, set()).update(tags.split(","))
-        return live
 
     def removing(self, seq: int, plan: Planned) -> None:
         """The entry numbered ``seq`` carries ``plan``'s removal."""
@@ -355,11 +551,25 @@ class StreamSync:
             self._removing[seq] = plan.identity
 
     def removed_entries(self, entries: t.Iterable[Entry]) -> None:
-        """Encharge removed these (2xx, or 404: already gone): the ledger forgets them."""
+        """Encharge removed these (2xx, or 404: already gone): the ledger forgets them, only where the removal
+        is still planned (a re-insert delivered since wins)."""
         with self._lock:
             identities = [i for i in (self._removing.pop(e.seq, None) for e in entries) if i is not None]
         if self.writes and identities:
-            self.ledger.remove(self.scope, identities)
+            self.ledger.settle_removals(self.scope, identities)
+
+    def removal_failed(self, entries: t.Iterable[Entry], reason: str, *, retryable: bool) -> None:
+        """A removal failed: for a reason that can pass it stays planned (sent again next run, shown by
+        `status`); for good, it is no longer planned."""
+        with self._lock:
+            identities = [i for i in (self._removing.pop(e.seq, None) for e in entries) if i is not None]
+        if not self.writes or not identities:
+            return
+        if retryable:
+            for identity in identities:
+                self.ledger.removal_failed(self.scope, identity, self.redact(reason))
+        else:
+            self.ledger.gave_up_removals(self.scope, identities)
 
 
 class Sync:
@@ -378,6 +588,7 @@ class Sync:
         self.skip_unchanged, self.resync, self.writes = skip_unchanged, resync, writes
         self.streams: dict[str, StreamSync] = {}  # each stream's sync, for its latest SCHEMA
         self._replaced: dict[str, list[StreamSync]] = {}  # a stream's earlier syncs: their calls may be in flight
+        self.snapshots: dict[Scope, ScopeRun] = {}  # mirror: per scope, for the whole run (SCHEMA after SCHEMA)
 
     def stream(
         self,
@@ -404,6 +615,7 @@ class Sync:
             writes=self.writes,
             exists=exists,
             redact=self.redact,
+            snapshots=self.snapshots.setdefault(scope, ScopeRun()) if mode == "mirror" else None,
         )
         earlier = self.streams.get(stream)
         if earlier is not None:  # a new SCHEMA: the old sink's batches may still be sent, and answered
@@ -419,6 +631,15 @@ class Sync:
             return latest
         seq = entries[0].seq
         return next((s for s in reversed(self._replaced.get(stream, ())) if s.holds(seq)), latest)
+
+    def mirrored(self) -> list[StreamSync]:
+        """The streams of this run in `mirror` mode."""
+        return [sync for sync in self.streams.values() if sync.mode == "mirror"]
+
+    def flush(self) -> None:
+        """Every mirrored stream's identities seen so far are in the ledger."""
+        for sync in self.mirrored():
+            sync.flush()
 
     def close(self) -> None:
         self.ledger.close()

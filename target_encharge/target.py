@@ -114,8 +114,13 @@ class TargetEncharge(SeamTarget):
 
     @override
     def process_endofpipe(self) -> None:
+        """The normal end of input (never a signal, a fatal error or a kill): `mirror`'s snapshots complete
+        here and its removals are sent, once every record is delivered."""
         self.run.deliver_all()
         super().process_endofpipe()
+        if self.stop_signal is None:
+            self.run.remove_what_left()
+            self.run.deliver_all()
         self.finish()
         if self.stop_signal is None:  # (a signal still to be told: the run's ending says how it ended)
             self.run.conclude(0, None)  # also for a target driven by the SDK's own `listen`, as its tests do

@@ -467,8 +467,8 @@ def test_a_refusal_fails_for_good_and_a_5xx_is_kept_for_the_next_run(settling):
 def test_a_removal_answered_404_is_already_gone(settling):
     run = settling("create_or_update_person")
     run.answer(run.request({"email": "a@x.io"}), 200)
-    run.sync.saw({"email": "b@x.io"})  # the source's new version no longer has a@x.io
-    (plan,) = run.sync.left_the_source(1.0)
+    assert run.sync.deleted({"email": "a@x.io"})  # the source marked it deleted: its removal is planned
+    (plan,) = run.sync.removals(1.0, 2).plans
     entry = run.results.entry("s", plan.ids, plan.ids, counted=False)
     run.sync.removing(entry.seq, plan)
     removal = Request(

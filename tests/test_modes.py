@@ -184,7 +184,7 @@ def customers(rows: list[dict]) -> list[dict]:
 
 
 def test_a_record_marked_deleted_carrying_only_its_key_archives_its_person(sandbox, ledger):
-    mirror = config(sandbox, ledger, sync_mode="mirror")
+    mirror = config(sandbox, ledger, sync_mode="mirror", max_delete_share=0.5)  # 1 of 3: past the default guard
     rows = [{"customer_id": i, "email": f"c{i}@example.com", "plan": "pro"} for i in range(3)]
     assert run_target(mirror, customers(rows)).returncode == 0
     run = run_target(

@@ -8,6 +8,7 @@ two stores, schema.py for the tables and connection.py for ``ledger_url``.
 from target_encharge.ledger.connection import LedgerError, mask_url
 from target_encharge.ledger.fingerprint import canonical_json, fingerprint
 from target_encharge.ledger.store import (
+    Candidate,
     Delivered,
     DeliveryRow,
     Failure,
@@ -18,6 +19,7 @@ from target_encharge.ledger.store import (
 )
 
 __all__ = [
+    "Candidate",
     "Delivered",
     "DeliveryRow",
     "Failure",

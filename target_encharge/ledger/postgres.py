@@ -269,6 +269,16 @@ class PostgresLedger(SyncLedger):
             yield _executing(connection), self._lease_statements()
 
     @override
+    def _query(self, statement: str, params: dict[str, t.Any]) -> list[tuple]:
+        with self._reading() as connection:
+            return [tuple(row) for row in connection.execute(sa.text(statement), params)]
+
+    @override
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
+        with self._writing() as connection:
+            return [connection.execute(sa.text(statement), params).rowcount for statement, params in steps]
+
+    @override
     def _close(self) -> None:
         with self._read_lock:
             self._drop("read")

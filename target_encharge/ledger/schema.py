@@ -18,9 +18,13 @@ from target_encharge.ledger.names import (
     FAILURES,
     LEASES,
     META,
+    MIRRORS,
+    REMOVALS,
     RUNS,
     SCHEMA_VERSION,
     SCOPES,
+    SEEN,
+    SNAPSHOTS,
 )
 
 _PG_MIGRATION_LOCK = 0x656E6368  # pg_advisory_xact_lock key: one process migrates at a time
@@ -87,6 +91,53 @@ accounts = sa.Table(
     sa.Column("account", sa.Text, nullable=False),
 )
 
+# Version 5 (issue 22): mirror's snapshots live in the ledger, never in memory. A snapshot is one version of a
+# stream's full table as the tap sent it (ids in the ledger's own order: versions of two taps do not compare);
+# `completed_by` is 'tap' (ACTIVATE_VERSION after its records) or 'end' (the input ended normally after them).
+snapshots = sa.Table(
+    SNAPSHOTS,
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope_id", sa.Integer, nullable=False),
+    sa.Column("tap_version", sa.Text, nullable=False),
+    sa.Column("opened_at", Moment, nullable=False),
+    sa.Column("completed_at", Moment),
+    sa.Column("completed_by", sa.String(8)),
+    sa.UniqueConstraint("scope_id", "tap_version", name="encharge_ledger_snapshots_key"),
+)
+
+# The snapshot each identity of a mirrored stream was last seen in (stamped as records come).
+seen = sa.Table(
+    SEEN,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("snapshot_id", sa.Integer, nullable=False),
+)
+
+# Removals decided and durable, not yet answered (a `_sdc_deleted_at`, or one that failed for a reason that can
+# pass: its last failure is kept here, and `status` shows it beside the failures waiting).
+removals = sa.Table(
+    REMOVALS,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("identity", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),  # why it is removed
+    sa.Column("planned_at", Moment, nullable=False),
+    sa.Column("failure", sa.Text),  # why the last attempt failed (None: not sent yet)
+    sa.Column("attempts", sa.Integer, nullable=False),
+)
+
+# Per mirrored scope: the stream's key properties (canonical JSON list) and whether its tap closes its versions.
+mirrors = sa.Table(
+    MIRRORS,
+    metadata,
+    sa.Column("scope_id", sa.Integer, primary_key=True),
+    sa.Column("key_properties", sa.Text),
+    sa.Column("closing_seen", sa.Boolean, nullable=False),
+)
+_ENCHARGE_ID_INDEX = "encharge_ledger_deliveries_encharge_id"
+
 # Version 6 (issue 23): which run holds each scope (lease.py). ``generation`` counts the takes, the fencing token
 # a holder's writes are checked against; ``expires`` is seconds since the epoch by the database's own clock (so the
 # machines sharing a ledger need not agree on the time); ``holder`` tells one run from another, even in one process.
@@ -149,8 +200,18 @@ def _drop_source_keys(connection: sa.Connection) -> None:
     connection.execute(sa.text(f"ALTER TABLE {DELIVERIES} DROP COLUMN source_key"))
 
 
-def _reserved_v5(_connection: sa.Connection) -> None:
-    """Version 5 is issue 22's (mirror's snapshots): nothing on this branch."""
+def _mirror_snapshots(connection: sa.Connection) -> None:
+    """Version 5 (issue 22): snapshots, seen stamps, planned removals, and an index to find who else holds a
+    person (the template's own identity) in the same destination."""
+    for table in (snapshots, seen, removals, mirrors):
+        connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
+    index = sa.Index(_ENCHARGE_ID_INDEX, deliveries.c.encharge_id)
+    connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+    connection.execute(
+        sa.schema.CreateIndex(
+            sa.Index("encharge_ledger_seen_snapshot", seen.c.scope_id, seen.c.snapshot_id), if_not_exists=True
+        )
+    )
 
 
 def _create_leases(connection: sa.Connection) -> None:
@@ -193,7 +254,7 @@ MIGRATIONS: tuple[t.Callable[[sa.Connection], None], ...] = (
     _index_source_keys,
     _create_accounts,
     _drop_source_keys,
-    _reserved_v5,
+    _mirror_snapshots,
     _create_leases,
     _create_runs,
     _create_encharge_ids,

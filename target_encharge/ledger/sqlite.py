@@ -195,7 +195,7 @@ class SQLiteLedger(SyncLedger):
     def _errors(self) -> tuple[type[BaseException], ...]:
         return (sqlite3.Error, sa.exc.SQLAlchemyError)  # (asked only when one is raised: SQLAlchemy is there then)
 
-    def _rows(self, statement: str, params: t.Sequence[t.Any]) -> list[t.Any]:
+    def _rows(self, statement: str, params: t.Sequence[t.Any] | dict[str, t.Any]) -> list[t.Any]:
         """The rows of one statement, on the connection kept for reads (a connection per batch would cost as
         much as the query)."""
         with self._guard(), self._read_lock:
@@ -232,6 +232,15 @@ class SQLiteLedger(SyncLedger):
         transaction = self._write_transaction() if write else self._read_transaction()
         with transaction as connection:
             yield connection.execute, self._lease_statements()
+
+    @override
+    def _query(self, statement: str, params: dict[str, t.Any]) -> list[tuple]:
+        return self._rows(statement, params)
+
+    @override
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
+        with self._write_transaction() as connection:
+            return [connection.execute(statement, params).rowcount for statement, params in steps]
 
     @override
     def _close(self) -> None:

@@ -24,7 +24,20 @@ from target_encharge import encoding
 from target_encharge.ledger.connection import Location, locate
 from target_encharge.ledger.fingerprint import canonical_json
 from target_encharge.ledger.lease import Execute, HeldLease, Leases, held, statements
-from target_encharge.ledger.names import ACCOUNTS_SINCE, ENCHARGE_IDS_SINCE, LEASES_SINCE, SCHEMA_VERSION
+from target_encharge.ledger.names import (
+    ACCOUNTS_SINCE,
+    DELIVERIES,
+    ENCHARGE_IDS_SINCE,
+    FAILURES,
+    LEASES_SINCE,
+    MIRROR_SINCE,
+    MIRRORS,
+    REMOVALS,
+    SCHEMA_VERSION,
+    SCOPES,
+    SEEN,
+    SNAPSHOTS,
+)
 from target_encharge.settings import DEFAULT_LEDGER_TIMEOUT
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
@@ -103,6 +116,88 @@ class StreamStatus:
     last_delivery: datetime.datetime | None
     failures_waiting: int
     reasons: dict[str, int]  # reason -> failures waiting for it, most frequent first
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One version of a mirrored stream's full table, numbered in the ledger's own order; ``completed_by``
+    'tap' (its ACTIVATE_VERSION after its records), 'end' (the input ended normally after them), None: open."""
+
+    id: int
+    completed_by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidate:
+    """An identity mirror may remove: what a removal names (``encharge_id``), why, and what holds it still.
+
+    ``planned``: its removal is durable in the ledger (a `_sdc_deleted_at`, or one sent that failed and can pass);
+    ``attempts``: how many times it was sent; ``held``: another row of the destination still has the person."""
+
+    identity: str
+    encharge_id: str | None
+    reason: str
+    planned: bool = False
+    attempts: int = 0
+    held: bool = False
+
+
+MIRROR_CHUNK = 100  # identities per statement of the mirror queries (SQLite's 999 parameters before 3.32)
+
+
+def _named(prefix: str, values: t.Sequence[t.Any]) -> tuple[str, dict[str, t.Any]]:
+    """``values`` as bound parameters ``:prefix0, :prefix1, ...`` (the text of an ``IN (...)``) and their values."""
+    params = {f"{prefix}{n}": value for n, value in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
+
+
+# The mirror's queries (issue 22): plain SQL both stores run as it is (named parameters, ON CONFLICT).
+_SNAPSHOT = f"SELECT id, completed_by FROM {SNAPSHOTS} WHERE scope_id = :scope_id AND tap_version = :version"  # noqa: S608
+_NEW_SNAPSHOT = (
+    f"INSERT INTO {SNAPSHOTS} (scope_id, tap_version, opened_at) VALUES (:scope_id, :version, :now) "  # noqa: S608
+    "ON CONFLICT (scope_id, tap_version) DO NOTHING"
+)
+_COMPLETE = f"UPDATE {SNAPSHOTS} SET completed_at = :now, completed_by = :by WHERE id = :id"  # noqa: S608
+_REOPEN = f"UPDATE {SNAPSHOTS} SET completed_at = NULL, completed_by = NULL WHERE id = :id"  # noqa: S608
+_COMPLETED = (
+    f"SELECT id, completed_by FROM {SNAPSHOTS} WHERE scope_id = :scope_id AND completed_by IS NOT NULL "  # noqa: S608
+    "ORDER BY id"
+)
+_MIRROR = f"SELECT key_properties, closing_seen FROM {MIRRORS} WHERE scope_id = :scope_id"  # noqa: S608
+_SET_MIRROR = (
+    f"INSERT INTO {MIRRORS} (scope_id, key_properties, closing_seen) VALUES (:scope_id, :keys, :closing) "  # noqa: S608
+    "ON CONFLICT (scope_id) DO UPDATE SET key_properties = excluded.key_properties, "
+    f"closing_seen = (excluded.closing_seen OR {MIRRORS}.closing_seen)"
+)
+_KNOWN = f"SELECT count(*) FROM {DELIVERIES} WHERE scope_id = :scope_id AND fingerprint <> ''"  # noqa: S608
+_MISSING = (  # what this target wrote and was last seen no later than a snapshot (never seen: 0)
+    f"SELECT d.identity, d.encharge_id FROM {DELIVERIES} d LEFT JOIN {SEEN} s "  # noqa: S608
+    "ON s.scope_id = d.scope_id AND s.identity = d.identity "
+    "WHERE d.scope_id = :scope_id AND d.fingerprint <> '' AND coalesce(s.snapshot_id, 0) <= :upto "
+    "AND coalesce(s.snapshot_id, 0) > :after ORDER BY d.identity"
+)
+_PLANNED = (
+    f"SELECT r.identity, d.encharge_id, r.reason, r.attempts FROM {REMOVALS} r JOIN {DELIVERIES} d "  # noqa: S608
+    "ON d.scope_id = r.scope_id AND d.identity = r.identity WHERE r.scope_id = :scope_id ORDER BY r.identity"
+)
+_ANY_PLANNED = f"SELECT count(*) FROM {REMOVALS} WHERE scope_id = :scope_id"  # noqa: S608
+_HOLDERS = (  # every row of the account and destination that names one of the persons or objects (one another
+    # stream only found there, `create`, holds it too: its source has it)
+    f"SELECT d.scope_id, d.identity, d.encharge_id FROM {DELIVERIES} d JOIN {SCOPES} sc ON sc.id = d.scope_id "  # noqa: S608
+    "WHERE sc.account = :account AND sc.destination = :destination AND d.encharge_id IN ({among})"
+)
+_REMOVAL_FAILURES = (
+    f"SELECT scope_id, failure, count(*) FROM {REMOVALS} WHERE failure IS NOT NULL "  # noqa: S608
+    "GROUP BY scope_id, failure"
+)
+_PLAN = (
+    f"INSERT INTO {REMOVALS} (scope_id, identity, reason, planned_at, attempts) "  # noqa: S608
+    "VALUES (:scope_id, :identity, :reason, :now, 0) ON CONFLICT (scope_id, identity) DO NOTHING"
+)
+_REMOVAL_FAILED = (
+    f"UPDATE {REMOVALS} SET failure = :failure, attempts = attempts + 1 "  # noqa: S608
+    "WHERE scope_id = :scope_id AND identity = :identity"
+)
 
 
 # What the stores hand back, as plain tuples (their columns in this order):
@@ -281,6 +376,14 @@ class SyncLedger(abc.ABC):
         (``write``: one that writes); its rows. The run history's queries (runs.py) go through it."""
 
     @abc.abstractmethod
+    def _query(self, statement: str, params: dict[str, t.Any]) -> list[tuple]:
+        """The rows of one statement of plain SQL with named parameters (the mirror's queries)."""
+
+    @abc.abstractmethod
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
+        """Run ``steps`` (plain SQL, named parameters) in one transaction that writes; each one's row count."""
+
+    @abc.abstractmethod
     def _close(self) -> None:
         """Release the store's connections."""
 
@@ -436,6 +539,187 @@ class SyncLedger(abc.ABC):
             return 0
         return self._delete(self._scope_id(scope), wanted, deliveries=True)
 
+    # -- mirror: snapshots, seen stamps, planned removals (issue 22) ---------------------------------------------
+
+    def snapshot(self, scope: Scope, version: str) -> Snapshot:
+        """The snapshot of ``version`` of the stream's full table: found again when the same version comes back
+        (a resumed table, a second SCHEMA, a rerun in the same second), else opened now."""
+        scope_id = self._scope_id(scope)
+        params = {"scope_id": scope_id, "version": version}
+        found = self._query(_SNAPSHOT, params)
+        if not found:
+            self._write([(_NEW_SNAPSHOT, {**params, "now": stamp()})])
+            found = self._query(_SNAPSHOT, params)
+        ((snapshot_id, completed_by),) = found
+        return Snapshot(snapshot_id, completed_by)
+
+    def reopen_snapshot(self, snapshot_id: int) -> None:
+        """Records of a completed snapshot came again: it is open until it completes again."""
+        self._write([(_REOPEN, {"id": snapshot_id})])
+
+    def complete_snapshot(self, scope: Scope, snapshot_id: int, by: str) -> None:
+        """The snapshot is complete: ``by`` 'tap' (its ACTIVATE_VERSION after its records; the scope's tap then
+        says from now on when a version ends) or 'end' (the input ended normally)."""
+        steps = [(_COMPLETE, {"id": snapshot_id, "by": by, "now": stamp()})]
+        if by == "tap":
+            keys, _closing = self.mirror_of(scope) or (None, False)
+            steps.append((_SET_MIRROR, {"scope_id": self._scope_id(scope), "keys": keys, "closing": True}))
+        self._write(steps)
+
+    def completed_snapshots(self, scope: Scope) -> list[Snapshot]:
+        """The scope's complete snapshots, in the order they were opened."""
+        scope_id = self._find_scope(scope)
+        if scope_id is None or self._version < MIRROR_SINCE:  # (read-only: a ledger older than its tables)
+            return []
+        return [Snapshot(i, by) for i, by in self._query(_COMPLETED, {"scope_id": scope_id})]
+
+    def mirror_of(self, scope: Scope) -> tuple[str | None, bool] | None:
+        """The key properties last seen for the mirrored scope (canonical JSON) and whether its tap closes its
+        versions with an ACTIVATE_VERSION; None: never mirrored."""
+        scope_id = self._find_scope(scope)
+        if scope_id is None or self._version < MIRROR_SINCE:
+            return None
+        rows = self._query(_MIRROR, {"scope_id": scope_id})
+        return (rows[0][0], bool(rows[0][1])) if rows else None
+
+    def remember_mirror(self, scope: Scope, key_properties: t.Sequence[str]) -> None:
+        """The key properties the mirrored stream has in this run."""
+        keys = canonical_json(list(key_properties))
+        self._write([(_SET_MIRROR, {"scope_id": self._scope_id(scope), "keys": keys, "closing": False})])
+
+    def stamp_seen(self, scope: Scope, snapshot_id: int, identities: t.Iterable[str], *, clear: bool) -> None:
+        """``identities`` came in the snapshot (each its last stamp); ``clear``: their planned removals go (the
+        last word about an identity wins), and a removal that was sent has its delivery sent again."""
+        wanted = sorted(set(identities))
+        if not wanted:
+            return
+        scope_id = self._scope_id(scope)
+        steps = []
+        for chunk in chunks(wanted, MIRROR_CHUNK):
+            rows = ", ".join(f"(:scope_id, :i{n}, :snapshot)" for n in range(len(chunk)))
+            among, params = _named("i", chunk)
+            params.update(scope_id=scope_id, snapshot=snapshot_id)
+            steps.append(
+                (
+                    f"INSERT INTO {SEEN} (scope_id, identity, snapshot_id) VALUES {rows} "  # noqa: S608
+                    "ON CONFLICT (scope_id, identity) DO UPDATE SET snapshot_id = excluded.snapshot_id",
+                    params,
+                )
+            )
+            if clear:
+                steps.extend(self._clear_steps(among, params))
+        self._write(steps)
+
+    @staticmethod
+    def _clear_steps(among: str, params: dict[str, t.Any]) -> list[tuple[str, dict[str, t.Any]]]:
+        """Planned removals of ``among`` go; where one was already sent (it may have been applied), the delivery's
+        fingerprint is forgotten so the record is sent again, never skipped as unchanged."""
+        sent = (
+            f"SELECT identity FROM {REMOVALS} WHERE scope_id = :scope_id AND attempts > 0 "  # noqa: S608
+            f"AND identity IN ({among})"
+        )
+        return [
+            (
+                f"UPDATE {DELIVERIES} SET fingerprint = 'removal sent' "  # noqa: S608
+                f"WHERE scope_id = :scope_id AND identity IN ({sent})",
+                params,
+            ),
+            (f"DELETE FROM {REMOVALS} WHERE scope_id = :scope_id AND identity IN ({among})", params),  # noqa: S608
+        ]
+
+    def clear_removals(self, scope: Scope, identities: t.Iterable[str]) -> None:
+        """A later record of these identities came: their planned removals go (the last word wins)."""
+        scope_id = self._find_scope(scope)
+        wanted = sorted(set(identities))
+        if scope_id is None or not wanted:
+            return
+        steps = []
+        for chunk in chunks(wanted, MIRROR_CHUNK):
+            among, params = _named("i", chunk)
+            steps.extend(self._clear_steps(among, {**params, "scope_id": scope_id}))
+        self._write(steps)
+
+    def plan_removals(self, scope: Scope, planned: t.Iterable[tuple[str, str]]) -> None:
+        """Removals decided, durable from now (``(identity, why)``); one already planned stays as it is."""
+        scope_id, now = self._scope_id(scope), stamp()
+        self._write([(_PLAN, {"scope_id": scope_id, "identity": i, "reason": why, "now": now}) for i, why in planned])
+
+    def has_planned(self, scope: Scope) -> bool:
+        scope_id = self._find_scope(scope)
+        if scope_id is None or self._version < MIRROR_SINCE:
+            return False
+        return bool(self._query(_ANY_PLANNED, {"scope_id": scope_id})[0][0])
+
+    def known_count(self, scope: Scope) -> int:
+        """How many rows this target wrote in ``scope`` (not those it only found there): the guard's whole."""
+        scope_id = self._find_scope(scope)
+        return self._query(_KNOWN, {"scope_id": scope_id})[0][0] if scope_id is not None else 0
+
+    def missing(self, scope: Scope, upto: int, after: int = -1) -> list[tuple[str, str | None]]:
+        """What this target wrote in ``scope`` last seen in a snapshot numbered ``after`` < s <= ``upto`` (never
+        seen: 0), as (identity, encharge_id)."""
+        scope_id = self._find_scope(scope)
+        if scope_id is None:
+            return []
+        return [tuple(row) for row in self._query(_MISSING, {"scope_id": scope_id, "upto": upto, "after": after})]
+
+    def planned_removals(self, scope: Scope) -> list[Candidate]:
+        """The removals planned in ``scope`` (of rows this target still knows)."""
+        scope_id = self._find_scope(scope)
+        if scope_id is None or self._version < MIRROR_SINCE:
+            return []
+        return [
+            Candidate(identity, encharge_id, reason, planned=True, attempts=attempts)
+            for identity, encharge_id, reason, attempts in self._query(_PLANNED, {"scope_id": scope_id})
+        ]
+
+    def holders(self, scope: Scope, encharge_ids: t.Iterable[str]) -> dict[str, set[tuple[int, str]]]:
+        """Per template identity, every (scope id, identity) of the account and destination that holds it."""
+        held: dict[str, set[tuple[int, str]]] = {}
+        for chunk in chunks(sorted(set(encharge_ids)), MIRROR_CHUNK):
+            among, params = _named("e", chunk)
+            params.update(account=scope.account, destination=scope.destination)
+            for scope_id, identity, encharge_id in self._query(_HOLDERS.format(among=among), params):
+                held.setdefault(encharge_id, set()).add((scope_id, identity))
+        return held
+
+    def scope_id(self, scope: Scope) -> int | None:
+        """The ledger's id of ``scope`` (None: nothing written in it yet)."""
+        return self._find_scope(scope)
+
+    def settle_removals(self, scope: Scope, identities: t.Iterable[str], *, planned_only: bool = True) -> int:
+        """Encharge removed these (2xx, or 404: already gone), or they are released (held elsewhere): their rows
+        go, only where the removal is still planned (``planned_only``: a re-insert since wins); returns how many."""
+        wanted = sorted(set(identities))
+        scope_id = self._find_scope(scope)
+        if scope_id is None or not wanted:
+            return 0
+        removed = 0
+        for chunk in chunks(wanted, MIRROR_CHUNK):
+            among, params = _named("i", chunk)
+            params["scope_id"] = scope_id
+            still = (
+                f" AND identity IN (SELECT identity FROM {REMOVALS} WHERE scope_id = :scope_id)"  # noqa: S608
+                if planned_only
+                else ""
+            )
+            steps = [
+                (f"DELETE FROM {table} WHERE scope_id = :scope_id AND identity IN ({among}){still}", params)  # noqa: S608
+                for table in (DELIVERIES, SEEN, FAILURES)
+            ]
+            steps.append((f"DELETE FROM {REMOVALS} WHERE scope_id = :scope_id AND identity IN ({among})", params))  # noqa: S608
+            removed += self._write(steps)[0]
+        return removed
+
+    def gave_up_removals(self, scope: Scope, identities: t.Iterable[str]) -> None:
+        """Removals that failed for good: no longer planned (the row stays; a snapshot may name it again)."""
+        self.clear_removals(scope, identities)
+
+    def removal_failed(self, scope: Scope, identity: str, failure: str) -> None:
+        """A removal sent failed for a reason that can pass: it stays planned, its failure shown by `status`."""
+        scope_id = self._scope_id(scope)
+        self._write([(_REMOVAL_FAILED, {"scope_id": scope_id, "identity": identity, "failure": failure[:500]})])
+
     # -- failures ----------------------------------------------------------------------------------------------
 
     def mark_failed(self, scope: Scope, rows: t.Iterable[Failure]) -> None:
@@ -579,6 +863,10 @@ class SyncLedger(abc.ABC):
         if not self._present:
             return []
         known, waiting, scopes = self._status()
+        if self._version >= MIRROR_SINCE:  # removals that failed and can pass wait too (issue 22)
+            for scope_id, failure, count in self._query(_REMOVAL_FAILURES, {}):
+                reasons = waiting.setdefault(scope_id, {})
+                reasons[f"removal: {failure}"] = count
         try:
             return self._statuses(known, waiting, scopes)
         except (ValueError, TypeError) as exc:
