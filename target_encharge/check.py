@@ -13,16 +13,16 @@ import sys
 import typing as t
 from pathlib import Path
 
-from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.config import ENV, ENV_PREFIX, load, numbers_from_text
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.ledger import SyncLedger
+from target_encharge.preflight import Preflight
 from target_encharge.redaction import Redactor
 from target_encharge.retry import RetryPolicy
 from target_encharge.settings import RunSettings, resolve
 from target_encharge.templates import template_for
-from target_encharge.urls import Credentials, check_url
+from target_encharge.urls import Credentials, require_safe_url
 
 
 def problems(config: dict[str, t.Any], catalog: dict[str, dict] | None = None) -> list[str]:
@@ -40,8 +40,8 @@ def field_notes(config: dict[str, t.Any], catalog: dict[str, dict]) -> list[str]
 def _checked(config: dict[str, t.Any], catalog: dict[str, dict]) -> tuple[list[str], list[str]]:
     try:
         settings = RunSettings.from_config(numbers_from_text(config))
-        check_url(settings.api_url, "api_url")
-        check_url(settings.ingest_url, "ingest_url")
+        require_safe_url(settings.api_url, "api_url")
+        require_safe_url(settings.ingest_url, "ingest_url")
     except EnchargeTargetError as exc:
         return [str(exc)], []
     redact = Redactor(settings.secrets, words=settings.passwords)
@@ -59,24 +59,24 @@ def _checked(config: dict[str, t.Any], catalog: dict[str, dict]) -> tuple[list[s
         rate=RateLimiter(settings.max_requests_per_second),
         pool_size=1,
     )
-    checks = StartupChecks(client, settings.api_url)
+    preflight = Preflight(client, settings.api_url)
     try:
         for stream in ("*", *(config.get("streams") or {})):
             shown = "the top-level settings" if stream == "*" else f"streams.{stream}"
             try:
                 stream_settings = resolve(config, stream)
                 template = template_for(stream_settings, settings.api_url, settings.ingest_url)
-                checks.before_sending(stream if stream != "*" else "(default)", template, stream_settings)
+                preflight.before_sending(stream if stream != "*" else "(default)", template, stream_settings)
             except EnchargeTargetError as exc:
                 found.append(f"{shown}: {redact(str(exc))}")
-        notes = _notes(config, catalog, settings, checks, found)
+        notes = _notes(config, catalog, settings, preflight, found)
     finally:
         client.close()
     return found, notes
 
 
 def _notes(
-    config: dict[str, t.Any], catalog: dict[str, dict], settings: RunSettings, checks: StartupChecks, found: list[str]
+    config: dict[str, t.Any], catalog: dict[str, dict], settings: RunSettings, preflight: Preflight, found: list[str]
 ) -> list[str]:
     """What the field contract finds for each stream of the catalog (issue 24)."""
     notes: list[str] = []
@@ -84,7 +84,7 @@ def _notes(
         try:
             stream_settings = resolve(config, stream)
             template = template_for(stream_settings, settings.api_url, settings.ingest_url)
-            contract = checks.contract_of(stream, template, schema, stream_settings.exclude_attributes)
+            contract = preflight.contract_of(stream, template, schema, stream_settings.exclude_attributes)
         except EnchargeTargetError as exc:
             found.append(f"stream {stream}: {exc}")
             continue

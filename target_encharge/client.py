@@ -147,7 +147,7 @@ class Client:
     ) -> tuple[Outcome, str | None]:
         """One try, bounded by the timeout as a whole: its outcome (so far) and the Retry-After it was told."""
         deadline = time.monotonic() + self.timeout
-        checking = request.endpoint == "check"  # a start-up check or a lookup: its answer is read whole
+        checking = request.endpoint == "lookup"  # a start-up check or a lookup: its answer is read whole
         try:
             response, redirected, sent = self.transport.open(
                 request.method, request.url, request.body, headers, self.timeout

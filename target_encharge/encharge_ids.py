@@ -137,7 +137,7 @@ class EnchargeIds:
     def _get(self, url: str) -> t.Any:  # noqa: ANN401
         if self.client is None:
             return None
-        request = Request.check(url, _ABSENT)
+        request = Request.lookup(url, _ABSENT)
         outcome = self.client.send(request)
         if request.verdict(outcome) is Verdict.DELIVERED:
             return outcome.body

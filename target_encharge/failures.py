@@ -26,7 +26,7 @@ class FailureLimit:
     max_failures: int
     dead_letter_path: str | None = None  # the file the reason to stop points at
 
-    def check(self, failures: int) -> None:
+    def enforce(self, failures: int) -> None:
         """Stop the run once more records failed for good than ``max_failures`` allows."""
         if self.max_failures >= 0 and failures > self.max_failures:
             where = f"; see the dead-letter file {self.dead_letter_path}" if self.dead_letter_path else ""

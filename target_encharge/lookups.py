@@ -127,7 +127,7 @@ class Lookups:
 
     def _get(self, url: str, what: str) -> t.Any:  # noqa: ANN401
         """The body of a lookup; None for a 404 (nothing there)."""
-        request = Request.check(url, LOOKUP_ANSWERS)
+        request = Request.lookup(url, LOOKUP_ANSWERS)
         outcome = self.client.send(request)
         judged = request.verdict(outcome)
         if judged is Verdict.DELIVERED:

@@ -83,11 +83,11 @@ class Request:
         return tuple(Request.upsert(self.template, self.headers, entry, self.keys) for entry in self.entries)
 
     @classmethod
-    def check(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
+    def lookup(cls, url: str, answers: t.Mapping[int, Verdict] = NO_ANSWERS) -> Request:
         """A GET that carries no record (a start-up check, a lookup)."""
         return cls(
             stream="",
-            endpoint="check",
+            endpoint="lookup",
             method="GET",
             url=url,
             content_type="",

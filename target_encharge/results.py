@@ -155,7 +155,7 @@ class Results:
             sync.failed(entries, reason, status, retryable=retryable)
         for entry in entries:
             self._fail(entry, reason, status, response, sent=sent)
-        self.check_failures()  # as they happen: sending stops once Encharge refused more than allowed
+        self.enforce_failure_limit()  # as they happen: sending stops once Encharge refused more than allowed
 
     def _fail(
         self,
@@ -184,9 +184,9 @@ class Results:
             self._retried_later.update(e.seq for e in request.entries)
         return later
 
-    def check_failures(self) -> None:
+    def enforce_failure_limit(self) -> None:
         """Stop the run once more records failed for good than ``max_failures`` allows."""
-        self.limit.check(self.counts.failures)
+        self.limit.enforce(self.counts.failures)
 
     def final_state(self) -> None:
         """At the end, `state` mode sends the tap's last STATE once more with the final counts."""

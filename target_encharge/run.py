@@ -12,7 +12,6 @@ import typing as t
 
 from target_encharge import report
 from target_encharge.casing import CaseMerges
-from target_encharge.checks import StartupChecks
 from target_encharge.client import Client, RateLimiter
 from target_encharge.delivery import Delivery
 from target_encharge.encharge_ids import Associations, EnchargeIds
@@ -24,6 +23,7 @@ from target_encharge.ledger.runs import known_people, write_run
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import Outputs
+from target_encharge.preflight import Preflight
 from target_encharge.progress import Progress, dead_letter_line, summary_title
 from target_encharge.redaction import Redactor
 from target_encharge.request import Outcome, Request
@@ -62,7 +62,7 @@ class Run:
     delivery: Delivery
     results: Results
     outbox: Outbox
-    checks: StartupChecks
+    preflight: Preflight
     progress: Progress
     logger: logging.Logger  # where the end-of-run summary goes
     finished: bool = False
@@ -119,7 +119,7 @@ class Run:
         ledger = SyncLedger.open(settings.ledger_url, read_only=looking)
         ids = EnchargeIds(None if settings.dry_run else client, settings.api_url, ledger, writes=not looking)
         results.learn = ids.learn
-        checks = StartupChecks(client, settings.api_url)
+        preflight = Preflight(client, settings.api_url)
         results.sync = Sync(
             ledger,
             skip_unchanged=settings.skip_unchanged,
@@ -134,14 +134,16 @@ class Run:
             delivery=delivery,
             results=results,
             outbox=Outbox(delivery.submit, results.unsent),
-            checks=checks,
+            preflight=preflight,
             progress=Progress(
                 results.counts, results.gate, settings.progress_interval, lambda: delivery.calls_in_flight
             ),
             logger=logger,
             sync=results.sync,
             lookups=None if settings.dry_run else Lookups(client, settings.api_url),
-            associations=Associations(ids, None if settings.dry_run else checks.schema_list, dry_run=settings.dry_run),
+            associations=Associations(
+                ids, None if settings.dry_run else preflight.schema_list, dry_run=settings.dry_run
+            ),
             operations=operations,
             record=report.RunRecord.begin(fingerprint),
             failures=failures,
@@ -167,7 +169,7 @@ class Run:
         (not in a dry run, which sends nothing); its sync in the ledger."""
         self.opened.add(stream)
         if not self.settings.dry_run:
-            self.checks.before_sending(stream, template, settings)
+            self.preflight.before_sending(stream, template, settings)
         if stream == CONNECTION_CHECK_STREAM:  # `meltano config test`: checked; nothing of it is sent or written
             self.logger.info("Stream '%s': the connection is checked; its records are not sent", stream)
             return None
@@ -186,7 +188,7 @@ class Run:
         """The stream's fields against the account's (not in a dry run, which asks nothing)."""
         if self.settings.dry_run:
             return None
-        return self.checks.field_contract(
+        return self.preflight.field_contract(
             stream, template, schema, create=settings.create_missing_fields, exclude=settings.exclude_attributes
         )
 
@@ -278,7 +280,7 @@ class Run:
                 known = sync.ledger.account_for(digest) if sync is not None else None
                 self._account = known or account_name(f"api key {digest}", settings.api_url)
             else:
-                info = self.checks.account()
+                info = self.preflight.account()
                 self._account = account_name(
                     info.get("accountId") if isinstance(info, dict) else None, settings.api_url
                 )
@@ -493,7 +495,7 @@ class Run:
             self.results.out.close()
             if self.associations is not None:
                 self._write_ids()
-        self.results.check_failures()
+        self.results.enforce_failure_limit()
         if self.refusals:
             raise EnchargeTargetError(self.refusals[0])
         self._check_failure_share()

@@ -665,10 +665,10 @@ class RunSettings:
             lease_ttl=float(_setting(config, "lease_ttl")),
             lease_wait=float(_setting(config, "lease_wait")),
         )
-        settings.check()
+        settings.validate()
         return settings
 
-    def check(self) -> None:
+    def validate(self) -> None:
         """Values out of range, refused at start-up in one line naming the setting (before anything is sent)."""
         problems = {
             "request_timeout": ("must be more than 0 seconds", self.request_timeout <= 0),

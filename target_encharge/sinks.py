@@ -60,7 +60,7 @@ class HasRun(t.Protocol):
     def run(self) -> SinkRun: ...
 
 
-class RecordCheck(BaseJSONSchemaValidator):
+class RecordValidator(BaseJSONSchemaValidator):
     """A compiled JSON-schema check that never stops the run: a record that does not match its SCHEMA is
     dead-lettered with the reason by the sink (the SDK's own validator would end the run, or only log)."""
 
@@ -218,7 +218,7 @@ class EnchargeSink(SeamSink):
         if not self.validate_schema:
             return None
         try:
-            return RecordCheck(self.schema, self._report)
+            return RecordValidator(self.schema, self._report)
         except InputError as exc:
             msg = f"input line {self._line}: stream '{self.stream_name}': {exc}; nothing after it was read"
             raise InputError(msg) from None

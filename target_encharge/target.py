@@ -25,7 +25,7 @@ from target_encharge.sdk import SeamTarget
 from target_encharge.settings import SETTINGS_SCHEMA, OperationsSettings, RunSettings, resolve, secret_setting
 from target_encharge.sinks import EnchargeSink
 from target_encharge.templates import template_for
-from target_encharge.urls import check_url
+from target_encharge.urls import require_safe_url
 
 if t.TYPE_CHECKING:
     from singer_sdk.sinks import Sink
@@ -52,8 +52,8 @@ class TargetEncharge(SeamTarget):
         operations = OperationsSettings.from_config(self.config)
         self.redact = Redactor(settings.secrets + operations.secrets, words=settings.passwords)
         with _told_without_keys(self.redact):  # a reason to stop that quotes a setting never shows a key
-            check_url(settings.api_url, "api_url")
-            check_url(settings.ingest_url, "ingest_url")
+            require_safe_url(settings.api_url, "api_url")
+            require_safe_url(settings.ingest_url, "ingest_url")
             for stream in ("*", *(self.config.get("streams") or {})):  # the top level and each stream make sense
                 template_for(resolve(self.config, stream), settings.api_url, settings.ingest_url)
             fingerprint = report.settings_fingerprint(self.config, secret_setting)

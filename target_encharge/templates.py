@@ -22,7 +22,7 @@ import urllib.parse
 
 from target_encharge import encoding
 from target_encharge.errors import ConfigError
-from target_encharge.urls import check_url, join_url
+from target_encharge.urls import join_url, require_safe_url
 from target_encharge.verdicts import CONFLICT, NO_ANSWERS, NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
@@ -359,7 +359,7 @@ def _manual(settings: StreamSettings, api_url: str) -> Template:
         msg = f"stream '{settings.stream}': form-encoded bodies hold one record; turn batch_records off"
         raise ConfigError(msg)
     url = join_url(api_url, settings.url)
-    check_url(url, f"stream '{settings.stream}': url")
+    require_safe_url(url, f"stream '{settings.stream}': url")
     fill = url_filler(url)
     fields = PLACEHOLDER.findall(url)
 

@@ -43,7 +43,7 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.host or "").lower().strip("[]"), parts.port or DEFAULT_PORTS.get(scheme)
 
 
-def check_url(url: str, setting: str) -> None:
+def require_safe_url(url: str, setting: str) -> None:
     """https, or plain http to this machine only; else a ConfigError naming ``setting``."""
     scheme, host, _ = origin(url)
     if scheme == "https" and host:

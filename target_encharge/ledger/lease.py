@@ -162,7 +162,7 @@ class Leases:
         """The lease of ``scope`` for this run, waiting up to ``wait`` seconds while another run holds it;
         :class:`LeaseHeldError` after that. Taken already (the stream's SCHEMA came again): checked."""
         if scope_id in self._held:
-            self.check(scope_id)
+            self.ensure_held(scope_id)
             return
         deadline, told = time.monotonic() + wait, False
         while True:
@@ -220,7 +220,7 @@ class Leases:
         lease = self._held.get(scope_id)
         return lease is not None and lease.lost is None
 
-    def check(self, scope_id: int | None) -> None:
+    def ensure_held(self, scope_id: int | None) -> None:
         """Before a batch of the scope is sent: :class:`LeaseLostError` when this run's lease is lost, or could
         not be renewed for its TTL (another run may hold it now)."""
         lease = self._held.get(scope_id) if scope_id is not None else None

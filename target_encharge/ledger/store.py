@@ -431,7 +431,7 @@ class SyncLedger(abc.ABC):
 
     def _check_lease(self, scope: Scope) -> None:
         if self._leases is not None:
-            self._leases.check(self._scope_ids.get(scope))
+            self._leases.ensure_held(self._scope_ids.get(scope))
 
     def _usable(self) -> None:
         if self._closed or not self._present:

@@ -21,7 +21,7 @@ if t.TYPE_CHECKING:
     from target_encharge.templates import Template
 
 
-class StartupChecks:
+class Preflight:
     """The start-up checks of one run, with what they fetched (the account, the custom object schemas)."""
 
     def __init__(self, client: Client, api_url: str) -> None:
@@ -155,7 +155,7 @@ class StartupChecks:
     def _post(self, path: str, body: t.Any) -> t.Any:  # noqa: ANN401
         request = Request(
             stream="",
-            endpoint="check",
+            endpoint="lookup",
             method="POST",
             url=self.api_url + path,
             content_type="application/json",
@@ -170,7 +170,7 @@ class StartupChecks:
 
     def _get(self, path: str) -> t.Any:  # noqa: ANN401
         """A start-up GET on the REST API, with the same retries as any call."""
-        request = Request.check(self.api_url + path)
+        request = Request.lookup(self.api_url + path)
         outcome = self.client.send(request)
         if request.verdict(outcome) is not Verdict.DELIVERED:
             msg = (
