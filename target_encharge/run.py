@@ -19,7 +19,7 @@ from target_encharge.errors import EnchargeTargetError
 from target_encharge.failures import FailureLimit
 from target_encharge.fields import Consent, FieldContract
 from target_encharge.ledger import SyncLedger
-from target_encharge.ledger.runs import known_people, write_run
+from target_encharge.ledger.runs import knows_person, write_run
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import Outputs
@@ -82,7 +82,6 @@ class Run:
     opened: set[str] = dataclasses.field(default_factory=set)  # streams opened (the connection check's among them)
     concluded: bool = False
     _history_written: bool = False
-    _people: dict[str, set[str]] = dataclasses.field(default_factory=dict)  # per account: people known to exist
 
     @classmethod
     def start(
@@ -234,10 +233,7 @@ class Run:
         """A request from the outbox to delivery; a tag (or anything whose 404 means "its person is not there
         yet") for a person neither the ledger nor this run knows waits for the end of the run, uncalled."""
         template = request.template
-        if template is not None and template.destination == "create_or_update_person":
-            sent = self._people.setdefault(self.account(template), set())
-            sent.update(key for key in (person_key(e.ids) for e in request.entries) if key)
-        elif (
+        if (
             template is not None
             and request.answers.get(NOT_FOUND) is Verdict.LATER
             and self.sync is not None
@@ -250,16 +246,12 @@ class Run:
         self.delivery.submit(request)
 
     def _knows(self, template: Template, ids: dict) -> bool:
-        """Whether the person ``ids`` name is known to exist: delivered by this run, or in the ledger."""
+        """Whether the person ``ids`` name is known to exist: delivered (by this run or an earlier one) as the
+        ledger says."""
         key = person_key(ids)
         if key is None:
             return True  # refused for it before sending, never here
-        account = self.account(template)
-        people = self._people.get(account)
-        if people is None:
-            ledger = self.sync.ledger if self.sync is not None else None
-            people = self._people[account] = known_people(ledger, account) if ledger is not None else set()
-        return key in people
+        return self.sync is not None and knows_person(self.sync.ledger, self.account(template), key)
 
     # the sync ledger
 

@@ -46,6 +46,11 @@ _COVERING = (  # the runs whose interval holds a moment (a run still running: fr
 _RUN = f"SELECT {', '.join(COLUMNS)} FROM {RUNS} WHERE run_id = :run_id"  # noqa: S608
 _SCOPES_OF = f"SELECT id, account, destination FROM {SCOPES} WHERE stream = :stream ORDER BY account, destination"  # noqa: S608
 _PERSON_SCOPES = f"SELECT id FROM {SCOPES} WHERE destination = 'create_or_update_person' AND account = :account"  # noqa: S608
+# by the template's own identity (a keyed stream's rows) or by the ledger's (an unkeyed stream's: the same text)
+_PERSON_KNOWN = (
+    f"SELECT 1 FROM {DELIVERIES} WHERE scope_id IN ({_PERSON_SCOPES}) "  # noqa: S608
+    "AND (encharge_id = :person OR identity = :person) LIMIT 1"
+)
 
 
 def has_history(ledger: SyncLedger) -> bool:
@@ -156,19 +161,13 @@ def _columns(ledger: SyncLedger, table: str) -> list[str]:
     ]
 
 
-def known_people(ledger: SyncLedger, account: str) -> set[str]:
-    """Every person the ledger knows delivered in ``account``, across its person streams, by the template's own
-    identity (``email:...``, ``userId:...``, ``id:...``) and by the ledger's."""
+def knows_person(ledger: SyncLedger, account: str, person: str) -> bool:
+    """Whether the ledger knows ``person`` (the template's own identity: ``email:...``, ``userId:...``, ``id:...``)
+    delivered in ``account`` by any of its person streams: one indexed probe, nothing held in memory (this run's
+    deliveries are in the ledger as soon as Encharge answered them)."""
     if not ledger._present:
-        return set()
-    people: set[str] = set()
-    for (scope_id,) in ledger._plain(_PERSON_SCOPES, {"account": account}, write=False):
-        statement = f"SELECT identity, encharge_id FROM {DELIVERIES} WHERE scope_id = :scope_id"  # noqa: S608
-        for identity, encharge_id in ledger._plain(statement, {"scope_id": scope_id}, write=False):
-            people.add(identity)
-            if encharge_id:
-                people.add(encharge_id)
-    return people
+        return False
+    return bool(ledger._plain(_PERSON_KNOWN, {"account": account, "person": person}, write=False))
 
 
 def stamp_of(moment: datetime.datetime | str | None) -> str | None:
