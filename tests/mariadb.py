@@ -1,12 +1,12 @@
 """A real MariaDB server for the tests (singer-io tap-mysql reads it), found or installed, started on first use.
 
-Like tests/postgres.py: the server comes from the machine (``mariadbd`` and ``mariadb-install-db``); on a fresh
-Debian CI machine running as root it is installed with apt-get (Debian's ``mariadb-server``, which does not start
-a service where there is no init system). As root it runs as the ``mysql`` system user (the package creates it;
-created here when missing). It listens on 127.0.0.1 only, in a temporary data directory removed at the end, and a
-password user ``tap`` reaches it over TCP, as a tap does. The session fixture starts it the first time a test asks
-for it, so workers that run no MariaDB test start none. When it cannot start, tests needing it are skipped, except
-on CI (``CI`` set), where they fail loudly.
+Like tests/postgres.py, with tests/servers.py's set-up: the server comes from the machine (``mariadbd`` and
+``mariadb-install-db``); on a fresh Debian CI machine running as root it is installed with apt-get (Debian's
+``mariadb-server``, which does not start a service where there is no init system). As root it runs as the ``mysql``
+system user (the package creates it; created here when missing). It listens on 127.0.0.1 only, in a temporary data
+directory removed at the end, and a password user ``tap`` reaches it over TCP, as a tap does. The session fixture
+starts it the first time a test asks for it, so workers that run no MariaDB test start none. When it cannot start,
+tests needing it are skipped, except on CI (``CI`` set), where they fail loudly.
 
 SQL is sent with the ``mariadb`` command-line client that comes with the server: the project needs no MySQL
 driver of its own (tap-mysql has its own, in its own venv).
@@ -15,10 +15,8 @@ driver of its own (tap-mysql has its own, in its own venv).
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,12 +25,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import file_lock
+from servers import START_TIMEOUT, as_user, failure, free_port, install, server_user, setup_lock
 
 USER = "tap"
 PASSWORD = "my-" + secrets.token_hex(8)  # a secret the tests can check never shows
-START_TIMEOUT = 60.0
-SETUP_LOCK = Path(tempfile.gettempdir()) / "target-encharge-tests-mariadb-setup.lock"
 PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb")
 
 
@@ -42,32 +38,6 @@ def _programs() -> dict[str, str] | None:
         for name in PROGRAMS
     }
     return None if None in found.values() else t.cast("dict[str, str]", found)
-
-
-def _install() -> None:
-    """apt-get install mariadb-server (root on Debian/Ubuntu only)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("MariaDB is not installed, and installing it needs root and apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "mariadb-server"]):
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _server_user() -> pwd.struct_passwd | None:
-    """Who runs the server: None for the current user, or the ``mysql`` system user when we are root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("mysql")
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "mysql"], check=True)
-        return pwd.getpwnam("mysql")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def quote(value: object) -> str:
@@ -85,26 +55,21 @@ class MariaDBServer:
     """One mariadbd process over a temporary data directory."""
 
     def __init__(self) -> None:
-        with file_lock(SETUP_LOCK):  # one apt-get (or useradd) at a time: every pytest-xdist worker may get here
+        with setup_lock():  # every pytest-xdist worker may get here
             programs = _programs()
             if programs is None:
-                _install()
+                install("mariadb-server", "MariaDB")
                 programs = _programs()
             if programs is None:
                 raise RuntimeError("MariaDB was installed but mariadbd is not found")
-            self.user = _server_user()
+            self.user = server_user("mysql")
         self.programs = programs
         self.root = Path(tempfile.mkdtemp(prefix="tap-mariadb-"))
         self.data = self.root / "data"
         self.socket = self.root / "mariadb.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.host = "127.0.0.1"
         self.process: subprocess.Popen | None = None
-
-    def _as_server_user(self) -> dict[str, t.Any]:
-        if self.user is None:
-            return {}
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
 
     def start(self) -> None:
         if self.user is not None:
@@ -123,7 +88,7 @@ class MariaDBServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=self.root,
-            **self._as_server_user(),
+            **as_user(self.user),
         )
         self.process = subprocess.Popen(
             [
@@ -145,7 +110,7 @@ class MariaDBServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=self.root,
-            **self._as_server_user(),
+            **as_user(self.user),
         )
         self._wait_ready()
         # Root is for this set-up only; the tests and the taps use a password user over TCP.
@@ -225,10 +190,9 @@ def mariadb_server() -> t.Iterator[MariaDBServer]:
         server = MariaDBServer()
         server.start()
     except (RuntimeError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else str(exc)
         if server is not None:
             server.stop()
-        _unavailable(f"cannot start MariaDB: {detail}")
+        _unavailable(f"cannot start MariaDB: {failure(exc)}")
     try:
         yield server
     finally:
