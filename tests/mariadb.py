@@ -18,26 +18,16 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
-import time
 import typing as t
 import uuid
 from pathlib import Path
 
 import pytest
-from servers import START_TIMEOUT, as_user, failure, free_port, install, server_user, setup_lock
+from servers import Server, serve, start
 
 USER = "tap"
 PASSWORD = "my-" + secrets.token_hex(8)  # a secret the tests can check never shows
 PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb")
-
-
-def _programs() -> dict[str, str] | None:
-    found = {
-        name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-        for name in PROGRAMS
-    }
-    return None if None in found.values() else t.cast("dict[str, str]", found)
 
 
 def quote(value: object) -> str:
@@ -51,31 +41,28 @@ def quote(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class MariaDBServer:
+class MariaDBServer(Server):
     """One mariadbd process over a temporary data directory."""
 
+    product, package, system_user = "MariaDB", "mariadb-server", "mysql"
+
     def __init__(self) -> None:
-        with setup_lock():  # every pytest-xdist worker may get here
-            programs = _programs()
-            if programs is None:
-                install("mariadb-server", "MariaDB")
-                programs = _programs()
-            if programs is None:
-                raise RuntimeError("MariaDB was installed but mariadbd is not found")
-            self.user = server_user("mysql")
-        self.programs = programs
-        self.root = Path(tempfile.mkdtemp(prefix="tap-mariadb-"))
-        self.data = self.root / "data"
+        super().__init__("tap-mariadb-")
         self.socket = self.root / "mariadb.sock"
-        self.port = free_port()
         self.host = "127.0.0.1"
-        self.process: subprocess.Popen | None = None
+
+    def locate(self) -> bool:
+        found = {
+            name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+            for name in PROGRAMS
+        }
+        if None not in found.values():
+            self.programs = t.cast("dict[str, str]", found)
+        return None not in found.values()
 
     def start(self) -> None:
-        if self.user is not None:
-            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        self.root.chmod(0o700)
-        subprocess.run(
+        self.own()
+        self.initialise(
             [
                 self.programs["mariadb-install-db"],
                 "--no-defaults",
@@ -83,14 +70,9 @@ class MariaDBServer:
                 "--skip-test-db",
                 "--auth-root-authentication-method=normal",
                 "--skip-name-resolve",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.root,
-            **as_user(self.user),
+            ]
         )
-        self.process = subprocess.Popen(
+        self.launch(
             [
                 self.programs["mariadbd"],
                 "--no-defaults",
@@ -106,19 +88,21 @@ class MariaDBServer:
                 "--innodb-flush-log-at-trx-commit=0",
                 "--skip-log-bin",
                 "--max-connections=200",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.root,
-            **as_user(self.user),
+            ]
         )
-        self._wait_ready()
         # Root is for this set-up only; the tests and the taps use a password user over TCP.
         self.execute(
             f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY {quote(PASSWORD)};"
             f" GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1'; FLUSH PRIVILEGES;",
             as_root=True,
         )
+
+    def accepts(self) -> bool:
+        try:
+            self.execute("SELECT 1", as_root=True)
+        except RuntimeError:
+            return False
+        return True
 
     def _client(self, database: str | None, *, as_root: bool) -> tuple[list[str], dict[str, t.Any]]:
         command = [self.programs["mariadb"], "--no-defaults", "--batch", "--skip-column-names", "--raw"]
@@ -141,23 +125,6 @@ class MariaDBServer:
             raise RuntimeError(f"mariadb: {done.stderr.decode(errors='replace').strip()[-500:]}")
         return [line.split("\t") for line in done.stdout.decode().splitlines()]
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"mariadbd exited at start: {self.log_tail()}")
-            try:
-                self.execute("SELECT 1", as_root=True)
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mariadbd did not accept connections: {self.log_tail()}") from None
-                time.sleep(0.2)
-
-    def log_tail(self) -> str:
-        log = self.root / "server.log"
-        return log.read_text(errors="replace")[-500:] if log.exists() else ""
-
     def new_database(self) -> str:
         """A fresh, empty database; its name."""
         name = "tap_" + uuid.uuid4().hex[:12]
@@ -171,41 +138,14 @@ class MariaDBServer:
             settings["database"] = database
         return settings
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: a normal shutdown
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> t.Iterator[MariaDBServer]:
-    """A started MariaDB server for the whole session; stopped and removed at its end."""
-    server = None
-    try:
-        server = MariaDBServer()
-        server.start()
-    except (RuntimeError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        if server is not None:
-            server.stop()
-        _unavailable(f"cannot start MariaDB: {failure(exc)}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A started MariaDB server for the whole session (from the first test asking); stopped and removed at its end."""
+    yield from serve(start(MariaDBServer, "MariaDB"), "MariaDB")
 
 
 @pytest.fixture
 def mariadb_database(mariadb_server: MariaDBServer) -> str:
     """The name of a fresh database on the session's server."""
     return mariadb_server.new_database()
-
-
-def _unavailable(reason: str) -> t.NoReturn:
-    if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
-        pytest.fail(f"MariaDB is required on CI: {reason}", pytrace=False)
-    pytest.skip(reason)

@@ -8,13 +8,12 @@ When it cannot start, tests needing it are skipped, except on CI (``CI`` set), w
 
 from __future__ import annotations
 
-import os
 import secrets
 import typing as t
 
 import pytest
 from servers import POSTGRES_USER as USER
-from servers import PostgresServer, start_postgres
+from servers import PostgresServer, serve, start_postgres
 
 __all__ = ["PASSWORD", "USER", "PostgresServer", "postgres_server", "postgres_url"]
 
@@ -24,22 +23,10 @@ PASSWORD = "pg-" + secrets.token_hex(8)  # a secret the tests check never shows
 @pytest.fixture(scope="session")
 def postgres_server() -> t.Iterator[PostgresServer]:
     """A started PostgreSQL server for the whole session; stopped and removed at its end."""
-    server, why = start_postgres(PASSWORD)
-    if server is None:
-        _unavailable(why)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(start_postgres(PASSWORD), "PostgreSQL")
 
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a fresh database on the session's server, password included."""
     return postgres_server.new_database()
-
-
-def _unavailable(reason: str) -> t.NoReturn:
-    if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
-        pytest.fail(f"PostgreSQL is required on CI: {reason}", pytrace=False)
-    pytest.skip(reason)

@@ -6,8 +6,11 @@ does it (the pytest-xdist workers, the benchmarks, another session). As root a s
 (:func:`server_user`, created when missing), since PostgreSQL and MariaDB refuse or dislike running as root. A
 server listens on 127.0.0.1 only (:func:`free_port`), in a temporary data directory removed when it stops.
 
-tests/postgres.py and tests/mariadb.py hold the pytest fixtures (skipped off CI, failing on CI when a server
-cannot start); benchmarks/run.py starts :class:`PostgresServer` through :func:`start_postgres`.
+:class:`Server` is what every kind shares (finding or installing it, its user, its port and directory, waiting
+for it to answer, stopping it); :class:`PostgresServer` is one kind, tests/mariadb.py's ``MariaDBServer`` another.
+:func:`start` starts one or says why it could not; :func:`serve` is a session fixture's body (skipped off CI,
+failing on CI when the server cannot start), the only place pytest is imported. tests/postgres.py and
+tests/mariadb.py hold the fixtures; benchmarks/run.py starts its server with :func:`start_postgres`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,47 +85,150 @@ def failure(exc: BaseException) -> str:
     return (stderr.decode(errors="replace")[-300:] if stderr else str(exc)).strip()
 
 
-POSTGRES_USER = "ledger"
+class Server:
+    """One server process over a temporary data directory (``root``), on 127.0.0.1 at ``port``; removed by
+    :meth:`stop`. A kind of server says what it is (``product``, its Debian ``package``, its ``system_user``),
+    how to find its programs (:meth:`locate`), how to start it (:meth:`start`, with :meth:`initialise` and
+    :meth:`launch`), when it answers (:meth:`accepts`) and how it stops (``stop_signal``)."""
 
+    product = ""
+    package = ""
+    system_user = ""
+    stop_signal = signal.SIGTERM
 
-def _postgres_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    on_path = shutil.which("initdb")
-    return Path(on_path).parent if on_path else None
-
-
-class PostgresServer:
-    """One postgres process over a temporary data directory, with settings for speed over safety (fsync off).
-
-    It comes from ``/usr/lib/postgresql/*/bin`` or ``initdb`` on PATH, else :func:`install`; as root it runs as
-    the ``postgres`` system user. The superuser ``ledger`` signs in with ``password`` (never shown)."""
-
-    def __init__(self, password: str | None = None, prefix: str = "ledger-pg-") -> None:
+    def __init__(self, prefix: str) -> None:
         with setup_lock():  # every pytest-xdist worker may get here
-            bindir = _postgres_bindir()
-            if bindir is None:
-                install("postgresql", "PostgreSQL")
-                bindir = _postgres_bindir()
-            if bindir is None:
-                raise RuntimeError("PostgreSQL was installed but initdb is not found")
-            self.user = server_user("postgres")
-        self.bindir = bindir
-        self.password = password or "pg-" + secrets.token_hex(8)
+            if not self.locate():
+                install(self.package, self.product)
+                if not self.locate():
+                    raise RuntimeError(f"{self.product} was installed but its programs are not found")
+            self.user = server_user(self.system_user)
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.data = self.root / "data"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
+    def locate(self) -> bool:
+        """Finds the server's programs on this machine (keeping where they are); False when they are not here."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def accepts(self) -> bool:
+        """Whether the server answers now."""
+        raise NotImplementedError
+
+    def own(self, *paths: Path) -> None:
+        """Gives ``root`` (and ``paths``) to the server's user, and keeps everyone else out of ``root``."""
+        if self.user is not None:
+            for path in (self.root, *paths):
+                os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        self.root.chmod(0o700)
+
+    def initialise(self, command: list[str]) -> None:
+        """Runs the command making the data directory, as the server's user; its stderr is kept for the error."""
+        subprocess.run(
+            command,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.root,
+            **as_user(self.user),
+        )
+
+    def launch(self, command: list[str], stderr: t.IO[bytes] | int = subprocess.DEVNULL) -> None:
+        """Starts the server process, as the server's user, and waits until it answers."""
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=self.root, **as_user(self.user)
+        )
+        name = Path(command[0]).name
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited at start: {self.log_tail()}")
+            if self.accepts():
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not accept connections: {self.log_tail()}")
+            time.sleep(0.2)
+
+    def log_tail(self) -> str:
+        log = self.root / "server.log"
+        return log.read_text(errors="replace")[-500:] if log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+S = t.TypeVar("S", bound=Server)
+
+
+def start(make: t.Callable[[], S], product: str) -> tuple[S | None, str]:
+    """A server made by ``make`` and started, and ""; or None and why it could not start (nothing left running)."""
+    server = None
+    try:
+        server = make()
+        server.start()
+    except (RuntimeError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        if server is not None:
+            server.stop()
+        return None, f"cannot start {product}: {failure(exc)}"
+    return server, ""
+
+
+def serve(started: tuple[S | None, str], product: str) -> t.Iterator[S]:
+    """A session fixture's body: the started server, stopped at the end; when there is none, the tests needing it
+    are skipped, except on CI (``CI`` set), where they fail loudly. (pytest is imported here only.)"""
+    import pytest
+
+    server, why = started
+    if server is None:
+        if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
+            pytest.fail(f"{product} is required on CI: {why}", pytrace=False)
+        pytest.skip(why)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+POSTGRES_USER = "ledger"
+
+
+class PostgresServer(Server):
+    """One postgres process, with settings for speed over safety (fsync off).
+
+    It comes from ``/usr/lib/postgresql/*/bin`` or ``initdb`` on PATH, else :func:`install`; as root it runs as
+    the ``postgres`` system user. The superuser ``ledger`` signs in with ``password`` (never shown)."""
+
+    product, package, system_user = "PostgreSQL", "postgresql", "postgres"
+    stop_signal = signal.SIGINT  # fast shutdown
+
+    def __init__(self, password: str | None = None, prefix: str = "ledger-pg-") -> None:
+        super().__init__(prefix)
+        self.password = password or "pg-" + secrets.token_hex(8)
+
+    def locate(self) -> bool:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+        on_path = shutil.which("initdb")
+        bindir = Path(found[-1]).parent if found else Path(on_path).parent if on_path else None
+        if bindir is not None:
+            self.bindir = bindir
+        return bindir is not None
+
     def start(self) -> None:
         password_file = self.root / "password"
         password_file.write_text(self.password)
-        if self.user is not None:
-            for path in (self.root, password_file):
-                os.chown(path, self.user.pw_uid, self.user.pw_gid)
-        self.root.chmod(0o700)
-        subprocess.run(
+        self.own(password_file)
+        self.initialise(
             [
                 str(self.bindir / "initdb"),
                 "-D",
@@ -132,15 +239,10 @@ class PostgresServer:
                 f"--pwfile={password_file}",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.root,
-            **as_user(self.user),
+            ]
         )
         password_file.unlink()
-        self.process = subprocess.Popen(
+        self.launch(
             [
                 str(self.bindir / "postgres"),
                 "-D",
@@ -160,31 +262,17 @@ class PostgresServer:
                 "-c",
                 "max_connections=200",
             ],
-            stdout=subprocess.DEVNULL,
             stderr=(self.root / "server.log").open("wb"),
-            cwd=self.root,
-            **as_user(self.user),
         )
-        self._wait_ready()
 
-    def _wait_ready(self) -> None:
+    def accepts(self) -> bool:
         import psycopg
 
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited at start: {self.log_tail()}")
-            try:
-                psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not accept connections: {self.log_tail()}") from None
-                time.sleep(0.2)
-
-    def log_tail(self) -> str:
-        log = self.root / "server.log"
-        return log.read_text(errors="replace")[-500:] if log.exists() else ""
+        try:
+            psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
+        except psycopg.OperationalError:
+            return False
+        return True
 
     def dsn(self, database: str, password: str | None = None) -> str:
         return f"postgresql://{POSTGRES_USER}:{password or self.password}@127.0.0.1:{self.port}/{database}"
@@ -198,16 +286,6 @@ class PostgresServer:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(2)  # SIGINT: fast shutdown
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 def start_postgres(password: str | None = None, prefix: str = "ledger-pg-") -> tuple[PostgresServer | None, str]:
     """A started server and "", or None and why none could be started (nothing is left running then)."""
@@ -215,12 +293,4 @@ def start_postgres(password: str | None = None, prefix: str = "ledger-pg-") -> t
         import psycopg  # noqa: F401
     except ImportError:
         return None, "the psycopg driver is not installed: pip install -e '.[postgres]'"
-    server = None
-    try:
-        server = PostgresServer(password, prefix)
-        server.start()
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        if server is not None:
-            server.stop()
-        return None, f"cannot start PostgreSQL: {failure(exc)}"
-    return server, ""
+    return start(lambda: PostgresServer(password, prefix), "PostgreSQL")
