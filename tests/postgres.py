@@ -23,7 +23,8 @@ PASSWORD = "pg-" + secrets.token_hex(8)  # a secret the tests check never shows
 @pytest.fixture(scope="session")
 def postgres_server() -> t.Iterator[PostgresServer]:
     """A started PostgreSQL server for the whole session; stopped and removed at its end."""
-    yield from serve(start_postgres(PASSWORD), "PostgreSQL")
+    server = start_postgres(PASSWORD, max_connections=200)  # room for the tests' many connections
+    yield from serve(server, "PostgreSQL")
 
 
 @pytest.fixture

@@ -212,9 +212,12 @@ class PostgresServer(Server):
     product, package, system_user = "PostgreSQL", "postgresql", "postgres"
     stop_signal = signal.SIGINT  # fast shutdown
 
-    def __init__(self, password: str | None = None, prefix: str = "ledger-pg-") -> None:
+    def __init__(
+        self, password: str | None = None, prefix: str = "ledger-pg-", max_connections: int | None = None
+    ) -> None:
         super().__init__(prefix)
         self.password = password or "pg-" + secrets.token_hex(8)
+        self.max_connections = max_connections  # None: PostgreSQL's own (100)
 
     def locate(self) -> bool:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
@@ -259,8 +262,7 @@ class PostgresServer(Server):
                 "synchronous_commit=off",
                 "-c",
                 "full_page_writes=off",
-                "-c",
-                "max_connections=200",
+                *(["-c", f"max_connections={self.max_connections}"] if self.max_connections else []),
             ],
             stderr=(self.root / "server.log").open("wb"),
         )
@@ -287,10 +289,12 @@ class PostgresServer(Server):
         return self.dsn(name)
 
 
-def start_postgres(password: str | None = None, prefix: str = "ledger-pg-") -> tuple[PostgresServer | None, str]:
+def start_postgres(
+    password: str | None = None, prefix: str = "ledger-pg-", max_connections: int | None = None
+) -> tuple[PostgresServer | None, str]:
     """A started server and "", or None and why none could be started (nothing is left running then)."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         return None, "the psycopg driver is not installed: pip install -e '.[postgres]'"
-    return start(lambda: PostgresServer(password, prefix), "PostgreSQL")
+    return start(lambda: PostgresServer(password, prefix, max_connections), "PostgreSQL")
