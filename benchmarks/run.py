@@ -52,7 +52,8 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import postgres_server  # benchmarks/ is not a package: found beside this file
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+import servers  # the tests' servers (tests/servers.py, no pytest): neither folder is a package, both are on the path
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -460,7 +461,7 @@ def events_input(n: int) -> Path:
 def p7(events: int, people: int, rounds: int = ROUNDS) -> dict | str:
     """PostgreSQL ledger vs SQLite: one-call-per-record first loads (records/s) and unchanged reruns (wall s), each
     side's best of ``rounds``, the two taking turns. A string (why) when no PostgreSQL server can be started."""
-    server, why = postgres_server.start()
+    server, why = servers.start_postgres(prefix="bench-pg-")
     if server is None:
         return why
     sandbox = Sandbox(latency_ms=0)

@@ -13,16 +13,15 @@ import sys
 import typing as t
 from pathlib import Path
 
-from target_encharge.client import Client, RateLimiter
+from target_encharge.client import Client
 from target_encharge.config import ENV, ENV_PREFIX, load, numbers_from_text
 from target_encharge.errors import EnchargeTargetError
 from target_encharge.ledger import SyncLedger
 from target_encharge.preflight import Preflight
 from target_encharge.redaction import Redactor
-from target_encharge.retry import RetryPolicy
 from target_encharge.settings import RunSettings, resolve
 from target_encharge.templates import template_for
-from target_encharge.urls import Credentials, require_safe_url
+from target_encharge.urls import require_safe_url
 
 
 def problems(config: dict[str, t.Any], catalog: dict[str, dict] | None = None) -> list[str]:
@@ -51,14 +50,7 @@ def _checked(config: dict[str, t.Any], catalog: dict[str, dict]) -> tuple[list[s
             pass
     except EnchargeTargetError as exc:
         found.append(redact(str(exc)))
-    credentials = Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key)
-    client = Client(
-        credentials,
-        RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
-        timeout=settings.request_timeout,
-        rate=RateLimiter(settings.max_requests_per_second),
-        pool_size=1,
-    )
+    client = Client.for_settings(settings, pool_size=1)
     preflight = Preflight(client, settings.api_url)
     try:
         for stream in ("*", *(config.get("streams") or {})):

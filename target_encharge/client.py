@@ -20,11 +20,12 @@ from target_encharge import encoding
 from target_encharge.errors import AuthError, EnchargeUnavailable
 from target_encharge.redaction import MASK, Redactor
 from target_encharge.request import Outcome, Request, Verdict, verdict
+from target_encharge.retry import RetryPolicy
 from target_encharge.transport import RefusedRedirectError, TooManyRedirectsError, Transport
 from target_encharge.urls import TOKEN_HEADER, Credentials, url_path
 
 if t.TYPE_CHECKING:
-    from target_encharge.retry import RetryPolicy
+    from target_encharge.settings import RunSettings
 
 USER_AGENT = "target-encharge"
 MAX_BODY_CHARS = 2000  # of an answer kept for responses and dead letters
@@ -130,6 +131,17 @@ class Client:
         self.credentials, self.retry, self.timeout, self.rate = credentials, retry, timeout, rate
         self.redact = Redactor(credentials.secrets())
         self.transport = Transport(max(pool_size, MIN_POOL), USER_AGENT)
+
+    @classmethod
+    def for_settings(cls, settings: RunSettings, *, pool_size: int) -> Client:
+        """The client a run (or ``target-encharge-check``) builds from its settings: keys, retries, timeout, rate."""
+        return cls(
+            Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key),
+            RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
+            timeout=settings.request_timeout,
+            rate=RateLimiter(settings.max_requests_per_second),
+            pool_size=pool_size,
+        )
 
     def headers(self, request: Request, *, mask: bool = False) -> dict[str, str]:
         """The headers a request goes out with (the key masked when ``mask``)."""

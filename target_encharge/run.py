@@ -12,7 +12,7 @@ import typing as t
 
 from target_encharge import report
 from target_encharge.casing import CaseMerges
-from target_encharge.client import Client, RateLimiter
+from target_encharge.client import Client
 from target_encharge.delivery import Delivery
 from target_encharge.encharge_ids import Associations, EnchargeIds
 from target_encharge.errors import EnchargeTargetError
@@ -28,11 +28,9 @@ from target_encharge.progress import Progress, dead_letter_line, summary_title
 from target_encharge.redaction import Redactor
 from target_encharge.request import Outcome, Request
 from target_encharge.results import Results
-from target_encharge.retry import RetryPolicy
 from target_encharge.settings import NOTIFY_TIMEOUT, OperationsSettings, RunSettings, StreamSettings
 from target_encharge.sync import Planned, StreamSync, Sync, account_name
 from target_encharge.templates import person_key, template_for
-from target_encharge.urls import Credentials
 from target_encharge.verdicts import NOT_FOUND, Verdict
 
 if t.TYPE_CHECKING:
@@ -91,14 +89,7 @@ class Run:
         operations: OperationsSettings | None = None,
         fingerprint: str = "",
     ) -> Run:
-        credentials = Credentials(settings.api_url, settings.ingest_url, settings.api_key, settings.write_key)
-        client = Client(
-            credentials,
-            RetryPolicy(max_retries=settings.max_retries, backoff=settings.retry_backoff),
-            timeout=settings.request_timeout,
-            rate=RateLimiter(settings.max_requests_per_second),
-            pool_size=settings.max_concurrency,
-        )
+        client = Client.for_settings(settings, pool_size=settings.max_concurrency)
         outputs = Outputs.for_run(settings, client.redact)
         limit = FailureLimit(
             settings.max_failures, outputs.dead_letters.shown_path if outputs.dead_letters is not None else None

@@ -1,12 +1,12 @@
 """A real MariaDB server for the tests (singer-io tap-mysql reads it), found or installed, started on first use.
 
-Like tests/postgres.py: the server comes from the machine (``mariadbd`` and ``mariadb-install-db``); on a fresh
-Debian CI machine running as root it is installed with apt-get (Debian's ``mariadb-server``, which does not start
-a service where there is no init system). As root it runs as the ``mysql`` system user (the package creates it;
-created here when missing). It listens on 127.0.0.1 only, in a temporary data directory removed at the end, and a
-password user ``tap`` reaches it over TCP, as a tap does. The session fixture starts it the first time a test asks
-for it, so workers that run no MariaDB test start none. When it cannot start, tests needing it are skipped, except
-on CI (``CI`` set), where they fail loudly.
+Like tests/postgres.py, with tests/servers.py's set-up: the server comes from the machine (``mariadbd`` and
+``mariadb-install-db``); on a fresh Debian CI machine running as root it is installed with apt-get (Debian's
+``mariadb-server``, which does not start a service where there is no init system). As root it runs as the ``mysql``
+system user (the package creates it; created here when missing). It listens on 127.0.0.1 only, in a temporary data
+directory removed at the end, and a password user ``tap`` reaches it over TCP, as a tap does. The session fixture
+starts it the first time a test asks for it, so workers that run no MariaDB test start none. When it cannot start,
+tests needing it are skipped, except on CI (``CI`` set), where they fail loudly.
 
 SQL is sent with the ``mariadb`` command-line client that comes with the server: the project needs no MySQL
 driver of its own (tap-mysql has its own, in its own venv).
@@ -15,59 +15,19 @@ driver of its own (tap-mysql has its own, in its own venv).
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 import typing as t
 import uuid
 from pathlib import Path
 
 import pytest
-from helpers import file_lock
+from servers import Server, serve, start
 
 USER = "tap"
 PASSWORD = "my-" + secrets.token_hex(8)  # a secret the tests can check never shows
-START_TIMEOUT = 60.0
-SETUP_LOCK = Path(tempfile.gettempdir()) / "target-encharge-tests-mariadb-setup.lock"
 PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb")
-
-
-def _programs() -> dict[str, str] | None:
-    found = {
-        name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
-        for name in PROGRAMS
-    }
-    return None if None in found.values() else t.cast("dict[str, str]", found)
-
-
-def _install() -> None:
-    """apt-get install mariadb-server (root on Debian/Ubuntu only)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("MariaDB is not installed, and installing it needs root and apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "mariadb-server"]):
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _server_user() -> pwd.struct_passwd | None:
-    """Who runs the server: None for the current user, or the ``mysql`` system user when we are root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("mysql")
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "mysql"], check=True)
-        return pwd.getpwnam("mysql")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def quote(value: object) -> str:
@@ -81,36 +41,28 @@ def quote(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-class MariaDBServer:
+class MariaDBServer(Server):
     """One mariadbd process over a temporary data directory."""
 
-    def __init__(self) -> None:
-        with file_lock(SETUP_LOCK):  # one apt-get (or useradd) at a time: every pytest-xdist worker may get here
-            programs = _programs()
-            if programs is None:
-                _install()
-                programs = _programs()
-            if programs is None:
-                raise RuntimeError("MariaDB was installed but mariadbd is not found")
-            self.user = _server_user()
-        self.programs = programs
-        self.root = Path(tempfile.mkdtemp(prefix="tap-mariadb-"))
-        self.data = self.root / "data"
-        self.socket = self.root / "mariadb.sock"
-        self.port = _free_port()
-        self.host = "127.0.0.1"
-        self.process: subprocess.Popen | None = None
+    product, package, system_user = "MariaDB", "mariadb-server", "mysql"
 
-    def _as_server_user(self) -> dict[str, t.Any]:
-        if self.user is None:
-            return {}
-        return {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+    def __init__(self) -> None:
+        super().__init__("tap-mariadb-")
+        self.socket = self.root / "mariadb.sock"
+        self.host = "127.0.0.1"
+
+    def locate(self) -> bool:
+        found = {
+            name: shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+            for name in PROGRAMS
+        }
+        if None not in found.values():
+            self.programs = t.cast("dict[str, str]", found)
+        return None not in found.values()
 
     def start(self) -> None:
-        if self.user is not None:
-            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
-        self.root.chmod(0o700)
-        subprocess.run(
+        self.own()
+        self.initialise(
             [
                 self.programs["mariadb-install-db"],
                 "--no-defaults",
@@ -118,14 +70,9 @@ class MariaDBServer:
                 "--skip-test-db",
                 "--auth-root-authentication-method=normal",
                 "--skip-name-resolve",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.root,
-            **self._as_server_user(),
+            ]
         )
-        self.process = subprocess.Popen(
+        self.launch(
             [
                 self.programs["mariadbd"],
                 "--no-defaults",
@@ -141,19 +88,21 @@ class MariaDBServer:
                 "--innodb-flush-log-at-trx-commit=0",
                 "--skip-log-bin",
                 "--max-connections=200",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.root,
-            **self._as_server_user(),
+            ]
         )
-        self._wait_ready()
         # Root is for this set-up only; the tests and the taps use a password user over TCP.
         self.execute(
             f"CREATE USER '{USER}'@'127.0.0.1' IDENTIFIED BY {quote(PASSWORD)};"
             f" GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'127.0.0.1'; FLUSH PRIVILEGES;",
             as_root=True,
         )
+
+    def accepts(self) -> bool:
+        try:
+            self.execute("SELECT 1", as_root=True)
+        except RuntimeError:
+            return False
+        return True
 
     def _client(self, database: str | None, *, as_root: bool) -> tuple[list[str], dict[str, t.Any]]:
         command = [self.programs["mariadb"], "--no-defaults", "--batch", "--skip-column-names", "--raw"]
@@ -176,23 +125,6 @@ class MariaDBServer:
             raise RuntimeError(f"mariadb: {done.stderr.decode(errors='replace').strip()[-500:]}")
         return [line.split("\t") for line in done.stdout.decode().splitlines()]
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"mariadbd exited at start: {self.log_tail()}")
-            try:
-                self.execute("SELECT 1", as_root=True)
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mariadbd did not accept connections: {self.log_tail()}") from None
-                time.sleep(0.2)
-
-    def log_tail(self) -> str:
-        log = self.root / "server.log"
-        return log.read_text(errors="replace")[-500:] if log.exists() else ""
-
     def new_database(self) -> str:
         """A fresh, empty database; its name."""
         name = "tap_" + uuid.uuid4().hex[:12]
@@ -206,42 +138,14 @@ class MariaDBServer:
             settings["database"] = database
         return settings
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: a normal shutdown
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> t.Iterator[MariaDBServer]:
-    """A started MariaDB server for the whole session; stopped and removed at its end."""
-    server = None
-    try:
-        server = MariaDBServer()
-        server.start()
-    except (RuntimeError, OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        detail = exc.stderr.decode(errors="replace")[-300:] if getattr(exc, "stderr", None) else str(exc)
-        if server is not None:
-            server.stop()
-        _unavailable(f"cannot start MariaDB: {detail}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    """A started MariaDB server for the whole session (from the first test asking); stopped and removed at its end."""
+    yield from serve(start(MariaDBServer, "MariaDB"), "MariaDB")
 
 
 @pytest.fixture
 def mariadb_database(mariadb_server: MariaDBServer) -> str:
     """The name of a fresh database on the session's server."""
     return mariadb_server.new_database()
-
-
-def _unavailable(reason: str) -> t.NoReturn:
-    if os.environ.get("CI", "").lower() not in {"", "0", "false"}:
-        pytest.fail(f"MariaDB is required on CI: {reason}", pytrace=False)
-    pytest.skip(reason)
