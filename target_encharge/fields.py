@@ -92,9 +92,30 @@ class FieldContract:
             if problem:
                 return record, problem
             out[name] = read
-        if self.owner == "person" and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
+        if self.owner == "person" and _may_exceed(out) and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
             return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
         return out, None
+
+
+_SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-time takes
+_ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
+
+
+def _may_exceed(record: dict) -> bool:
+    """Whether ``record`` could be past :data:`MAX_PERSON_BYTES` as JSON: a bound from its keys' and values'
+    lengths, so an ordinary person is not encoded once more only to be measured (a container is measured)."""
+    bound = 2
+    for key, value in record.items():
+        if isinstance(value, (dict, list, tuple)):
+            return True
+        bound += _ESCAPED * len(key) + 4 + (_ESCAPED * len(value) if isinstance(value, str) else _SCALAR_BYTES)
+        if bound > MAX_PERSON_BYTES:
+            return True
+    return False
+
+
+def _misfit(name: str, value: t.Any, kind: t.Any) -> str:  # noqa: ANN401
+    return f"field '{name}': {_shown(value)} is not a {kind} (Encharge's field '{name}' is {kind})"
 
 
 def _shown(value: t.Any) -> str:  # noqa: ANN401
@@ -105,11 +126,10 @@ def _shown(value: t.Any) -> str:  # noqa: ANN401
 def _as_field(name: str, value: t.Any, field: dict) -> tuple[t.Any, str | None]:  # noqa: ANN401
     """``value`` read as ``field``'s type, or why it cannot be."""
     kind = field.get("type")
-    misfit = f"field '{name}': {_shown(value)} is not a {kind} (Encharge's field '{name}' is {kind})"
     if kind in ("number", "integer"):
         number = _number(value)
         if number is None or (kind == "integer" and number != number.to_integral_value()):
-            return value, misfit
+            return value, _misfit(name, value, kind)
         return (int(number) if number == number.to_integral_value() else number), None
     if kind == "boolean":
         if isinstance(value, bool):
@@ -117,7 +137,7 @@ def _as_field(name: str, value: t.Any, field: dict) -> tuple[t.Any, str | None]:
         word = str(value).strip().lower()
         if word in TRUE_TEXT or word in FALSE_TEXT:
             return word in TRUE_TEXT, None
-        return value, misfit
+        return value, _misfit(name, value, kind)
     if kind == "string":
         text: str | None = value if isinstance(value, str) else None
         if text is None and isinstance(value, (int, decimal.Decimal, float)) and not isinstance(value, bool):
