@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import PERSON_PROPS, record, run_target, sandbox_config, schema, state, target_command
 
-from target_encharge.ledger import SyncLedger
+from target_encharge.ledger import Delivered, SyncLedger, fingerprint
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -440,6 +440,31 @@ def test_dropped_tags_count_in_the_guard(sandbox, ledger):
     assert tags_of(sandbox, ANN) == ["a", "b", "c", "d"]
     ok(run_target({**mirror, "max_delete_share": 0.8}, tag_table([], ["email"], None)))  # raised: sent
     assert tags_of(sandbox, ANN) == ["a"]
+
+
+@pytest.mark.parametrize("keys", [["email"], []], ids=["keyed", "unkeyed"])
+def test_a_row_of_joined_tags_from_before_removes_only_the_tag_that_left(sandbox, ledger, keys):
+    """A ledger written when an add_tag identity was the person and the joined tags: its row is replaced by
+    single ones, and the snapshot that lacks it removes only the tag no row holds (vip and paid stay)."""
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}], tags=[{"tag": "from-a-flow", "email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta,paid"), (BOB, "vip")], keys, 1)))
+    with SyncLedger.open(ledger) as known:  # as the ledger held it before tags were single
+        scope = scope_of(known, "tags")
+        singles = [i for i, d in known.known(scope).items() if d.encharge_id.startswith(f"email:{ANN} ")]
+        known.remove(scope, singles)
+        joined = '["ann@example.com"]' if keys else ANN
+        old = f"key:{joined}" if keys else f"email:{joined} tag:vip,beta,paid"
+        record_then = {"email": ANN, "tag": "vip,beta,paid"}
+        known.mark_delivered(scope, [Delivered(old, fingerprint(record_then), f"email:{ANN} tag:vip,beta,paid")])
+    sandbox.clear_requests()
+    ok(run_target(mirror, tag_table([(ANN, "vip,paid"), (BOB, "vip")], keys, 2)))
+    assert tag_removals(sandbox) == [{"tag": "beta", "email": ANN}]
+    assert tags_of(sandbox, ANN) == ["from-a-flow", "paid", "vip"]
+    with SyncLedger.open(ledger) as known:
+        person = (lambda e: "key:" + json.dumps([e])) if keys else (lambda e: f"email:{e}")
+        left = [(ANN, "paid"), (ANN, "vip"), (BOB, "vip")]
+        assert sorted(known.known(scope_of(known, "tags"))) == sorted(f"{person(e)} tag:{tag}" for e, tag in left)
 
 
 def scope_of(known: SyncLedger, stream: str) -> t.Any:
