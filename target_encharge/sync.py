@@ -235,6 +235,8 @@ class StreamSync:
             return
         identities = self._identities(record)
         if not identities:
+            if self.template.parts is not None and self.key_properties and "tag" in record:
+                self._tags_dropped(record, [])  # keyed by its person, an empty tag set: every tag left it
             return
         run = self.snapshots
         if version is not None and str(version) != run.version:

@@ -431,6 +431,16 @@ def test_a_tag_set_that_grew_back_keeps_the_tag(sandbox, ledger):
     assert tags_of(sandbox, ANN) == ["beta", "vip"]
 
 
+def test_a_keyed_record_whose_tag_set_is_empty_removes_its_tags_and_no_flows(sandbox, ledger):
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}], tags=[{"tag": "from-a-flow", "email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.75, max_failures=1)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta"), (BOB, "vip")], ["email"], None)))
+    # refused (no tag to add: a dead letter, within max_failures), and its tag set is empty: both of ann's go
+    ok(run_target(mirror, tag_table([(ANN, "")], ["email"], None)))
+    assert tags_of(sandbox, ANN) == ["from-a-flow"]
+    assert tags_of(sandbox, BOB) == ["vip"]
+
+
 def test_dropped_tags_count_in_the_guard(sandbox, ledger):
     sandbox.seed(people=[{"email": ANN}])
     mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
