@@ -441,6 +441,21 @@ def test_a_keyed_record_whose_tag_set_is_empty_removes_its_tags_and_no_flows(san
     assert tags_of(sandbox, BOB) == ["vip"]
 
 
+def test_a_dry_run_shows_the_dropped_tag_it_would_remove(sandbox, ledger, tmp_path):
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta,paid"), (BOB, "vip")], ["email"], None)))
+    sandbox.clear_requests()
+    previews = tmp_path / "previews.jsonl"
+    dry = {**mirror, "dry_run": True, "preview_path": str(previews)}
+    ok(run_target(dry, tag_table([(ANN, "vip,paid"), (BOB, "vip")], ["email"], None)))
+    removals = [p for p in map(json.loads, previews.read_text().splitlines()) if p["method"] == "DELETE"]
+    assert len(removals) == 1 and "tag set" in removals[0]["why"], removals
+    assert "beta" in json.dumps(removals[0]) and "paid" not in json.dumps(removals[0])
+    assert sandbox.requests(writes_only=True) == []
+    assert tags_of(sandbox, ANN) == ["beta", "paid", "vip"]
+
+
 def test_dropped_tags_count_in_the_guard(sandbox, ledger):
     sandbox.seed(people=[{"email": ANN}])
     mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
