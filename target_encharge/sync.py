@@ -26,7 +26,7 @@ from target_encharge.ledger import (
     canonical_json,
     fingerprint,
 )
-from target_encharge.templates import Removal, encharge_ids
+from target_encharge.templates import Removal, encharge_ids, single_tags
 
 if t.TYPE_CHECKING:
     from target_encharge.request import Entry
@@ -46,6 +46,7 @@ class Mark:
     encharge_id: str | None  # the template's own identity (email, externalId, person and tag): what a removal names
     fingerprint: str
     known: bool = False  # the ledger knew it before this run sent it (an update, not a create)
+    more: tuple[Mark, ...] = ()  # add_tag: the rows of the record's other single tags (one call carries them all)
     tags: t.ClassVar[None] = None  # (tags are the ledger's to keep: written as None, the known ones stay)
     delivered_at: t.ClassVar[None] = None  # (now, as the ledger writes it)
 
@@ -194,11 +195,34 @@ class StreamSync:
     ) -> Mark | None:
         """The entry's identities and fingerprint (None: nothing to know it by, it is always sent).
         ``identity`` and ``fingerprinted``: the ledger's identity and the fingerprint, when already found."""
+        if self.template.parts is not None:
+            return self._part_mark(entry, {})
         identity = identity or self.template.identity(entry.record, self.key_properties, entry.ids)
         if identity is None:
             return None
         record = entry.record
         return Mark(identity, self._target(record, identity, entry.ids), fingerprinted or fingerprint(record), known)
+
+    def _part_mark(self, entry: Entry, known: dict[str, str]) -> Mark | None:
+        """add_tag: a mark per single tag of the record (the first carries the others in ``more``), each
+        fingerprinted as the record with that tag alone; ``known``: the fingerprints the ledger has."""
+        parts = self.template.part_identities(entry.record, self.key_properties, entry.ids)
+        person = self.template.part_prefix(entry.record, ids=entry.ids)
+        if not parts or person is None:
+            return None
+        marks = [
+            Mark(identity, person + tag, fingerprint({**entry.record, "tag": tag}), identity in known)
+            for identity, tag in parts
+        ]
+        marks[0].more = tuple(marks[1:])
+        return marks[0]
+
+    def _identities(self, record: dict) -> list[str]:
+        """What the ledger knows ``record`` by: one identity, or (add_tag) one per single tag."""
+        if self.template.parts is not None:
+            return [identity for identity, _ in self.template.part_identities(record, self.key_properties)]
+        identity = self.template.identity(record, self.key_properties)
+        return [] if identity is None else [identity]
 
     def _target(self, record: dict, identity: str, ids: dict | None = None) -> str | None:
         """The template's own identity of ``record`` (what a removal names), given its ledger ``identity``."""
@@ -209,8 +233,10 @@ class StreamSync:
         identity with the snapshot it came in (``version``: the record's; None: the snapshot open in this run)."""
         if self.mode != "mirror":
             return
-        identity = self.template.identity(record, self.key_properties)
-        if identity is None:
+        identities = self._identities(record)
+        if not identities:
+            if self.template.parts is not None and self.key_properties and "tag" in record:
+                self._tags_dropped(record, [])  # keyed by its person, an empty tag set: every tag left it
             return
         run = self.snapshots
         if version is not None and str(version) != run.version:
@@ -225,14 +251,34 @@ class StreamSync:
             if self.writes:
                 self.ledger.reopen_snapshot(run.current)  # records of a completed one: it was not the end
         if not self.writes:
-            run.dry_seen.add(identity)
-            run.dry_planned = [(i, why) for i, why in run.dry_planned if i != identity]
+            run.dry_seen.update(identities)
+            run.dry_planned = [(i, why) for i, why in run.dry_planned if i not in identities]
+        elif run.current is not None or run.planned:  # (else no snapshot to stamp: only `_sdc_deleted_at` removes)
+            run.stamps.extend(identities)
+        if self.template.parts is not None and self.key_properties:
+            self._tags_dropped(record, identities)
+        if not self.writes or not run.stamps:
             return
-        if run.current is None and not run.planned:
-            return  # no snapshot to stamp (no ACTIVATE_VERSION, no `version`): only `_sdc_deleted_at` removes
-        run.stamps.append(identity)
         if run.planned or len(run.stamps) >= STAMPS_HELD:  # a planned removal is cleared before the record is sifted
             self.flush()
+
+    def _tags_dropped(self, record: dict, identities: list[str]) -> None:
+        """add_tag keyed by its person: the tags the ledger holds for the record's key that its tag set no
+        longer has are planned for removal at once (durable, like `_sdc_deleted_at`'s, within the same guard)."""
+        prefix = self.template.part_prefix(record, self.key_properties)
+        if prefix is None:
+            return
+        dropped = sorted(set(self.ledger.identities_under(self.scope, prefix)) - set(identities))
+        if not dropped:
+            return
+        why = "no longer in its record's tag set"
+        self.flush()  # what came before it is stamped (and clears what was planned) before this plan
+        if self.writes:
+            self.ledger.plan_removals(self.scope, [(identity, why) for identity in dropped])
+        else:
+            self.snapshots.dry_planned.extend((identity, why) for identity in dropped)
+            self.snapshots.dry_seen.difference_update(dropped)
+        self.snapshots.planned = True
 
     def _open(self, version: str) -> None:
         """The snapshot of ``version`` becomes the current one (found again in the ledger, or opened)."""
@@ -262,6 +308,8 @@ class StreamSync:
         """Ask the ledger about ``entries`` (one lookup for all of them), and Encharge about those the mode needs
         to know exist: in `create` what the ledger does not know, in `update` every record about to be sent
         (whatever the ledger says: a person erased in Encharge since is never created again)."""
+        if self.template.parts is not None:
+            return self._sift_parts(entries)
         identities = {e.seq: self.template.identity(e.record, self.key_properties, e.ids) for e in entries}
         known = self.ledger.fingerprints(self.scope, [i for i in identities.values() if i is not None])
         sifted = Sifted()
@@ -297,6 +345,32 @@ class StreamSync:
                     mark = marks[entry.seq]
                     if mark is not None:
                         self._marks[entry.seq] = mark
+        return sifted
+
+    def _sift_parts(self, entries: t.Sequence[Entry]) -> Sifted:
+        """add_tag: a record is unchanged when every one of its single tags is (each a row of the ledger); else
+        it is sent whole, its tags joined in one call."""
+        parts = {e.seq: self.template.part_identities(e.record, self.key_properties, e.ids) for e in entries}
+        known = self.ledger.fingerprints(self.scope, [i for found in parts.values() for i, _ in found])
+        sifted = Sifted()
+        for entry in entries:
+            found = parts[entry.seq]
+            if (
+                found
+                and self.skip_unchanged
+                and not self.resync
+                and all(
+                    known.get(i) not in (None, EXISTS) and known[i] == fingerprint({**entry.record, "tag": tag})
+                    for i, tag in found
+                )
+            ):
+                sifted.unchanged.append(entry)
+                continue
+            sifted.send.append(entry)
+            mark = self._part_mark(entry, known) if self.writes else None
+            if mark is not None:
+                with self._lock:
+                    self._marks[entry.seq] = mark
         return sifted
 
     def _ask_encharge(self, entries: list[Entry], marks: dict[int, Mark | None], sifted: Sifted) -> None:
@@ -349,7 +423,7 @@ class StreamSync:
         Returns each entry's mark (its ``known`` tells an update from a create)."""
         with self._lock:
             marks = [self._marks.pop(e.seq, None) for e in entries]
-        rows: list[DeliveryRow] = [mark for mark in marks if mark is not None]
+        rows: list[DeliveryRow] = [row for mark in marks if mark is not None for row in (mark, *mark.more)]
         if self.writes and rows:
             self._commit.write(rows)
         return marks
@@ -406,19 +480,23 @@ class StreamSync:
         durable at once (its STATE may go), and sent at the end of the run; a later record of it clears it (the
         last word wins). False: nothing this target wrote (the ledger maps a record carrying only its key
         properties to the person or object it was sent as)."""
-        identity = self.template.identity(record, self.key_properties)
-        if identity is None:
+        identities = self._identities(record)
+        prefix = self.template.part_prefix(record, self.key_properties) if self.template.parts else None
+        if prefix is not None and self.key_properties:  # add_tag keyed by its person: every tag of the key
+            identities = [*identities, *self.ledger.identities_under(self.scope, prefix)]
+        if not identities:
             return False
         self.flush()  # what came before it is stamped (and clears what was planned) before this plan
-        entry = self.ledger.lookup(self.scope, [identity]).get(identity)
-        if entry is None or entry.fingerprint == EXISTS:
+        known = self.ledger.lookup(self.scope, identities)
+        gone = sorted(i for i, entry in known.items() if entry.fingerprint != EXISTS)
+        if not gone:
             return False
         why = "the source marked it deleted (_sdc_deleted_at)"
         if self.writes:
-            self.ledger.plan_removals(self.scope, [(identity, why)])
+            self.ledger.plan_removals(self.scope, [(identity, why) for identity in gone])
         else:
-            self.snapshots.dry_planned.append((identity, why))
-            self.snapshots.dry_seen.discard(identity)
+            self.snapshots.dry_planned.extend((identity, why) for identity in gone)
+            self.snapshots.dry_seen.difference_update(gone)
         self.snapshots.planned = True
         return True
 
@@ -523,20 +601,35 @@ class StreamSync:
         stream, or another identity of this one, as after a change of key properties), which is not itself a
         candidate: released. Returns those to remove and the identities released."""
         scope_id = self.ledger.scope_id(self.scope)
-        holders = self.ledger.holders(self.scope, [c.encharge_id for c in candidates.values() if c.encharge_id])
+        named = {identity: self._named(c.encharge_id) for identity, c in candidates.items()}
+        holders = self.ledger.holders(self.scope, [e for names in named.values() for e in names])
         kept: list[Candidate] = []
         released: list[str] = []
         for identity, candidate in sorted(candidates.items()):
-            others = {
-                (sid, other)
-                for sid, other in holders.get(candidate.encharge_id or "", set())
-                if not (sid == scope_id and other in candidates)
-            }
-            if others:
+            free = [
+                name
+                for name in named[identity]
+                if not any(not (sid == scope_id and other in candidates) for sid, other in holders.get(name, set()))
+            ]
+            if named[identity] and not free:
                 released.append(identity)
+            elif len(free) < len(named[identity]):  # a row of joined tags (written before tags were single)
+                person = (candidate.encharge_id or "").partition(" tag:")[0]
+                tags = ",".join(name.partition(" tag:")[2] for name in free)
+                kept.append(dataclasses.replace(candidate, encharge_id=f"{person} tag:{tags}"))
             else:
                 kept.append(candidate)
         return kept, released
+
+    def _named(self, encharge_id: str | None) -> list[str]:
+        """The template identities a removal of ``encharge_id`` would touch: one, or for an add_tag row of
+        joined tags (as the ledger held them before tags were single), one per tag."""
+        if not encharge_id:
+            return []
+        person, joined, tags = encharge_id.partition(" tag:")
+        if self.template.parts is None or not joined or "," not in tags:
+            return [encharge_id]
+        return [f"{person} tag:{tag}" for tag in single_tags({"tag": tags})]
 
     def _plan(self, identity: str, target: str | None, why: str) -> Planned | None:
         removal = self.template.removal

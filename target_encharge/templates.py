@@ -74,6 +74,8 @@ class Template:
     removal_answers: t.Mapping[int, Verdict] = dataclasses.field(default_factory=lambda: REMOVAL_ANSWERS)
     associates: Association | None = None  # an association's two sides: its URL takes their Encharge ids
     field_owner: str | None = None  # whose fields its records write ("person", or the custom object's schema)
+    # add_tag: the single tags one call carries (joined, as Encharge takes them); the ledger holds a row for each
+    parts: t.Callable[[dict], list[str]] | None = None
 
     def identity(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What the sync ledger knows ``record`` by: its stream's key properties when the SCHEMA has them, else
@@ -83,6 +85,24 @@ class Template:
         if key_properties:  # (JSON: a NUL character is written escaped)
             return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
         return _nul_free(self.own_identity(record, self.identifiers(record) if ids is None else ids))
+
+    def part_identities(
+        self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None
+    ) -> list[tuple[str, str]]:
+        """A template with :attr:`parts` (add_tag): what the ledger knows each single tag of ``record`` by, with
+        the tag (``email:a@x tag:vip``, or its key properties' ``key:[...] tag:vip``); [] for nothing to know
+        it by."""
+        if self.parts is None:
+            return []
+        base = self.part_prefix(record, key_properties, ids)
+        return [] if base is None else [(f"{base}{tag}", tag) for tag in self.parts(record)]
+
+    def part_prefix(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
+        """What every single tag's identity of ``record``'s person starts with (None: no person to know)."""
+        if key_properties:
+            return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode() + " tag:"
+        person = _nul_free(person_key(self.identifiers(record) if ids is None else ids))
+        return None if person is None else f"{person} tag:"
 
     def ordering_keys(self, ids: dict, url: str) -> tuple[str, ...]:
         """Calls sharing a key are sent in input order: the person (any identifier), the object, the URL.
@@ -252,6 +272,16 @@ def _needs_event(record: dict, ids: dict) -> str | None:
 
 def _nothing_needed(_record: dict, _ids: dict) -> str | None:
     return None
+
+
+def single_tags(record: dict) -> list[str]:
+    """The distinct tags of a record's `tag` ("vip,beta", or a list), trimmed, in order: one ledger row each."""
+    tags: list[str] = []
+    for part in _joined_tags(record.get("tag")).split(","):
+        tag = part.strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tags
 
 
 def _tag_body(records: list[dict]) -> bytes:
@@ -583,7 +613,9 @@ def encharge_templates(
             removal=_person_removal(api),
             modes=ALL_MODES,
         ),
-        dataclasses.replace(tag, destination="add_tag", removal=_tag_removal(api), modes=("upsert", "mirror")),
+        dataclasses.replace(
+            tag, destination="add_tag", removal=_tag_removal(api), modes=("upsert", "mirror"), parts=single_tags
+        ),
         dataclasses.replace(tag, name="remove_tag", destination="remove_tag", method="DELETE"),
         dataclasses.replace(
             create_object,

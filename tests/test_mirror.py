@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import PERSON_PROPS, record, run_target, sandbox_config, schema, state, target_command
 
-from target_encharge.ledger import SyncLedger
+from target_encharge.ledger import Delivered, SyncLedger, fingerprint
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -362,3 +362,136 @@ def test_tap_mysql_interrupted_and_resumed_removes_nobody_then_removes_only_the_
     assert stopped.returncode == 1
     assert "customers" in error_line(stopped) and "max_delete_share" in error_line(stopped)
     assert len(_customers_left(sandbox)) == 3
+
+
+# tags as sets
+
+TAG_PROPS = {"email": {"type": "string"}, "tag": {"type": "string"}}
+ANN, BOB = "ann@example.com", "bob@example.com"
+
+
+def tag_table(items: list[tuple[str, str]], keys: list[str], version: int | None) -> list[dict]:
+    """A stream of {"email", "tag"} records; with ``version``, a full table its tap closes."""
+    messages = [schema("tags", TAG_PROPS, keys)]
+    for email, tags in items:
+        message = record("tags", {"email": email, "tag": tags})
+        if version is not None:
+            message["version"] = version
+        messages.append(message)
+    return [*messages, activate("tags", version)] if version is not None else messages
+
+
+def tags_of(sandbox: t.Any, email: str) -> list[str]:
+    return sorted(sandbox.person(email=email)["tags"])
+
+
+def tag_removals(sandbox: t.Any) -> list[dict]:
+    return [r["body"] for r in sandbox.requests(writes_only=True) if r["method"] == "DELETE"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "version"),
+    [(["email"], None), (["email"], 1), ([], 1)],
+    ids=["keyed-incremental", "keyed-full-table", "unkeyed-full-table"],
+)
+def test_a_tag_set_that_shrank_removes_exactly_the_tags_that_left(sandbox, ledger, keys, version):
+    """{"tag": "vip,beta,paid"} then "vip,paid": beta goes; vip, paid and a flow's tag stay, never removed
+    and added again. Keyed by the person, at once (even without a snapshot); unkeyed, by the snapshot."""
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}], tags=[{"tag": "from-a-flow", "email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    later = None if version is None else version + 1
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta,paid"), (BOB, "vip")], keys, version)))
+    assert tags_of(sandbox, ANN) == ["beta", "from-a-flow", "paid", "vip"]
+    with SyncLedger.open(ledger) as known:  # one row per person and single tag
+        assert sorted(d.encharge_id for d in known.known(scope_of(known, "tags")).values()) == [
+            f"email:{ANN} tag:beta",
+            f"email:{ANN} tag:paid",
+            f"email:{ANN} tag:vip",
+            f"email:{BOB} tag:vip",
+        ]
+    sandbox.clear_requests()
+    ok(run_target(mirror, tag_table([(ANN, "vip,paid"), (BOB, "vip")], keys, later)))
+    assert tags_of(sandbox, ANN) == ["from-a-flow", "paid", "vip"]
+    assert tags_of(sandbox, BOB) == ["vip"]
+    assert tag_removals(sandbox) == [{"tag": "beta", "email": ANN}]  # only beta: vip and paid never left
+    assert [r for r in sandbox.requests(writes_only=True) if r["method"] == "POST"] == []  # unchanged: not sent
+    sandbox.clear_requests()
+    again = None if later is None else later + 1
+    ok(run_target(mirror, tag_table([(ANN, "vip,paid"), (BOB, "vip")], keys, again)))  # the same set again
+    assert sandbox.requests(writes_only=True) == []
+    assert tags_of(sandbox, ANN) == ["from-a-flow", "paid", "vip"]
+
+
+def test_a_tag_set_that_grew_back_keeps_the_tag(sandbox, ledger):
+    """Keyed by the person: beta dropped then re-added in the same run is the last word: it stays."""
+    sandbox.seed(people=[{"email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta")], ["email"], None)))
+    ok(run_target(mirror, tag_table([(ANN, "vip"), (ANN, "vip,beta")], ["email"], None)))
+    assert tags_of(sandbox, ANN) == ["beta", "vip"]
+
+
+def test_a_keyed_record_whose_tag_set_is_empty_removes_its_tags_and_no_flows(sandbox, ledger):
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}], tags=[{"tag": "from-a-flow", "email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.75, max_failures=1)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta"), (BOB, "vip")], ["email"], None)))
+    # refused (no tag to add: a dead letter, within max_failures), and its tag set is empty: both of ann's go
+    ok(run_target(mirror, tag_table([(ANN, "")], ["email"], None)))
+    assert tags_of(sandbox, ANN) == ["from-a-flow"]
+    assert tags_of(sandbox, BOB) == ["vip"]
+
+
+def test_a_dry_run_shows_the_dropped_tag_it_would_remove(sandbox, ledger, tmp_path):
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta,paid"), (BOB, "vip")], ["email"], None)))
+    sandbox.clear_requests()
+    previews = tmp_path / "previews.jsonl"
+    dry = {**mirror, "dry_run": True, "preview_path": str(previews)}
+    ok(run_target(dry, tag_table([(ANN, "vip,paid"), (BOB, "vip")], ["email"], None)))
+    removals = [p for p in map(json.loads, previews.read_text().splitlines()) if p["method"] == "DELETE"]
+    assert len(removals) == 1 and "tag set" in removals[0]["why"], removals
+    assert "beta" in json.dumps(removals[0]) and "paid" not in json.dumps(removals[0])
+    assert sandbox.requests(writes_only=True) == []
+    assert tags_of(sandbox, ANN) == ["beta", "paid", "vip"]
+
+
+def test_dropped_tags_count_in_the_guard(sandbox, ledger):
+    sandbox.seed(people=[{"email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "a,b,c,d")], ["email"], None)))
+    run = run_target(mirror, tag_table([(ANN, "a")], ["email"], None))  # 3 of 4 tags: past the share
+    assert run.returncode == 1 and "max_delete_share" in error_line(run)
+    assert tags_of(sandbox, ANN) == ["a", "b", "c", "d"]
+    ok(run_target({**mirror, "max_delete_share": 0.8}, tag_table([], ["email"], None)))  # raised: sent
+    assert tags_of(sandbox, ANN) == ["a"]
+
+
+@pytest.mark.parametrize("keys", [["email"], []], ids=["keyed", "unkeyed"])
+def test_a_row_of_joined_tags_from_before_removes_only_the_tag_that_left(sandbox, ledger, keys):
+    """A ledger written when an add_tag identity was the person and the joined tags: its row is replaced by
+    single ones, and the snapshot that lacks it removes only the tag no row holds (vip and paid stay)."""
+    sandbox.seed(people=[{"email": ANN}, {"email": BOB}], tags=[{"tag": "from-a-flow", "email": ANN}])
+    mirror = config(sandbox, ledger, endpoint="add_tag", max_delete_share=0.5)
+    ok(run_target(mirror, tag_table([(ANN, "vip,beta,paid"), (BOB, "vip")], keys, 1)))
+    with SyncLedger.open(ledger) as known:  # as the ledger held it before tags were single
+        scope = scope_of(known, "tags")
+        singles = [i for i, d in known.known(scope).items() if d.encharge_id.startswith(f"email:{ANN} ")]
+        known.remove(scope, singles)
+        joined = '["ann@example.com"]' if keys else ANN
+        old = f"key:{joined}" if keys else f"email:{joined} tag:vip,beta,paid"
+        record_then = {"email": ANN, "tag": "vip,beta,paid"}
+        known.mark_delivered(scope, [Delivered(old, fingerprint(record_then), f"email:{ANN} tag:vip,beta,paid")])
+    sandbox.clear_requests()
+    ok(run_target(mirror, tag_table([(ANN, "vip,paid"), (BOB, "vip")], keys, 2)))
+    assert tag_removals(sandbox) == [{"tag": "beta", "email": ANN}]
+    assert tags_of(sandbox, ANN) == ["from-a-flow", "paid", "vip"]
+    with SyncLedger.open(ledger) as known:
+        person = (lambda e: "key:" + json.dumps([e])) if keys else (lambda e: f"email:{e}")
+        left = [(ANN, "paid"), (ANN, "vip"), (BOB, "vip")]
+        assert sorted(known.known(scope_of(known, "tags"))) == sorted(f"{person(e)} tag:{tag}" for e, tag in left)
+
+
+def scope_of(known: SyncLedger, stream: str) -> t.Any:
+    (found,) = [s for s in known.status() if s.scope.stream == stream]
+    return found.scope

@@ -180,6 +180,10 @@ _PLANNED = (
     f"SELECT r.identity, d.encharge_id, r.reason, r.attempts FROM {REMOVALS} r JOIN {DELIVERIES} d "  # noqa: S608
     "ON d.scope_id = r.scope_id AND d.identity = r.identity WHERE r.scope_id = :scope_id ORDER BY r.identity"
 )
+_UNDER = (  # add_tag: the rows this target wrote of one person's (or key's) single tags
+    f"SELECT identity FROM {DELIVERIES} WHERE scope_id = :scope_id AND fingerprint <> '' "  # noqa: S608
+    "AND substr(identity, 1, :length) = :prefix ORDER BY identity"
+)
 _ANY_PLANNED = f"SELECT count(*) FROM {REMOVALS} WHERE scope_id = :scope_id"  # noqa: S608
 _HOLDERS = (  # every row of the account and destination that names one of the persons or objects (one another
     # stream only found there, `create`, holds it too: its source has it)
@@ -662,6 +666,14 @@ class SyncLedger(abc.ABC):
         if scope_id is None:
             return []
         return [tuple(row) for row in self._query(_MISSING, {"scope_id": scope_id, "upto": upto, "after": after})]
+
+    def identities_under(self, scope: Scope, prefix: str) -> list[str]:
+        """The identities this target wrote in ``scope`` that start with ``prefix`` (add_tag: a person's tags)."""
+        scope_id = self._find_scope(scope)
+        if scope_id is None:
+            return []
+        params = {"scope_id": scope_id, "length": len(prefix), "prefix": prefix}
+        return [row[0] for row in self._query(_UNDER, params)]
 
     def planned_removals(self, scope: Scope) -> list[Candidate]:
         """The removals planned in ``scope`` (of rows this target still knows)."""
