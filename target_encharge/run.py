@@ -19,7 +19,7 @@ from target_encharge.errors import EnchargeTargetError
 from target_encharge.failures import FailureLimit
 from target_encharge.fields import Consent, FieldContract
 from target_encharge.ledger import SyncLedger
-from target_encharge.ledger.runs import knows_person, write_run
+from target_encharge.ledger.runs import write_run
 from target_encharge.lookups import Lookups
 from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import Outputs
@@ -242,7 +242,7 @@ class Run:
         key = person_key(ids)
         if key is None:
             return True  # refused for it before sending, never here
-        return self.sync is not None and knows_person(self.sync.ledger, self.account(template), key)
+        return self.sync is not None and self.sync.ledger.knows_person(self.account(template), key)
 
     # the sync ledger
 

@@ -72,10 +72,6 @@ class Planned:
     why: str
 
 
-class DeleteGuardError(Exception):
-    """More removals than `max_delete_share` allows: none of them is sent."""
-
-
 STAMPS_HELD = 1000  # identities seen, written to the ledger in one go (and before any STATE after them goes out)
 DRY = -1  # a dry run's snapshot of this run (never written): after every snapshot the ledger has
 

@@ -43,14 +43,7 @@ _COVERING = (  # the runs whose interval holds a moment (a run still running: fr
     f"SELECT {', '.join(COLUMNS)} FROM {RUNS} WHERE started_at <= :moment "  # noqa: S608
     "AND (ended_at IS NULL OR ended_at >= :moment) ORDER BY started_at DESC LIMIT 20"
 )
-_RUN = f"SELECT {', '.join(COLUMNS)} FROM {RUNS} WHERE run_id = :run_id"  # noqa: S608
 _SCOPES_OF = f"SELECT id, account, destination FROM {SCOPES} WHERE stream = :stream ORDER BY account, destination"  # noqa: S608
-_PERSON_SCOPES = f"SELECT id FROM {SCOPES} WHERE destination = 'create_or_update_person' AND account = :account"  # noqa: S608
-# by the template's own identity (a keyed stream's rows) or by the ledger's (an unkeyed stream's: the same text)
-_PERSON_KNOWN = (
-    f"SELECT 1 FROM {DELIVERIES} WHERE scope_id IN ({_PERSON_SCOPES}) "  # noqa: S608
-    "AND (encharge_id = :person OR identity = :person) LIMIT 1"
-)
 
 
 def has_history(ledger: SyncLedger) -> bool:
@@ -80,13 +73,6 @@ def newest_runs(ledger: SyncLedger, limit: int) -> list[dict[str, t.Any]]:
     if not has_history(ledger):
         return []
     return [_row(row) for row in ledger._plain(_NEWEST, {"limit": limit}, write=False)]
-
-
-def run_of(ledger: SyncLedger, run_id: str) -> dict[str, t.Any] | None:
-    if not has_history(ledger):
-        return None
-    rows = ledger._plain(_RUN, {"run_id": run_id}, write=False)
-    return _row(rows[0]) if rows else None
 
 
 def run_at(ledger: SyncLedger, moment: str, stream: str) -> dict[str, t.Any] | None:
@@ -159,15 +145,6 @@ def _columns(ledger: SyncLedger, table: str) -> list[str]:
             write=False,
         )
     ]
-
-
-def knows_person(ledger: SyncLedger, account: str, person: str) -> bool:
-    """Whether the ledger knows ``person`` (the template's own identity: ``email:...``, ``userId:...``, ``id:...``)
-    delivered in ``account`` by any of its person streams: one indexed probe, nothing held in memory (this run's
-    deliveries are in the ledger as soon as Encharge answered them)."""
-    if not ledger._present:
-        return False
-    return bool(ledger._plain(_PERSON_KNOWN, {"account": account, "person": person}, write=False))
 
 
 def stamp_of(moment: datetime.datetime | str | None) -> str | None:

@@ -42,6 +42,14 @@ from target_encharge.settings import DEFAULT_LEDGER_TIMEOUT
 
 _payload_decoder = msgspec.json.Decoder(float_hook=Decimal)  # numbers come back with every digit
 
+# a person delivered in an account: by the template's own identity (a keyed stream's rows) or by the ledger's (an
+# unkeyed stream's, the same text), in any of the account's person streams
+_PERSON_KNOWN = (
+    f"SELECT 1 FROM {DELIVERIES} WHERE scope_id IN (SELECT id FROM {SCOPES} "  # noqa: S608
+    "WHERE destination = 'create_or_update_person' AND account = :account) "
+    "AND (encharge_id = :person OR identity = :person) LIMIT 1"
+)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scope:
@@ -830,6 +838,14 @@ class SyncLedger(abc.ABC):
         """The account a key (known by its digest) belongs to, as Encharge said in this run."""
         self._writable()
         self._write_account(key_digest, account)
+
+    def knows_person(self, account: str, person: str) -> bool:
+        """Whether ``person`` (the template's own identity: ``email:...``, ``userId:...``, ``id:...``) was delivered
+        in ``account`` by any of its person streams: one indexed probe, nothing held in memory (a run's deliveries
+        are here as soon as Encharge answered them)."""
+        if not self._present:
+            return False
+        return bool(self._plain(_PERSON_KNOWN, {"account": account, "person": person}, write=False))
 
     def account_for(self, key_digest: str) -> str | None:
         """The account a key belonged to in the last real run (None: never used with this ledger)."""
