@@ -77,22 +77,43 @@ class FieldContract:
             missing=tuple(p for p in sent if p not in fields),
         )
 
+    def __post_init__(self) -> None:
+        # per field, the one Python type whose values are sent as they are (text within Encharge's length, for a
+        # text field with no closed list of values): most values skip the reading in :func:`_as_field`
+        self._as_is: dict[str, type] = {}
+        for name, field in self.fields.items():
+            kind = field.get("type")
+            if kind == "string" and not (field.get("enum") and field.get("allowNewEnumValues") is False):
+                self._as_is[name] = str
+            elif kind in ("number", "integer"):
+                self._as_is[name] = int
+            elif kind == "boolean":
+                self._as_is[name] = bool
+
     def apply(self, record: dict) -> tuple[dict, str | None]:
         """``record`` as it is sent (read-only fields left out, values read as their field's type), or why it
         cannot be sent."""
         out: dict = {}
+        as_is = self._as_is
+        bound = 2  # the most JSON text ``out`` can take (see _json_bound)
         for name, value in record.items():
             if name in self.read_only:
                 continue
-            field = self.fields.get(name)
-            if field is None or name in self.keep or value is None:
-                out[name] = value
-                continue
-            read, problem = _as_field(name, value, field)
-            if problem:
-                return record, problem
+            plain = as_is.get(name)
+            if value is None or (type(value) is plain and (plain is not str or len(value) <= MAX_VALUE_CHARS)):
+                read = value
+            else:
+                field = self.fields.get(name)
+                if field is None or name in self.keep:
+                    read = value
+                else:
+                    read, problem = _as_field(name, value, field)
+                    if problem:
+                        return record, problem
             out[name] = read
-        if self.owner == "person" and _may_exceed(out) and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
+            if bound <= MAX_PERSON_BYTES:
+                bound += _json_bound(name, read)
+        if self.owner == "person" and bound > MAX_PERSON_BYTES and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
             return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
         return out, None
 
@@ -101,17 +122,14 @@ _SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-tim
 _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
 
 
-def _may_exceed(record: dict) -> bool:
-    """Whether ``record`` could be past :data:`MAX_PERSON_BYTES` as JSON: a bound from its keys' and values'
-    lengths, so an ordinary person is not encoded once more only to be measured (a container is measured)."""
-    bound = 2
-    for key, value in record.items():
-        if isinstance(value, (dict, list, tuple)):
-            return True
-        bound += _ESCAPED * len(key) + 4 + (_ESCAPED * len(value) if isinstance(value, str) else _SCALAR_BYTES)
-        if bound > MAX_PERSON_BYTES:
-            return True
-    return False
+def _json_bound(key: str, value: t.Any) -> int:  # noqa: ANN401
+    """The most JSON text one ``"key": value`` takes, from lengths alone, so that an ordinary person is not encoded
+    once more only to be measured (a container is past any bound: it is measured)."""
+    if isinstance(value, str):
+        return _ESCAPED * (len(key) + len(value)) + 4
+    if isinstance(value, (dict, list, tuple)):
+        return MAX_PERSON_BYTES + 1
+    return _ESCAPED * len(key) + 4 + _SCALAR_BYTES
 
 
 def _misfit(name: str, value: t.Any, kind: t.Any) -> str:  # noqa: ANN401
