@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import decimal
 import logging
+import math
 import threading
 import typing as t
 
@@ -81,12 +82,15 @@ class FieldContract:
         # per field, the one Python type whose values are sent as they are (text within Encharge's length, for a
         # text field with no closed list of values): most values skip the reading in :func:`_as_field`
         self._as_is: dict[str, type] = {}
+        self._fractions: set[str] = set()  # number fields: a float with a fraction is sent as its exact decimal
         for name, field in self.fields.items():
             kind = field.get("type")
             if kind == "string" and not (field.get("enum") and field.get("allowNewEnumValues") is False):
                 self._as_is[name] = str
             elif kind in ("number", "integer"):
                 self._as_is[name] = int
+                if kind == "number":
+                    self._fractions.add(name)
             elif kind == "boolean":
                 self._as_is[name] = bool
 
@@ -95,13 +99,17 @@ class FieldContract:
         cannot be sent."""
         out: dict = {}
         as_is = self._as_is
-        bound = 2  # the most JSON text ``out`` can take (see _json_bound)
+        # the most JSON text ``out`` can take, from lengths alone, so that an ordinary person is not encoded once
+        # more only to be measured (a container is past any bound: it is measured); only a person has a limit
+        bound = 2 if self.owner == "person" else MAX_PERSON_BYTES + 1
         for name, value in record.items():
             if name in self.read_only:
                 continue
             plain = as_is.get(name)
             if value is None or (type(value) is plain and (plain is not str or len(value) <= MAX_VALUE_CHARS)):
                 read = value
+            elif type(value) is float and name in self._fractions and not value.is_integer() and math.isfinite(value):
+                read = decimal.Decimal(repr(value))  # as _as_field reads it, without the detours
             else:
                 field = self.fields.get(name)
                 if field is None or name in self.keep:
@@ -112,7 +120,12 @@ class FieldContract:
                         return record, problem
             out[name] = read
             if bound <= MAX_PERSON_BYTES:
-                bound += _json_bound(name, read)
+                if isinstance(read, str):
+                    bound += _ESCAPED * (len(name) + len(read)) + 4
+                elif isinstance(read, (dict, list, tuple)):
+                    bound = MAX_PERSON_BYTES + 1
+                else:
+                    bound += _ESCAPED * len(name) + 4 + _SCALAR_BYTES
         if self.owner == "person" and bound > MAX_PERSON_BYTES and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
             return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
         return out, None
@@ -120,16 +133,6 @@ class FieldContract:
 
 _SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-time takes
 _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
-
-
-def _json_bound(key: str, value: t.Any) -> int:  # noqa: ANN401
-    """The most JSON text one ``"key": value`` takes, from lengths alone, so that an ordinary person is not encoded
-    once more only to be measured (a container is past any bound: it is measured)."""
-    if isinstance(value, str):
-        return _ESCAPED * (len(key) + len(value)) + 4
-    if isinstance(value, (dict, list, tuple)):
-        return MAX_PERSON_BYTES + 1
-    return _ESCAPED * len(key) + 4 + _SCALAR_BYTES
 
 
 def _misfit(name: str, value: t.Any, kind: t.Any) -> str:  # noqa: ANN401

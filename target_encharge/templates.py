@@ -249,7 +249,7 @@ def _numeric_id(ids: dict) -> str | None:
 
 def _needs_person(_record: dict, ids: dict) -> str | None:
     if ids:
-        return _numeric_id(ids)
+        return _numeric_id(ids) if "id" in ids else None
     return "no email, userId or id to say which person it is"
 
 

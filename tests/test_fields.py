@@ -74,3 +74,16 @@ def test_a_person_past_encharges_size_is_refused_whatever_carries_it(contract: F
     nested = {"email": "a@example.com", "extra": {"blob": "x" * MAX_PERSON_BYTES}}
     for record in (many, nested):
         assert contract.apply(record) == (record, "the person is larger than Encharge's 200 KB")
+
+
+@pytest.mark.parametrize("value", [2.5, 0.1, -3.25, 1e-7, 123456789.125, 1.5e-300])
+def test_a_float_with_a_fraction_is_sent_as_the_decimal_it_reads_as(contract: FieldContract, value: float) -> None:
+    sent, problem = contract.apply({"score": value})
+    assert problem is None
+    assert sent == {"score": decimal.Decimal(str(value))}
+    assert type(sent["score"]) is decimal.Decimal
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_float_that_is_no_number_is_refused(contract: FieldContract, value: float) -> None:
+    assert contract.apply({"score": value})[1] is not None
