@@ -95,6 +95,12 @@ class Delivery:
                 self._ready.append(request)
                 self._cond.notify()
 
+    def holds(self, keys: t.Iterable[str]) -> bool:
+        """Whether a request submitted earlier for any of ``keys`` is not answered yet (one submitted now goes
+        after it)."""
+        with self._cond:
+            return any(key in self._tails for key in keys)
+
     @property
     def calls_in_flight(self) -> int:
         """Requests being sent right now (the others wait in the queue or in the outbox)."""

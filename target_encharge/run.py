@@ -73,6 +73,7 @@ class Run:
     resubscribes: Consent = dataclasses.field(default_factory=Consent)  # `unsubscribed: false` left out (issue 24)
     mirrors: dict[str, tuple[Route, int]] = dataclasses.field(default_factory=dict)  # stream: route, confirmations
     _account: str | None = None
+    _later_keys: set[str] = dataclasses.field(default_factory=set)  # persons and objects of requests held to the end
     # issue 25: the run's history row, its report, the failure-share alert, tags held for their person
     operations: OperationsSettings = dataclasses.field(default_factory=lambda: OperationsSettings.from_config({}))
     record: report.RunRecord = dataclasses.field(default_factory=lambda: report.RunRecord.begin(""))
@@ -224,15 +225,20 @@ class Run:
         """A request from the outbox to delivery; a tag (or anything whose 404 means "its person is not there
         yet") for a person neither the ledger nor this run knows waits for the end of the run, uncalled."""
         template = request.template
+        if self._later_keys and not self.waiting and self._later_keys.intersection(request.keys):
+            self.results.later.append(request)  # after a waiting one for the same person: in input order
+            return
         if (
             template is not None
             and request.answers.get(NOT_FOUND) is Verdict.LATER
             and self.sync is not None
             and not self.settings.dry_run  # (a dry run calls nothing: its previews stay in input order)
             and not self.waiting
+            and not self.delivery.holds(request.keys)  # its person's upsert is on its way: it goes after it
             and not any(self._knows(template, e.ids) for e in request.entries)
         ):
             self.results.later.append(request)
+            self._later_keys.update(request.keys)
             return
         self.delivery.submit(request)
 
