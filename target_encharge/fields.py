@@ -106,7 +106,7 @@ class FieldContract:
             if name in self.read_only:
                 continue
             plain = as_is.get(name)
-            if value is None or (type(value) is plain and (plain is not str or len(value) <= MAX_VALUE_CHARS)):
+            if value is None or (type(value) is plain and (type(value) is not str or len(value) <= MAX_VALUE_CHARS)):
                 read = value
             elif type(value) is float and name in self._fractions and not value.is_integer() and math.isfinite(value):
                 read = decimal.Decimal(repr(value))  # as _as_field reads it, without the detours
