@@ -225,7 +225,12 @@ class Run:
         """A request from the outbox to delivery; a tag (or anything whose 404 means "its person is not there
         yet") for a person neither the ledger nor this run knows waits for the end of the run, uncalled."""
         template = request.template
-        if self._later_keys and not self.waiting and self._later_keys.intersection(request.keys):
+        if (
+            self._later_keys
+            and not self.waiting
+            and (template is None or template.kind != "person")  # (a person: what the waiting ones wait for)
+            and self._later_keys.intersection(request.keys)
+        ):
             self.results.later.append(request)  # after a waiting one for the same person: in input order
             return
         if (

@@ -335,6 +335,21 @@ def test_tags_before_their_people_wait_without_a_failed_call(sandbox, sqlite_led
     assert [r["status"] for r in sandbox.requests() if r["path"].endswith("/tags")] == [201]
 
 
+def test_a_tag_removed_after_a_tag_that_waits_for_its_person_is_removed_after_it(sandbox, sqlite_ledger):
+    config = sandbox_config(
+        sandbox,
+        ledger_url=sqlite_ledger,
+        streams={"customer_tags": {"endpoint": "add_tag"}, "untags": {"endpoint": "remove_tag"}},
+    )
+    added = [schema("customer_tags", TAG_PROPS), record("customer_tags", {"email": "p0@example.com", "tag": "vip"})]
+    removed = [schema("untags", TAG_PROPS), record("untags", {"email": "p0@example.com", "tag": "vip"})]
+    run = run_target(config, [*added, *people(1, stream="customers"), *removed])
+    assert run.returncode == 0, run.stderr
+    tag_calls = [(r["method"], r["status"]) for r in sandbox.requests() if r["path"].endswith("/tags")]
+    assert tag_calls == [("POST", 201), ("DELETE", 204)]  # the add waited for its person, the removal behind it
+    assert sandbox.person(email="p0@example.com")["tags"] == []
+
+
 # what the target declares
 
 
