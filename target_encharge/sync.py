@@ -245,7 +245,7 @@ class StreamSync:
             run.fed.add(run.current)
             run.completed.discard(run.current)
             if self.writes:
-                self.ledger.reopen_snapshot(run.current)  # records of a completed one: it was not the end
+                self.ledger.reopen_snapshot(self.scope, run.current)  # records of a completed one: it was not the end
         if not self.writes:
             run.dry_seen.update(identities)
             run.dry_planned = [(i, why) for i, why in run.dry_planned if i not in identities]

@@ -195,6 +195,7 @@ def test_a_lost_lease_refuses_the_write_itself(ledger_url):
     with SyncLedger.open(ledger_url) as first, SyncLedger.open(ledger_url) as second:
         first.take_lease(scope, ttl=1, wait=0)
         assert first.fingerprints(scope, ["e0"]) == {}  # (on PostgreSQL: the scope read ahead, writes fenced inline)
+        opened = first.snapshot(scope, "1")  # (mirror: its snapshot, stamps and planned removals are fenced too)
         with pytest.raises(LeaseHeldError, match="is being synced by another run"):
             second.take_lease(scope, ttl=1, wait=0)
         first._leases._stop.set()  # type: ignore[union-attr]  # its renewal stops, as in a paused process
@@ -204,5 +205,14 @@ def test_a_lost_lease_refuses_the_write_itself(ledger_url):
             first.mark_delivered(scope, [Delivered("e1", "f")])
         with pytest.raises(LeaseLostError):
             first.fingerprints(scope, ["e1"])  # and before sending: the sift's lookup
+        for mirror_write in (
+            lambda: first.stamp_seen(scope, opened.id, ["e1"], clear=True),
+            lambda: first.plan_removals(scope, [("e0", "left the source")]),
+            lambda: first.complete_snapshot(scope, opened.id, "end"),
+            lambda: first.snapshot(scope, "2"),
+        ):
+            with pytest.raises(LeaseLostError):
+                mirror_write()
         second.mark_delivered(scope, [Delivered("e2", "f")])
         assert second.fingerprints(scope, ["e1", "e2"]) == {"e2": "f"}
+        assert second.planned_removals(scope) == [] and second.completed_snapshots(scope) == []

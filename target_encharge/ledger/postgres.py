@@ -274,8 +274,10 @@ class PostgresLedger(SyncLedger):
             return [tuple(row) for row in connection.execute(sa.text(statement), params)]
 
     @override
-    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]], *, fence: int | None) -> list[int]:
         with self._writing() as connection:
+            if fence is not None:
+                self._fence(_executing(connection), fence)
             return [connection.execute(sa.text(statement), params).rowcount for statement, params in steps]
 
     @override

@@ -238,8 +238,10 @@ class SQLiteLedger(SyncLedger):
         return self._rows(statement, params)
 
     @override
-    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]], *, fence: int | None) -> list[int]:
         with self._write_transaction() as connection:
+            if fence is not None:
+                self._fence(connection.execute, fence)
             return [connection.execute(statement, params).rowcount for statement, params in steps]
 
     @override

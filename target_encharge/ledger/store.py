@@ -392,8 +392,9 @@ class SyncLedger(abc.ABC):
         """The rows of one statement of plain SQL with named parameters (the mirror's queries)."""
 
     @abc.abstractmethod
-    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]]) -> list[int]:
-        """Run ``steps`` (plain SQL, named parameters) in one transaction that writes; each one's row count."""
+    def _write(self, steps: t.Sequence[tuple[str, dict[str, t.Any]]], *, fence: int | None) -> list[int]:
+        """Run ``steps`` (plain SQL, named parameters) in one transaction that writes; each one's row count.
+        ``fence``: the scope whose lease the transaction checks first (see :meth:`_fence`)."""
 
     @abc.abstractmethod
     def _close(self) -> None:
@@ -560,23 +561,24 @@ class SyncLedger(abc.ABC):
         params = {"scope_id": scope_id, "version": version}
         found = self._query(_SNAPSHOT, params)
         if not found:
-            self._write([(_NEW_SNAPSHOT, {**params, "now": stamp()})])
+            self._write([(_NEW_SNAPSHOT, {**params, "now": stamp()})], fence=scope_id)
             found = self._query(_SNAPSHOT, params)
         ((snapshot_id, completed_by),) = found
         return Snapshot(snapshot_id, completed_by)
 
-    def reopen_snapshot(self, snapshot_id: int) -> None:
+    def reopen_snapshot(self, scope: Scope, snapshot_id: int) -> None:
         """Records of a completed snapshot came again: it is open until it completes again."""
-        self._write([(_REOPEN, {"id": snapshot_id})])
+        self._write([(_REOPEN, {"id": snapshot_id})], fence=self._scope_id(scope))
 
     def complete_snapshot(self, scope: Scope, snapshot_id: int, by: str) -> None:
         """The snapshot is complete: ``by`` 'tap' (its ACTIVATE_VERSION after its records; the scope's tap then
         says from now on when a version ends) or 'end' (the input ended normally)."""
         steps = [(_COMPLETE, {"id": snapshot_id, "by": by, "now": stamp()})]
+        scope_id = self._scope_id(scope)
         if by == "tap":
             keys, _closing = self.mirror_of(scope) or (None, False)
-            steps.append((_SET_MIRROR, {"scope_id": self._scope_id(scope), "keys": keys, "closing": True}))
-        self._write(steps)
+            steps.append((_SET_MIRROR, {"scope_id": scope_id, "keys": keys, "closing": True}))
+        self._write(steps, fence=scope_id)
 
     def completed_snapshots(self, scope: Scope) -> list[Snapshot]:
         """The scope's complete snapshots, in the order they were opened."""
@@ -597,7 +599,8 @@ class SyncLedger(abc.ABC):
     def remember_mirror(self, scope: Scope, key_properties: t.Sequence[str]) -> None:
         """The key properties the mirrored stream has in this run."""
         keys = canonical_json(list(key_properties))
-        self._write([(_SET_MIRROR, {"scope_id": self._scope_id(scope), "keys": keys, "closing": False})])
+        scope_id = self._scope_id(scope)
+        self._write([(_SET_MIRROR, {"scope_id": scope_id, "keys": keys, "closing": False})], fence=scope_id)
 
     def stamp_seen(self, scope: Scope, snapshot_id: int, identities: t.Iterable[str], *, clear: bool) -> None:
         """``identities`` came in the snapshot (each its last stamp); ``clear``: their planned removals go (the
@@ -620,7 +623,7 @@ class SyncLedger(abc.ABC):
             )
             if clear:
                 steps.extend(self._clear_steps(among, params))
-        self._write(steps)
+        self._write(steps, fence=scope_id)
 
     @staticmethod
     def _clear_steps(among: str, params: dict[str, t.Any]) -> list[tuple[str, dict[str, t.Any]]]:
@@ -649,12 +652,13 @@ class SyncLedger(abc.ABC):
         for chunk in chunks(wanted, MIRROR_CHUNK):
             among, params = _named("i", chunk)
             steps.extend(self._clear_steps(among, {**params, "scope_id": scope_id}))
-        self._write(steps)
+        self._write(steps, fence=scope_id)
 
     def plan_removals(self, scope: Scope, planned: t.Iterable[tuple[str, str]]) -> None:
         """Removals decided, durable from now (``(identity, why)``); one already planned stays as it is."""
         scope_id, now = self._scope_id(scope), stamp()
-        self._write([(_PLAN, {"scope_id": scope_id, "identity": i, "reason": why, "now": now}) for i, why in planned])
+        steps = [(_PLAN, {"scope_id": scope_id, "identity": i, "reason": why, "now": now}) for i, why in planned]
+        self._write(steps, fence=scope_id)
 
     def has_planned(self, scope: Scope) -> bool:
         scope_id = self._find_scope(scope)
@@ -728,7 +732,7 @@ class SyncLedger(abc.ABC):
                 for table in (DELIVERIES, SEEN, FAILURES)
             ]
             steps.append((f"DELETE FROM {REMOVALS} WHERE scope_id = :scope_id AND identity IN ({among})", params))  # noqa: S608
-            removed += self._write(steps)[0]
+            removed += self._write(steps, fence=scope_id)[0]
         return removed
 
     def gave_up_removals(self, scope: Scope, identities: t.Iterable[str]) -> None:
@@ -738,7 +742,8 @@ class SyncLedger(abc.ABC):
     def removal_failed(self, scope: Scope, identity: str, failure: str) -> None:
         """A removal sent failed for a reason that can pass: it stays planned, its failure shown by `status`."""
         scope_id = self._scope_id(scope)
-        self._write([(_REMOVAL_FAILED, {"scope_id": scope_id, "identity": identity, "failure": failure[:500]})])
+        failed = {"scope_id": scope_id, "identity": identity, "failure": failure[:500]}
+        self._write([(_REMOVAL_FAILED, failed)], fence=scope_id)
 
     # -- failures ----------------------------------------------------------------------------------------------
 
