@@ -25,6 +25,7 @@ from target_encharge.outbox import STATE_FLUSH_AGE, Outbox
 from target_encharge.outputs import Outputs
 from target_encharge.preflight import Preflight
 from target_encharge.progress import Progress, dead_letter_line, summary_title
+from target_encharge.reader import Interrupted
 from target_encharge.redaction import Redactor
 from target_encharge.request import Outcome, Request
 from target_encharge.results import Results
@@ -66,6 +67,7 @@ class Run:
     finished: bool = False
     case_merges: CaseMerges = dataclasses.field(default_factory=CaseMerges)
     waiting: bool = False  # waiting in deliver_all for every call to be answered
+    stop_signal: int | None = None  # SIGTERM or SIGINT came (set by the target's handler)
     sync: Sync | None = None  # the sync ledger (None only when the run could not open it)
     lookups: Lookups | None = None  # asks Encharge what exists (`update`, `create`; not in a dry run)
     refusals: list[str] = dataclasses.field(default_factory=list)  # mirror's guard: told at the end, exit 1
@@ -298,8 +300,16 @@ class Run:
             exists=self._exists(template, settings),
         )
         if self.sync.writes:  # one run at a time per scope (dry runs and test sends only read)
-            self.sync.ledger.take_lease(sync.scope, ttl=self.settings.lease_ttl, wait=self.settings.lease_wait)
+            self.sync.ledger.take_lease(
+                sync.scope, ttl=self.settings.lease_ttl, wait=self.settings.lease_wait, between=self.stop_if_signalled
+            )
         return sync
+
+    def stop_if_signalled(self) -> None:
+        """:class:`~target_encharge.reader.Interrupted` once a signal came: a wait that looks here between its
+        naps (another run's lease) ends within one, wherever the signal found the process."""
+        if self.stop_signal is not None:
+            raise Interrupted(self.stop_signal)
 
     def _exists(self, template: Template, settings: StreamSettings) -> Exists | None:
         """How the stream's sync asks Encharge what exists (`update`, `create`); a record too long to be asked

@@ -108,8 +108,11 @@ class TargetEncharge(SeamTarget):
         if self.stop_signal is not None:
             return
         self.stop_signal = signum
+        run = getattr(self, "run", None)  # (None: the SDK's handler came before the run was built)
+        if run is not None:
+            run.stop_signal = signum  # a wait that looks (another run's lease) ends within its next nap
         self.message_reader.stop(signum)  # raises when blocked waiting for the next line
-        if self.run.waiting:
+        if run is not None and run.waiting:
             raise Interrupted(signum)
 
     @override

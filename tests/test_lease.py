@@ -142,6 +142,34 @@ def test_a_second_run_stops_with_one_line_naming_the_holder_and_status_shows_it(
     assert "Held by a run now" not in status(ledger_url)  # let go at the end of the run
 
 
+def test_sigterm_while_waiting_for_a_lease_stops_the_run_at_once(sandbox, ledger_url, tmp_path):
+    settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event")
+    first = start(config_file(tmp_path, "config.json", settings), tmp_path)
+    try:
+        first.stdin.write(lines(events(5)))  # type: ignore[union-attr]
+        first.stdin.flush()  # type: ignore[union-attr]
+        held_by(ledger_url, first.pid)
+        second = start(config_file(tmp_path, "second.json", {**settings, "lease_wait": 120}), tmp_path)
+        second.stdin.write(lines(events(5)))  # type: ignore[union-attr]
+        second.stdin.flush()  # type: ignore[union-attr]
+        said = b""
+        while b"waiting up to 120 s" not in said:  # (its log goes line by line: it is waiting now)
+            line = second.stderr.readline()  # type: ignore[union-attr]
+            assert line, said.decode()
+            said += line
+        started = time.monotonic()
+        second.send_signal(signal.SIGTERM)
+        out, err = second.communicate(timeout=60)
+        assert time.monotonic() - started < 10  # not the 120 s of lease_wait (a container is killed after 10)
+        assert second.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+        assert b"stopped by SIGTERM" in err
+        assert out == b""  # no STATE: nothing of it was done
+    finally:
+        first.communicate(timeout=60)
+    assert first.returncode == 0
+    assert sorted(event_ids(sandbox)) == sorted(f"e{i}" for i in range(5))  # the stopped run sent nothing
+
+
 def test_a_run_killed_with_kill_9_leaves_a_lease_that_expires(sandbox, ledger_url, tmp_path):
     settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event", lease_ttl=2)
     killed = start(config_file(tmp_path, "config.json", settings), tmp_path)

@@ -38,6 +38,7 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("target_encharge.ledger")
 
 POLL = 0.5  # seconds between two tries at a lease another run holds
+NAP = 0.1  # seconds between two looks at whether to stop waiting for it
 
 
 class Result(t.Protocol):
@@ -158,7 +159,9 @@ class Leases:
 
     # -- taking ------------------------------------------------------------------------------------------------
 
-    def take(self, scope: Scope, scope_id: int, *, ttl: float, wait: float) -> None:
+    def take(
+        self, scope: Scope, scope_id: int, *, ttl: float, wait: float, between: t.Callable[[], None] = lambda: None
+    ) -> None:
         """The lease of ``scope`` for this run, waiting up to ``wait`` seconds while another run holds it;
         :class:`LeaseHeldError` after that. Taken already (the stream's SCHEMA came again): checked."""
         if scope_id in self._held:
@@ -187,7 +190,11 @@ class Leases:
                     wait,
                 )
                 told = True
-            time.sleep(min(POLL, left, max(holder.expires_in, 0.05)))
+            until = time.monotonic() + min(POLL, left, max(holder.expires_in, 0.05))
+            while (nap := until - time.monotonic()) > 0:
+                between()  # (raises to stop waiting)
+                time.sleep(min(nap, NAP))
+            between()
 
     def _try(self, scope_id: int, ttl: float, started: float, scope: Scope) -> Holder | None:
         """One try: None when the lease is now this run's, else who holds it."""

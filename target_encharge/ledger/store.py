@@ -926,16 +926,19 @@ class SyncLedger(abc.ABC):
 
     # -- leases (lease.py) --------------------------------------------------------------------------------------
 
-    def take_lease(self, scope: Scope, *, ttl: float, wait: float) -> None:
+    def take_lease(
+        self, scope: Scope, *, ttl: float, wait: float, between: t.Callable[[], None] = lambda: None
+    ) -> None:
         """Hold ``scope`` for this run, renewed every ``ttl`` / 3 until the ledger is closed, expiring ``ttl``
         seconds after the last renewal when the run dies; while another run holds it, wait up to ``wait``
         seconds, then :class:`~target_encharge.ledger.lease.LeaseHeldError` naming the holder. From then on every
-        write in the scope checks the lease (its fencing token), and every lookup that a send follows."""
+        write in the scope checks the lease (its fencing token), and every lookup that a send follows. ``between``
+        is called between tries and naps (at least every 0.1 s): it raises to stop waiting (a signal came)."""
         self._writable()
         scope_id = self._scope_id(scope)
         if self._leases is None:
             self._leases = Leases(self)
-        self._leases.take(scope, scope_id, ttl=ttl, wait=wait)
+        self._leases.take(scope, scope_id, ttl=ttl, wait=wait, between=between)
 
     def leases(self) -> list[HeldLease]:
         """The leases held now, by scope: who holds each (host, process, since when)."""
