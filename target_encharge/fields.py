@@ -79,58 +79,75 @@ class FieldContract:
         )
 
     def __post_init__(self) -> None:
-        # per field, the one Python type whose values are sent as they are (text within Encharge's length, for a
-        # text field with no closed list of values): most values skip the reading in :func:`_as_field`
-        self._as_is: dict[str, type] = {}
+        # per property, how its values are read: left out (read-only), sent as they are (no field of the account,
+        # or an identifier), or the one Python type whose values are sent as they are (text within Encharge's
+        # length, for a text field with no closed list of values); other values are read by :func:`_as_field`
+        self._plans: dict[str, object] = {name: _LEFT_OUT for name in self.read_only}
         self._fractions: set[str] = set()  # number fields: a float with a fraction is sent as its exact decimal
-        for name, field in self.fields.items():
-            kind = field.get("type")
-            if kind == "string" and not (field.get("enum") and field.get("allowNewEnumValues") is False):
-                self._as_is[name] = str
-            elif kind in ("number", "integer"):
-                self._as_is[name] = int
-                if kind == "number":
-                    self._fractions.add(name)
-            elif kind == "boolean":
-                self._as_is[name] = bool
+
+    def _plan(self, name: str) -> object:
+        field = self.fields.get(name)
+        kind = field.get("type") if field is not None else None
+        if field is None or name in self.keep:
+            plan: object = _AS_IT_IS
+        elif kind == "string" and not (field.get("enum") and field.get("allowNewEnumValues") is False):
+            plan = str
+        elif kind in ("number", "integer"):
+            plan = int
+            if kind == "number":
+                self._fractions.add(name)
+        else:
+            plan = bool if kind == "boolean" else _READ
+        self._plans[name] = plan
+        return plan
 
     def apply(self, record: dict) -> tuple[dict, str | None]:
         """``record`` as it is sent (read-only fields left out, values read as their field's type), or why it
         cannot be sent."""
         out: dict = {}
-        as_is = self._as_is
-        # the most JSON text ``out`` can take, from lengths alone, so that an ordinary person is not encoded once
-        # more only to be measured (a container is past any bound: it is measured); only a person has a limit
-        bound = 2 if self.owner == "person" else MAX_PERSON_BYTES + 1
+        plans = self._plans
+        # the text ``out`` holds, from lengths alone, so that an ordinary person is not encoded once more only
+        # to be measured (a container is measured); only a person has a limit
+        chars, measure = 0, False
         for name, value in record.items():
-            if name in self.read_only:
+            plan = plans.get(name) or self._plan(name)
+            if plan is _LEFT_OUT:
                 continue
-            plain = as_is.get(name)
-            if value is None or (type(value) is plain and (type(value) is not str or len(value) <= MAX_VALUE_CHARS)):
+            kind = type(value)
+            if kind is str:
+                if plan is _AS_IT_IS or (plan is str and len(value) <= MAX_VALUE_CHARS):
+                    out[name] = value
+                    chars += len(name) + len(value)
+                    continue
+            elif value is None or kind is plan or (plan is _AS_IT_IS and kind is not dict and kind is not list):
+                out[name] = value
+                chars += len(name)
+                continue
+            if plan is _AS_IT_IS:
                 read = value
-            elif type(value) is float and name in self._fractions and not value.is_integer() and math.isfinite(value):
+            elif kind is float and name in self._fractions and not value.is_integer() and math.isfinite(value):
                 read = decimal.Decimal(repr(value))  # as _as_field reads it, without the detours
             else:
-                field = self.fields.get(name)
-                if field is None or name in self.keep:
-                    read = value
-                else:
-                    read, problem = _as_field(name, value, field)
-                    if problem:
-                        return record, problem
+                read, problem = _as_field(name, value, self.fields[name])
+                if problem:
+                    return record, problem
             out[name] = read
-            if bound <= MAX_PERSON_BYTES:
-                if isinstance(read, str):
-                    bound += _ESCAPED * (len(name) + len(read)) + 4
-                elif isinstance(read, (dict, list, tuple)):
-                    bound = MAX_PERSON_BYTES + 1
-                else:
-                    bound += _ESCAPED * len(name) + 4 + _SCALAR_BYTES
-        if self.owner == "person" and bound > MAX_PERSON_BYTES and len(encoding.dumps(out)) > MAX_PERSON_BYTES:
+            if isinstance(read, str):
+                chars += len(name) + len(read)
+            elif isinstance(read, (dict, list, tuple)):
+                measure = True
+            else:
+                chars += len(name)
+        if (
+            self.owner == "person"
+            and (measure or 2 + _ESCAPED * chars + len(out) * (4 + _SCALAR_BYTES) > MAX_PERSON_BYTES)
+            and len(encoding.dumps(out)) > MAX_PERSON_BYTES
+        ):
             return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
         return out, None
 
 
+_LEFT_OUT, _AS_IT_IS, _READ = object(), object(), object()  # how a property is read (see FieldContract._plan)
 _SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-time takes
 _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
 
