@@ -83,6 +83,7 @@ class FieldContract:
         # or an identifier), or the one Python type whose values are sent as they are (text within Encharge's
         # length, for a text field with no closed list of values); other values are read by :func:`_as_field`
         self._plans: dict[str, object] = {name: _LEFT_OUT for name in self.read_only}
+        self._widest = 0  # the longest property name planned (its JSON text, escaped, bounds every other's)
         self._fractions: set[str] = set()  # number fields: a float with a fraction is sent as its exact decimal
 
     def _plan(self, name: str) -> object:
@@ -99,6 +100,7 @@ class FieldContract:
         else:
             plan = bool if kind == "boolean" else _READ
         self._plans[name] = plan
+        self._widest = max(self._widest, len(name))
         return plan
 
     def apply(self, record: dict) -> tuple[dict, str | None]:
@@ -106,22 +108,25 @@ class FieldContract:
         cannot be sent."""
         out: dict = {}
         plans = self._plans
-        # the text ``out`` holds, from lengths alone, so that an ordinary person is not encoded once more only
-        # to be measured (a container is measured); only a person has a limit
+        # the text values of ``out`` hold, so that an ordinary person is not encoded once more only to be measured
+        # (a container is measured); only a person has a limit
         chars, measure = 0, False
         for name, value in record.items():
-            plan = plans.get(name) or self._plan(name)
+            try:
+                plan = plans[name]
+            except KeyError:
+                plan = self._plan(name)
             if plan is _LEFT_OUT:
                 continue
             kind = type(value)
             if kind is str:
-                if plan is _AS_IT_IS or (plan is str and len(value) <= MAX_VALUE_CHARS):
+                size = len(value)
+                if plan is _AS_IT_IS or (plan is str and size <= MAX_VALUE_CHARS):
                     out[name] = value
-                    chars += len(name) + len(value)
+                    chars += size
                     continue
-            elif value is None or kind is plan or (plan is _AS_IT_IS and kind is not dict and kind is not list):
+            elif value is None or kind is plan or (plan is _AS_IT_IS and kind in _SCALARS):
                 out[name] = value
-                chars += len(name)
                 continue
             if plan is _AS_IT_IS:
                 read = value
@@ -133,20 +138,22 @@ class FieldContract:
                     return record, problem
             out[name] = read
             if isinstance(read, str):
-                chars += len(name) + len(read)
+                chars += len(read)
             elif isinstance(read, (dict, list, tuple)):
                 measure = True
-            else:
-                chars += len(name)
         if (
             self.owner == "person"
-            and (measure or 2 + _ESCAPED * chars + len(out) * (4 + _SCALAR_BYTES) > MAX_PERSON_BYTES)
+            and (
+                measure
+                or 2 + _ESCAPED * chars + len(out) * (_ESCAPED * self._widest + 4 + _SCALAR_BYTES) > MAX_PERSON_BYTES
+            )
             and len(encoding.dumps(out)) > MAX_PERSON_BYTES
         ):
             return record, f"the person is larger than Encharge's {MAX_PERSON_BYTES // 1024} KB"
         return out, None
 
 
+_SCALARS = frozenset({int, float, bool, decimal.Decimal, datetime.datetime, datetime.date, datetime.time})
 _LEFT_OUT, _AS_IT_IS, _READ = object(), object(), object()  # how a property is read (see FieldContract._plan)
 _SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-time takes
 _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)

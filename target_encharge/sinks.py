@@ -155,6 +155,7 @@ class EnchargeSink(SeamSink):
         own = stream_name in (target.config.get("streams") or {})
         self.sync: StreamSync | None = None  # set up before the first record (it needs the account)
         self.fields: FieldContract | None = None  # the account's fields, read before the first record
+        self.mirrored = False  # mirror: every record's identity is stamped with its snapshot (StreamSync.saw)
         self.consent: Consent | None = None  # person upserts: `unsubscribed: false` left out
         self.logger.info(
             "Stream '%s' goes to %s (mode: %s; %s)%s",
@@ -189,6 +190,7 @@ class EnchargeSink(SeamSink):
         if self.sync is not None:
             self.route = dataclasses.replace(self.route, sync=self.sync)
             if self.settings.sync_mode == "mirror":
+                self.mirrored = True
                 self.run.watch(self.route, self.settings)
             if self.run.retry_failed:
                 self._send_again(self.sync)
@@ -266,13 +268,13 @@ class EnchargeSink(SeamSink):
             self.problem = None
             run.removed_at_source(self.route, self.sync, record, self.settings.sync_mode)
             return
-        if self.consent is not None:
+        if self.consent is not None and "unsubscribed" in record:
             record = self.consent.kept(record)
         if self.fields is not None:
             record, misfit = self.fields.apply(record)
             self.problem = self.problem or misfit
-        if self.sync is not None:
-            self.sync.saw(record, getattr(self.reader, "version", None))
+        if self.mirrored:
+            self.sync.saw(record, getattr(self.reader, "version", None))  # type: ignore[union-attr]
         entry = run.entry(self.route, record)
         problem, self.problem = self.problem, None
         problem = problem or self.template.needs(record, entry.ids)

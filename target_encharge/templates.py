@@ -673,7 +673,7 @@ def _object_identity(_record: dict, ids: dict) -> str | None:
 
 
 def _person_keys(ids: dict, _url: str) -> tuple[str, ...]:
-    return tuple(f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS)
+    return tuple([f"{k}:{str(v).lower() if k == 'email' else v}" for k, v in ids.items() if k in PERSON_IDS])
 
 
 def _object_keys(ids: dict, _url: str) -> tuple[str, ...]:

@@ -72,7 +72,9 @@ def test_a_person_past_encharges_size_is_refused_whatever_carries_it(contract: F
     assert contract.apply(fits) == (fits, None)
     many = {f"f{i}": "x" * near for i in range(MAX_PERSON_BYTES // near + 1)}
     nested = {"email": "a@example.com", "extra": {"blob": "x" * MAX_PERSON_BYTES}}
-    for record in (many, nested):
+    escaped = {f"f{i}": "\x01" * near for i in range(MAX_PERSON_BYTES // (6 * near) + 1)}  # \u0001: six bytes each
+    named = {"n" * (MAX_PERSON_BYTES // 3) + str(i): "x" for i in range(4)}  # long names, short values
+    for record in (many, nested, escaped, named):
         assert contract.apply(record) == (record, "the person is larger than Encharge's 200 KB")
 
 
