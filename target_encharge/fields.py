@@ -160,7 +160,8 @@ _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
 
 
 def _misfit(name: str, value: t.Any, kind: t.Any) -> str:  # noqa: ANN401
-    return f"field '{name}': {_shown(value)} is not a {kind} (Encharge's field '{name}' is {kind})"
+    article = "an" if str(kind)[:1] in "aeiou" else "a"
+    return f"field '{name}': {_shown(value)} is not {article} {kind} (Encharge's field '{name}' is {kind})"
 
 
 def _shown(value: t.Any) -> str:  # noqa: ANN401

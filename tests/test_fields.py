@@ -51,8 +51,8 @@ def test_read_only_fields_are_left_out_and_unknown_ones_kept(contract: FieldCont
 @pytest.mark.parametrize(
     ("record", "says"),
     [
-        ({"logins": 2.5}, "field 'logins': 2.5 is not a integer"),
-        ({"logins": True}, "field 'logins': True is not a integer"),
+        ({"logins": 2.5}, "field 'logins': 2.5 is not an integer"),
+        ({"logins": True}, "field 'logins': True is not an integer"),
         ({"score": "many"}, "field 'score': 'many' is not a number"),
         ({"active": "perhaps"}, "field 'active': 'perhaps' is not a boolean"),
         ({"plan": "gold"}, "field 'plan': 'gold' is not one of its values (free, pro)"),
