@@ -314,7 +314,7 @@ def test_values_that_cannot_be_read_as_their_fields_type_are_refused_and_those_t
     assert (ok["seats"], ok["trial"], ok["plan"]) == (3, True, "pro") and float(ok["mrr"]) == 9.5
     reasons = {d["identifiers"]["email"]: d["reason"] for d in run.file_lines("target-encharge-dead-letters.jsonl")}
     assert set(reasons) == {"a@example.com", "b@example.com", "c@example.com", "d@example.com", "e@example.com"}
-    assert "field 'seats'" in reasons["a@example.com"] and "not a integer" in reasons["a@example.com"]
+    assert "field 'seats'" in reasons["a@example.com"] and "not an integer" in reasons["a@example.com"]
     assert "field 'mrr'" in reasons["b@example.com"]
     assert "field 'plan'" in reasons["c@example.com"] and "free, pro" in reasons["c@example.com"]
     assert "5,000 characters" in reasons["d@example.com"]
