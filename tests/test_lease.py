@@ -61,6 +61,12 @@ def start(config: Path, cwd: Path) -> subprocess.Popen:
     )
 
 
+def feed(process: subprocess.Popen, messages: t.Iterable[dict]) -> None:
+    """Write ``messages`` to a started run's input and flush them (its stdin stays open)."""
+    process.stdin.write(lines(messages))  # type: ignore[union-attr]
+    process.stdin.flush()  # type: ignore[union-attr]
+
+
 def held_by(ledger_url: str, pid: int, timeout: float = 30) -> Scope:
     """Wait until the process ``pid`` holds a lease; its scope."""
     deadline = time.monotonic() + timeout
@@ -114,8 +120,7 @@ def test_a_second_run_stops_with_one_line_naming_the_holder_and_status_shows_it(
     settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event")
     first = start(config_file(tmp_path, "config.json", settings), tmp_path)
     try:
-        first.stdin.write(lines(events(5)))  # type: ignore[union-attr]
-        first.stdin.flush()  # type: ignore[union-attr]
+        feed(first, events(5))
         scope = held_by(ledger_url, first.pid)
         assert scope.stream == "events"
         shown = status(ledger_url)
@@ -146,12 +151,10 @@ def test_sigterm_while_waiting_for_a_lease_stops_the_run_at_once(sandbox, ledger
     settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event")
     first = start(config_file(tmp_path, "config.json", settings), tmp_path)
     try:
-        first.stdin.write(lines(events(5)))  # type: ignore[union-attr]
-        first.stdin.flush()  # type: ignore[union-attr]
+        feed(first, events(5))
         held_by(ledger_url, first.pid)
         second = start(config_file(tmp_path, "second.json", {**settings, "lease_wait": 120}), tmp_path)
-        second.stdin.write(lines(events(5)))  # type: ignore[union-attr]
-        second.stdin.flush()  # type: ignore[union-attr]
+        feed(second, events(5))
         said = b""
         while b"waiting up to 120 s" not in said:  # (its log goes line by line: it is waiting now)
             line = second.stderr.readline()  # type: ignore[union-attr]
@@ -173,8 +176,7 @@ def test_sigterm_while_waiting_for_a_lease_stops_the_run_at_once(sandbox, ledger
 def test_a_run_killed_with_kill_9_leaves_a_lease_that_expires(sandbox, ledger_url, tmp_path):
     settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event", lease_ttl=2)
     killed = start(config_file(tmp_path, "config.json", settings), tmp_path)
-    killed.stdin.write(lines(events(5)))  # type: ignore[union-attr]
-    killed.stdin.flush()  # type: ignore[union-attr]
+    feed(killed, events(5))
     held_by(ledger_url, killed.pid)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
@@ -190,8 +192,7 @@ def test_a_run_paused_past_its_lease_stops_before_writing_again(sandbox, ledger_
     settings = sandbox_config(sandbox, ledger_url=ledger_url, endpoint="track_event", lease_ttl=1)
     paused = start(config_file(tmp_path, "config.json", settings), tmp_path)
     try:
-        paused.stdin.write(lines(events(5)))  # type: ignore[union-attr]
-        paused.stdin.flush()  # type: ignore[union-attr]
+        feed(paused, events(5))
         held_by(ledger_url, paused.pid)
         deadline = time.monotonic() + 30
         while len(sandbox.events()) < 5:
@@ -205,8 +206,7 @@ def test_a_run_paused_past_its_lease_stops_before_writing_again(sandbox, ledger_
         assert other.returncode == 0, other.stderr
         os.kill(paused.pid, signal.SIGCONT)
         time.sleep(0.5)  # its renewal finds the lease taken
-        paused.stdin.write(lines(events(10)[1:]))  # type: ignore[union-attr]
-        paused.stdin.flush()  # type: ignore[union-attr]
+        feed(paused, events(10)[1:])
     finally:
         os.kill(paused.pid, signal.SIGCONT)
         _, err = paused.communicate(timeout=60)
