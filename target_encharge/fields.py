@@ -51,6 +51,9 @@ def field_spec(name: str, spec: dict) -> dict:
     return {"name": name, "type": kind, **({"format": fmt} if fmt else {})}
 
 
+_Shape = tuple[tuple[str, ...], tuple[str, ...]]  # a record shape's names left out, and its numbers to read
+
+
 @dataclasses.dataclass
 class FieldContract:
     """One stream's fields against the account's: what is left out, and how each value must read."""
@@ -85,6 +88,7 @@ class FieldContract:
         self._plans: dict[str, object] = {name: _LEFT_OUT for name in self.read_only}
         self._widest = 0  # the longest property name planned (its JSON text, escaped, bounds every other's)
         self._fractions: set[str] = set()  # number fields: a float with a fraction is sent as its exact decimal
+        self._shapes: dict[tuple, _Shape | None] = {}  # by names and value types (see apply)
 
     def _plan(self, name: str) -> object:
         field = self.fields.get(name)
@@ -106,6 +110,55 @@ class FieldContract:
     def apply(self, record: dict) -> tuple[dict, str | None]:
         """``record`` as it is sent (read-only fields left out, values read as their field's type), or why it
         cannot be sent."""
+        # a stream's records mostly share a few shapes (their names and the types of their values): what a shape
+        # needs is planned once (:meth:`_shape`), and a record of it is copied, not read value by value
+        key = (tuple(record), tuple(map(type, record.values())))
+        try:
+            shape = self._shapes[key]
+        except KeyError:
+            shape = self._shape(*key)
+        if shape is None:
+            return self._read(record)
+        left_out, numbers = shape
+        out = dict(record)
+        for name in left_out:
+            del out[name]
+        for name in numbers:  # Decimals (the reader's numbers with a point) for number and integer fields
+            value = record[name]
+            if not value.is_finite():
+                return self._read(record)
+            if value == value.to_integral_value():
+                out[name] = int(value)
+            elif name not in self._fractions:
+                return self._read(record)
+        # measured whole: its JSON text is at least as long as any text value in it (a character takes a byte
+        # or more), so within one value's limit nothing is too long, and a person is far within its own
+        if len(encoding.dumps(out)) > MAX_VALUE_CHARS:
+            return self._read(record)
+        return out, None
+
+    def _shape(self, names: tuple[str, ...], kinds: tuple[type, ...]) -> _Shape | None:
+        """What records of these names and value types need: the names left out and the numbers to read; None
+        when some value must be read by itself (:meth:`_read`)."""
+        left_out: list[str] = []
+        numbers: list[str] = []
+        for name, kind in zip(names, kinds, strict=True):
+            plan = self._plans.get(name) or self._plan(name)
+            if plan is _LEFT_OUT:
+                left_out.append(name)
+            elif plan is int and kind is decimal.Decimal:
+                numbers.append(name)
+            elif not (plan is _AS_IT_IS or kind is plan or kind is type(None)):
+                return self._remember(names, kinds, None)
+        return self._remember(names, kinds, (tuple(left_out), tuple(numbers)))
+
+    def _remember(self, names: tuple, kinds: tuple, shape: _Shape | None) -> _Shape | None:
+        if len(self._shapes) < _SHAPES:
+            self._shapes[(names, kinds)] = shape
+        return shape
+
+    def _read(self, record: dict) -> tuple[dict, str | None]:
+        """:meth:`apply`, value by value."""
         out: dict = {}
         plans = self._plans
         # the text values of ``out`` hold, so that an ordinary person is not encoded once more only to be measured
@@ -155,6 +208,7 @@ class FieldContract:
 
 _SCALARS = frozenset({int, float, bool, decimal.Decimal, datetime.datetime, datetime.date, datetime.time})
 _LEFT_OUT, _AS_IT_IS, _READ = object(), object(), object()  # how a property is read (see FieldContract._plan)
+_SHAPES = 256  # shapes remembered per stream; a record of any other is read value by value
 _SCALAR_BYTES = 64  # the most JSON text a number, a boolean, null or a date-time takes
 _ESCAPED = 6  # the most JSON text one character of a string takes (``\u001f``)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from target_encharge.fields import MAX_PERSON_BYTES, MAX_VALUE_CHARS, FieldContract
 
@@ -89,3 +91,45 @@ def test_a_float_with_a_fraction_is_sent_as_the_decimal_it_reads_as(contract: Fi
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_a_float_that_is_no_number_is_refused(contract: FieldContract, value: float) -> None:
     assert contract.apply({"score": value})[1] is not None
+
+
+_SAMPLES = [
+    *(None, True, False, 0, 7, -3, 2**70),
+    *(
+        decimal.Decimal(text)
+        for text in ("2", "2.0", "-0.00", "2.5", "1E+2", "1E-7", "123456789012345678901234567890.5")
+    ),
+    *(2.0, 2.5, 1e300, float("inf"), float("nan")),
+    *("", "3", "2.50", "yes", "pro", "gold", "n" * (MAX_VALUE_CHARS + 1)),
+    [1],
+    {"a": 1},
+]
+_VALUES = st.one_of(
+    st.sampled_from(_SAMPLES),
+    st.decimals(allow_nan=False, allow_infinity=False),  # the reader's numbers with a point (JSON has no NaN)
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+)
+
+
+def _typed(found: tuple[dict, str | None]) -> tuple[list, str | None]:
+    """A result with each value's type beside it (``2 == 2.0 == Decimal(2)``: the types tell them apart)."""
+    sent, problem = found
+    return [(k, type(v), v if v == v else "nan") for k, v in sent.items()], problem
+
+
+def test_each_value_read_by_its_shape_is_sent_as_read_value_by_value() -> None:
+    contract = FieldContract.of("people", "person", ACCOUNT, PROPERTIES, keep=["email"])
+    for name in [*PROPERTIES, "email", "extra"]:
+        for value in _SAMPLES:
+            for record in ({name: value}, {"email": "a@example.com", name: value}, {name: value}):  # (a shape again)
+                assert _typed(contract.apply(record)) == _typed(contract._read(record)), record
+
+
+@settings(max_examples=200)
+@given(st.lists(st.dictionaries(st.sampled_from([*PROPERTIES, "email", "extra"]), _VALUES, max_size=6), max_size=8))
+def test_a_record_read_by_its_shape_is_sent_as_read_value_by_value(records: list[dict]) -> None:
+    contract = FieldContract.of("people", "person", ACCOUNT, PROPERTIES, keep=["email"])
+    for record in records:  # (one contract for all: later records of a shape seen before take the shape's way)
+        assert _typed(contract.apply(record)) == _typed(contract._read(record)), record
