@@ -18,6 +18,7 @@ import signal
 import pytest
 from singer_sdk import Target
 from singer_sdk.contrib.msgspec import MsgSpecReader
+from singer_sdk.mapper import SameRecordTransform, StreamMap
 from singer_sdk.plugin_base import _ConfigInput
 from singer_sdk.sinks import RecordSink
 
@@ -76,6 +77,75 @@ def test_the_copied_target_invoke_is_the_sdks_as_it_was_read():
         "singer-sdk's Target.invoke changed: SeamTarget.invoke (target_encharge/sdk.py) copies it and skips it. "
         "Re-read the new Target.invoke, carry what changed into SeamTarget.invoke, then pin the new hash here."
     )
+
+
+# sha256 of the sources in singer-sdk 0.54.9 that SeamTarget._process_record_message follows: the SDK's steps for
+# a RECORD (taken in their order) and its identity map with flattening off (left out: a record passes it unchanged)
+RECORD_STEPS_SHA256 = {
+    Target._process_record_message: "08aaf4096e2d39e7c3826848feebbaac40fb7b3e67fe863576cde90e4e425dfc",
+    SameRecordTransform.transform: "db46d82cacfd5593cfc76f63521added9f53b974413f29ae0820f2cee718c7af",
+    StreamMap.transform: "3d21910fbf85f850545ea4db19984353ec25d669532f92d31a6146fbfb51ccd2",
+    StreamMap.flatten_record: "ccb0ee05e2c2b8600293fe4af8668305249024c9b0aa115d1105594ed4c474e0",
+}
+
+
+@pytest.mark.parametrize("function", RECORD_STEPS_SHA256, ids=lambda f: f.__qualname__)
+def test_the_sdk_record_steps_the_short_way_follows_are_as_they_were_read(function):
+    source = inspect.getsource(function)
+    assert hashlib.sha256(source.encode()).hexdigest() == RECORD_STEPS_SHA256[function], (
+        f"singer-sdk's {function.__qualname__} changed: SeamTarget._process_record_message (target_encharge/sdk.py) "
+        "takes its steps, the short way. Re-read it, carry what changed into the short way, then pin the new hash."
+    )
+
+
+def test_a_record_goes_the_short_way_as_the_sdk_takes_it(monkeypatch, tmp_path, caplog):
+    """A stream with no map of its own skips the SDK's map loop, and its sink is handed what the SDK's own loop
+    hands it: `_sdc_` columns gone, dates parsed, a record that breaks its SCHEMA refused, every record counted."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "email": {"type": "string"},
+            "logins": {"type": "integer"},
+            "createdAt": {"type": "string", "format": "date-time"},
+        },
+    }
+    messages = [
+        {"type": "SCHEMA", "stream": "people", "schema": schema, "key_properties": ["email"]},
+        {"type": "RECORD", "stream": "people", "record": {"email": "a@example.com", "_sdc_extracted_at": "x"}},
+        {"type": "RECORD", "stream": "people", "record": {"email": "b@example.com", "logins": "many"}},
+        {
+            "type": "RECORD",
+            "stream": "people",
+            "record": {"email": "c@example.com", "logins": 2, "createdAt": "2024-01-02T03:04:05+00:00"},
+        },
+    ]
+    maps = []
+    monkeypatch.setattr(SameRecordTransform, "transform", lambda self, record: (maps.append(1), record)[1])
+
+    def handed(name: str) -> tuple[list, list, list]:
+        previews, dead = tmp_path / f"{name}-previews.jsonl", tmp_path / f"{name}-dead.jsonl"
+        config = {**DRY, "preview_path": str(previews), "dead_letter_path": str(dead), "max_failures": -1}
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="singer_sdk.metrics"):
+            _run(config, *messages)
+        lines = [json.loads(line) for line in previews.read_text().splitlines()]
+        reasons = [json.loads(line)["reason"] for line in dead.read_text().splitlines()]
+        counted = [
+            json.loads(r.message.split(": ", 1)[1])["value"] for r in caplog.records if "record_count" in r.message
+        ]
+        return [line["body"] for line in lines if "body" in line], reasons, counted
+
+    short = handed("short")
+    assert maps == [], "a stream without a map of its own went through the SDK's map loop"
+    monkeypatch.setattr(SeamTarget, "_process_record_message", Target._process_record_message)
+    assert handed("sdk") == short
+    assert len(maps) == 3  # (the SDK's own loop ran)
+    bodies, reasons, counted = short
+    assert counted == [3]
+    assert bodies == [
+        [{"email": "a@example.com"}, {"email": "c@example.com", "logins": 2, "createdAt": "2024-01-02T03:04:05Z"}]
+    ]
+    assert len(reasons) == 1 and "logins" in reasons[0]
 
 
 def test_the_environment_prefix_is_the_sdks():
