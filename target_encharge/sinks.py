@@ -142,6 +142,7 @@ class EnchargeSink(SeamSink):
         self._add_record_metadata = bool(target.config.get("add_record_metadata", False))
         super().__init__(target, stream_name, schema, key_properties)
         self._full_at = self.max_size
+        self._keys = frozenset(self.key_properties or ())  # every record must carry them (preprocess_record)
         batched = self.settings.batch_records and self.template.batchable
         self.route = Route(
             stream=stream_name,
@@ -245,6 +246,8 @@ class EnchargeSink(SeamSink):
     @override
     def preprocess_record(self, record: dict, context: dict) -> dict:
         """A record without its key properties stops the run, as the SDK requires, saying which and where."""
+        if record.keys() >= self._keys:
+            return record
         missing = [key for key in self.key_properties or () if key not in record]
         if missing:
             keys = ", ".join(map(repr, missing))

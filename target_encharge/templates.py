@@ -83,7 +83,7 @@ class Template:
         externalId; a tag by person and tag). None when there is nothing to know it by: an event or a manual
         request without key properties is sent every time it comes. ``ids``: ``identifiers(record)``, when found."""
         if key_properties:  # (JSON: a NUL character is written escaped)
-            return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode()
+            return "key:" + encoding.dumps(list(map(record.get, key_properties))).decode()
         return _nul_free(self.own_identity(record, self.identifiers(record) if ids is None else ids))
 
     def part_identities(
@@ -100,7 +100,7 @@ class Template:
     def part_prefix(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What every single tag's identity of ``record``'s person starts with (None: no person to know)."""
         if key_properties:
-            return "key:" + encoding.dumps([record.get(k) for k in key_properties]).decode() + " tag:"
+            return "key:" + encoding.dumps(list(map(record.get, key_properties))).decode() + " tag:"
         person = _nul_free(person_key(self.identifiers(record) if ids is None else ids))
         return None if person is None else f"{person} tag:"
 
