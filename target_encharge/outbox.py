@@ -63,7 +63,7 @@ class Outbox:
 
     def add(self, route: Route, entry: Entry, url: str) -> None:
         """Send ``entry`` to ``url``: at once, or into its route's open batch for that URL and group."""
-        keys = route.template.ordering(entry.ids, url)  # (ordering_keys, without its call: once a record)
+        keys = route.template.ordering_keys(entry.ids, url)
         group = entry.record.get(route.group_by) if route.group_by else None
         batches = self._open.setdefault(route, {})
         self._flush_holding(keys, batches.get((url, group)))

@@ -3,9 +3,9 @@
 The SDK offers no public hook for some of what a target must do (take STATE over, write it only once what came
 before is delivered, read settings from the environment with their types, parse only a schema's date fields,
 hear about unknown message types, reach the instance a command run builds, take a RECORD without the map loop
-when its stream has no map). Each such private name is used
-here only, and turned into a public method of ours; ``tests/test_sdk_seams.py`` fails loudly when the SDK
-renames or moves any of them, so a renamed hook never goes silently uncalled.
+when its stream has no map). Each such private name is used here only, and turned into a public method of ours;
+``tests/test_sdk_seams.py`` fails loudly when the SDK renames or moves any of them, so a renamed hook never goes
+silently uncalled.
 """
 
 from __future__ import annotations

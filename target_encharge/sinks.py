@@ -249,14 +249,12 @@ class EnchargeSink(SeamSink):
         if record.keys() >= self._keys:
             return record
         missing = [key for key in self.key_properties or () if key not in record]
-        if missing:
-            keys = ", ".join(map(repr, missing))
-            msg = (
-                f"input line {self._line}: a record of stream '{self.stream_name}' has no {keys} "
-                f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read"
-            )
-            raise MissingKeyPropertiesError(msg)
-        return record
+        keys = ", ".join(map(repr, missing))
+        msg = (
+            f"input line {self._line}: a record of stream '{self.stream_name}' has no {keys} "
+            f"(its key propert{'ies' if len(missing) > 1 else 'y'}); nothing after it was read"
+        )
+        raise MissingKeyPropertiesError(msg)
 
     @override
     def process_record(self, record: dict, context: dict) -> None:

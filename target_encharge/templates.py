@@ -82,8 +82,8 @@ class Template:
         the template's own (a person by email, case-insensitive, or userId or id; a custom object by
         externalId; a tag by person and tag). None when there is nothing to know it by: an event or a manual
         request without key properties is sent every time it comes. ``ids``: ``identifiers(record)``, when found."""
-        if key_properties:  # (JSON: a NUL character is written escaped)
-            return "key:" + encoding.dumps(list(map(record.get, key_properties))).decode()
+        if key_properties:
+            return _keyed(record, key_properties)
         return _nul_free(self.own_identity(record, self.identifiers(record) if ids is None else ids))
 
     def part_identities(
@@ -100,7 +100,7 @@ class Template:
     def part_prefix(self, record: dict, key_properties: t.Sequence[str] = (), ids: dict | None = None) -> str | None:
         """What every single tag's identity of ``record``'s person starts with (None: no person to know)."""
         if key_properties:
-            return "key:" + encoding.dumps(list(map(record.get, key_properties))).decode() + " tag:"
+            return _keyed(record, key_properties) + " tag:"
         person = _nul_free(person_key(self.identifiers(record) if ids is None else ids))
         return None if person is None else f"{person} tag:"
 
@@ -201,6 +201,12 @@ def _tag_removal(api: str) -> t.Callable[[dict, str], Removal]:
         return Removal("DELETE", f"{api}/tags", encoding.dumps({"tag": ids["tag"], **person}))
 
     return removal
+
+
+def _keyed(record: dict, key_properties: t.Sequence[str]) -> str:
+    """What the ledger knows a record by when its stream has key properties: their values, as JSON (which writes
+    a NUL character escaped)."""
+    return "key:" + encoding.dumps(list(map(record.get, key_properties))).decode()
 
 
 def _nul_free(identity: str | None) -> str | None:
